@@ -1,0 +1,86 @@
+"""One place that creates ONNX Runtime sessions: providers, threads, and clear errors for bad model files.
+
+CUDA is used when ``onnxruntime-gpu`` is installed and a GPU is present; CPU always works. The provider really
+obtained is logged (ONNX Runtime silently falls back to CPU when CUDA cannot start).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from facegate.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build offers it, then CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def make_session(
+    model: str | Path | bytes,
+    name: str,
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int | None = None,
+) -> ort.InferenceSession:
+    """Create an ``InferenceSession`` for a model file path or serialised bytes.
+
+    ``name`` names the model in errors and logs. ``intra_op_threads`` None lets ONNX Runtime choose.
+    Raises ``ModelError`` naming the model when the file is missing, truncated or not a valid ONNX graph.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    options.log_severity_level = 3  # ORT warns about shape inference on some third-party graphs; we check shapes
+    providers = list(providers or default_providers())
+    if isinstance(model, str | Path) and not Path(model).is_file():
+        raise ModelError(f"{name}: model file {model} not found; run `facegate models prepare`")
+    try:
+        source = model if isinstance(model, bytes) else str(model)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises several private exception types for bad graphs
+        where = "" if isinstance(model, bytes) else f" ({model})"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"{name}{where}: not a loadable ONNX model: {first_line[:300]}; the file is corrupt or truncated: "
+            "run `facegate models prepare --force` or replace it"
+        ) from None
+    got = session.get_providers()
+    log.info("model=%s providers=%s requested=%s", name, ",".join(got), ",".join(providers))
+    return session
+
+
+def check_io(
+    session: ort.InferenceSession,
+    name: str,
+    inputs: Sequence[tuple[str | None, int, str]],
+    outputs: Sequence[tuple[str | None, int, str]],
+) -> None:
+    """Check a session's inputs/outputs against what a manifest expects.
+
+    Each expectation is (name or None for any, rank, ORT type such as ``tensor(float)``), in graph order.
+    Raises ``ModelError`` naming the model and the mismatch.
+    """
+    for kind, got, want in (("inputs", session.get_inputs(), inputs), ("outputs", session.get_outputs(), outputs)):
+        if len(got) != len(want):
+            raise ModelError(
+                f"{name}: graph has {len(got)} {kind} ({', '.join(g.name for g in got)}), the manifest expects "
+                f"{len(want)}; is this the right model file for this pack?"
+            )
+        for arg, (want_name, want_rank, want_type) in zip(got, want, strict=True):
+            if want_name is not None and arg.name != want_name:
+                raise ModelError(f"{name}: {kind[:-1]} named {arg.name!r}, expected {want_name!r}")
+            if len(arg.shape) != want_rank:
+                raise ModelError(f"{name}: {kind[:-1]} {arg.name!r} has shape {arg.shape}, expected rank {want_rank}")
+            if arg.type != want_type:
+                raise ModelError(f"{name}: {kind[:-1]} {arg.name!r} has type {arg.type}, expected {want_type}")
