@@ -73,7 +73,9 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE
     if image is None or image.size == 0:
         raise ImageError(f"{name}: cannot decode the image (corrupt or not an image); give a JPEG or PNG photo")
     if image.shape[0] * image.shape[1] > max_pixels:
-        raise ImageError(f"{name}: image is {image.shape[1]}×{image.shape[0]} px, more than the {max_pixels:,} px limit")
+        raise ImageError(
+            f"{name}: image is {image.shape[1]}×{image.shape[0]} px, more than the {max_pixels:,} px limit"
+        )
     return np.ascontiguousarray(image)
 
 

@@ -1,0 +1,206 @@
+"""The model cache: ``facegate models prepare`` verifies every source file by sha256, builds converted files (the
+dlib ResNet → ONNX) and records what it built in ``prepared.json`` beside them.
+
+Cache location (first that applies): ``$FACEGATE_CACHE_DIR``; ``$STATE_DIRECTORY/cache`` (set by systemd for the
+service, see systemd/facegate.service); ``$XDG_CACHE_HOME/facegate``; ``~/.cache/facegate``. Each pack lives in
+``<cache>/packs/<name>/``. Writes are atomic (temporary file, fsync, rename) so an interrupted prepare never leaves a
+half-written model that a later run would trust: a later run re-verifies every sha256 before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facegate import __version__
+from facegate.errors import ChecksumError, ModelError
+from facegate.packs.manifest import ModelFile, PackManifest, read_source_bytes, source_path
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "prepared.json"
+
+
+def cache_root() -> Path:
+    """The cache folder (see module docstring); not created here."""
+    if env := os.environ.get("FACEGATE_CACHE_DIR"):
+        return Path(env).expanduser()
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0]) / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "facegate"
+
+
+def pack_dir(name: str) -> Path:
+    return cache_root() / "packs" / name
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class PreparedPack:
+    """Verified, ready-to-load files of one pack (all paths exist and match their recorded sha256)."""
+
+    manifest: PackManifest
+    detector: Path
+    recogniser: Path
+    landmarks: Path | None = None
+    liveness: list[Path] = field(default_factory=list)
+    directory: Path | None = None
+
+
+def _manifest_digest(manifest: PackManifest) -> str:
+    return sha256_bytes(manifest.model_dump_json(exclude={"manifest_path"}).encode())
+
+
+def _verified_source(model: ModelFile, manifest: PackManifest, role: str) -> tuple[bytes, Path | None]:
+    """Bytes of a source after checking its sha256; raises ChecksumError naming the file."""
+    what = f"pack {manifest.name!r} {role}"
+    data = read_source_bytes(model.source, manifest.manifest_path, what)
+    got = sha256_bytes(data)
+    if got != model.sha256:
+        where = source_path(model.source, manifest.manifest_path) or model.source.describe()
+        raise ChecksumError(
+            f"{what}: {where} has sha256 {got}, but the manifest {manifest.manifest_path} expects {model.sha256}; "
+            "the file is corrupt or a different version: reinstall it or fix the manifest"
+        )
+    return data, source_path(model.source, manifest.manifest_path)
+
+
+def _materialise(model: ModelFile, manifest: PackManifest, role: str, target: Path) -> Path:
+    """Return a verified on-disk path for a source: the source file itself, or a copy in the cache for bytes."""
+    data, path = _verified_source(model, manifest, role)
+    if path is not None:
+        return path
+    if not target.exists() or sha256_file(target) != model.sha256:
+        write_atomic(target, data)
+    return target
+
+
+def prepare_pack(manifest: PackManifest, force: bool = False) -> PreparedPack:
+    """Verify and build every file of a pack into the cache; returns the verified paths.
+
+    Idempotent: files already built and matching their recorded sha256 are kept unless ``force``.
+    Raises ``ChecksumError`` / ``ModelError`` naming the file when a source is missing or corrupt.
+    """
+    folder = pack_dir(manifest.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    detector = _materialise(manifest.detector, manifest, "detector", folder / "detector.onnx")
+    landmarks = None
+    if manifest.landmarks is not None:
+        landmarks = _materialise(manifest.landmarks, manifest, "landmarks", folder / "landmarks.dat")
+    recogniser_built: dict[str, str] = {}
+    if manifest.recogniser.kind == "dlib_resnet":
+        from facegate.packs.dlib_resnet import convert_dlib_resnet
+
+        _, dat_path = _verified_source(manifest.recogniser, manifest, "recogniser")
+        if dat_path is None:
+            dat_path = _materialise(manifest.recogniser, manifest, "recogniser", folder / "recogniser.dat")
+        recogniser = folder / "recogniser.onnx"
+        state = _read_state(folder)
+        recorded = state.get("files", {}).get("recogniser", {}) if state else {}
+        if (
+            force
+            or not recogniser.exists()
+            or recorded.get("source_sha256") != manifest.recogniser.sha256
+            or recorded.get("sha256") != sha256_file(recogniser)
+        ):
+            log.warning("building %s from %s (one-off, a few seconds)", recogniser, dat_path)
+            digest = convert_dlib_resnet(dat_path, recogniser)
+        else:
+            digest = recorded["sha256"]
+        recogniser_built = {"sha256": digest, "source_sha256": manifest.recogniser.sha256}
+    else:
+        recogniser = _materialise(manifest.recogniser, manifest, "recogniser", folder / "recogniser.onnx")
+    liveness: list[Path] = []
+    if manifest.liveness is not None:
+        for i, model in enumerate(manifest.liveness.models):
+            liveness.append(_materialise(model, manifest, f"liveness model {i}", folder / f"liveness{i}.onnx"))
+    record = {
+        "pack": manifest.name,
+        "manifest": manifest.manifest_path,
+        "manifest_digest": _manifest_digest(manifest),
+        "facegate_version": __version__,
+        "files": {
+            "detector": {"path": str(detector), "sha256": manifest.detector.sha256},
+            "landmarks": {"path": str(landmarks), "sha256": manifest.landmarks.sha256} if landmarks else None,
+            "recogniser": {"path": str(recogniser), **(recogniser_built or {"sha256": manifest.recogniser.sha256})},
+            "liveness": [{"path": str(p), "sha256": m.sha256} for p, m in
+                         zip(liveness, manifest.liveness.models if manifest.liveness else [], strict=True)],
+        },
+    }
+    write_atomic(folder / STATE_FILE, json.dumps(record, indent=2).encode())
+    return PreparedPack(manifest, detector, recogniser, landmarks, liveness, folder)
+
+
+def _read_state(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pack_state(manifest: PackManifest) -> str:
+    """'prepared', 'not prepared' or 'stale' (manifest changed or a built file no longer matches)."""
+    state = _read_state(pack_dir(manifest.name))
+    if state is None:
+        return "not prepared"
+    if state.get("manifest_digest") != _manifest_digest(manifest):
+        return "stale"
+    built = state.get("files", {}).get("recogniser", {})
+    path = Path(built.get("path", ""))
+    if not path.is_file() or sha256_file(path) != built.get("sha256"):
+        return "stale"
+    return "prepared"
+
+
+def ensure_prepared(manifest: PackManifest) -> PreparedPack:
+    """Prepare on first use (with a clear message on stderr via logging), else re-verify and return the paths.
+
+    Every source is re-hashed on each call (tens of ms), so a file corrupted after prepare is caught before use.
+    A converted file that no longer matches its recorded sha256 is rebuilt, with a warning naming it.
+    """
+    state = pack_state(manifest)
+    if state != "prepared":
+        log.warning("model pack %r is %s: preparing it in %s (first use; run `facegate models prepare` to do "
+                    "this ahead of time)", manifest.name, state, pack_dir(manifest.name))
+    try:
+        return prepare_pack(manifest)
+    except OSError as exc:
+        raise ModelError(f"cannot write the model cache {pack_dir(manifest.name)}: {exc}; set FACEGATE_CACHE_DIR "
+                         "to a writable folder") from None

@@ -1,0 +1,129 @@
+"""``FacePipeline``: one pack's detector, recogniser (and liveness) loaded once, run batched.
+
+Images are H×W×3 uint8 **BGR**. Every method takes a list of images so that callers (the inference stage, enrolment,
+evaluation) batch across cameras or files; the detector runs them as one batch and the recogniser runs every face of
+every image as one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from facegate.detections import Detections
+from facegate.packs.cache import PreparedPack, ensure_prepared
+from facegate.packs.manifest import PackManifest, load_manifest
+from facegate.packs.registry import build_detector, build_liveness, build_recogniser
+
+log = logging.getLogger(__name__)
+
+
+class FacePipeline:
+    """Detection → alignment → embedding (→ liveness) for one model pack.
+
+    Attributes: ``manifest`` (PackManifest), ``metric`` ("euclidean": lower distance = more similar;
+    "cosine": higher similarity = more similar), ``threshold`` (the pack's operating point), ``liveness``
+    (None or an object with ``score(image, dets) -> N float32``), ``providers`` (what ONNX Runtime really uses).
+    """
+
+    def __init__(
+        self,
+        prepared: PreparedPack,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        with_liveness: bool = True,
+    ) -> None:
+        self.prepared = prepared
+        self.manifest: PackManifest = prepared.manifest
+        providers = list(providers) if providers else None
+        self.detector = build_detector(prepared, providers, threads)
+        self.recogniser = build_recogniser(prepared, providers, threads)
+        self.liveness = build_liveness(prepared, providers, threads) if with_liveness else None
+        self.metric = self.manifest.recogniser.metric
+        self.threshold = self.manifest.operating_point.threshold
+        session = getattr(self.recogniser, "session", None)
+        self.providers = session.get_providers() if session is not None else []
+
+    @classmethod
+    def load(
+        cls,
+        pack: str | Path = "default",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        with_liveness: bool = True,
+    ) -> FacePipeline:
+        """Load a pack by name or manifest path, preparing it on first use.
+
+        Raises ``ConfigError`` for an unknown pack, ``ChecksumError``/``ModelError`` naming the file for a missing,
+        corrupt or mismatching model.
+        """
+        manifest = load_manifest(pack)
+        return cls(ensure_prepared(manifest), providers, threads, with_liveness)
+
+    @property
+    def embedding_size(self) -> int:
+        return self.manifest.recogniser.embedding_size
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Faces in each image (boxes, scores, 5 landmarks in source px), detection run as one batch."""
+        if not images:
+            return []
+        return self.detector.detect(list(images))
+
+    def align(self, image: np.ndarray, dets: Detections) -> np.ndarray:
+        """The recogniser's aligned chips for the faces ``dets`` of ``image`` (N×S×S×3 uint8)."""
+        return self.recogniser.align(image, dets)
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Embeddings of aligned chips: N×D float32 (normalised only if the manifest says so)."""
+        return self.recogniser.embed_chips(chips)
+
+    def embed(self, image: np.ndarray, dets: Detections) -> np.ndarray:
+        """Align and embed the faces ``dets`` of one image: N×D float32."""
+        return self.embed_chips(self.align(image, dets))
+
+    def embed_many(self, images: Sequence[np.ndarray], dets_list: Sequence[Detections]) -> list[np.ndarray]:
+        """Embeddings for the given faces of several images, all faces run as one batch."""
+        chips = [self.align(img, d) for img, d in zip(images, dets_list, strict=True)]
+        counts = [len(c) for c in chips]
+        if sum(counts) == 0:
+            return [np.zeros((0, self.embedding_size), np.float32) for _ in counts]
+        flat = self.embed_chips(np.concatenate([c for c in chips if len(c)]))
+        return np.split(flat, np.cumsum(counts)[:-1])
+
+    def analyse(self, images: Sequence[np.ndarray], liveness: bool = False) -> list[Detections]:
+        """Detect and embed every face of every image; returns Detections with ``data["embeddings"]`` (N×D float32)
+        and, when ``liveness`` and the pack has PAD models, ``data["live_scores"]`` (N float32 in [0, 1])."""
+        dets_list = self.detect(images)
+        embeddings = self.embed_many(images, dets_list)
+        out = []
+        for image, dets, emb in zip(images, dets_list, embeddings, strict=True):
+            data = dict(dets.data)
+            data["embeddings"] = emb
+            if liveness and self.liveness is not None:
+                data["live_scores"] = (
+                    self.liveness.score(image, dets) if len(dets) else np.zeros(0, np.float32)
+                )
+            out.append(Detections(dets.boxes, dets.scores, dets.landmarks, data))
+        return out
+
+    def compare(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Comparison scores between rows of ``a`` (N×D) and ``b`` (M×D): N×M float32 — Euclidean distance for
+        the euclidean metric, cosine similarity for cosine."""
+        a = np.asarray(a, np.float32)
+        b = np.asarray(b, np.float32)
+        if self.metric == "euclidean":
+            d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+            return np.sqrt(np.maximum(d2, 0.0))
+        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return an @ bn.T
+
+    def is_match(self, score: np.ndarray | float) -> np.ndarray | bool:
+        """True where a comparison score passes the pack's threshold (≤ for distances, ≥ for similarities)."""
+        if self.metric == "euclidean":
+            return np.asarray(score) <= self.threshold
+        return np.asarray(score) >= self.threshold
