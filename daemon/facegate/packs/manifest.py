@@ -97,6 +97,7 @@ class LivenessModel(ModelFile):
 class LivenessSpec(_Strict):
     models: list[LivenessModel]
     fusion: Literal["mean_softmax"] = "mean_softmax"
+    threshold: float = Field(0.5, ge=0, le=1, description="Fused live probability at or above which a face is live")
 
 
 class OperatingPoint(_Strict):
