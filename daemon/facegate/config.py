@@ -1,0 +1,486 @@
+"""The daemon's configuration: one YAML file → one typed, validated ``Config`` (pydantic v2).
+
+One model per section, ``extra="forbid"`` (a misspelt key is an error, not silently ignored) and a description on
+every field (``config/example.yaml`` documents the same keys). Validation is pure: validators check shapes, ranges
+and cross-references between sections and never touch the file system or the network. Checks that need I/O (a
+time zone that exists in the tz database, key and certificate files that are readable, a pack that is installed)
+live in ``check_environment``, run once by ``facegate config check`` and at start-up.
+
+Every problem is reported with its key path (``cameras[1].url``) and, when the YAML has it, the line number.
+Relative paths in a config file are resolved against the folder of that file (``resolve_paths``).
+Pattern taken from frigate's ``config/base.py`` and ``__main__.py`` (see shared/notes/style.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from facegate.errors import ConfigError
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: A topic segment must not contain MQTT wildcards or separators (MQTT 3.1.1 §4.7).
+_TOPIC_PREFIX = r"^[^#+\x00]+$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraConfig(_Section):
+    """One camera: exactly one of ``url``, ``usb``, ``device`` or ``file``."""
+
+    id: str = Field(..., pattern=_ID, description="Camera id used in events, logs and topics (letters, digits, _.-)")
+    url: str | None = Field(None, description="Stream URL, e.g. rtsp://user:pass@10.0.0.5:554/stream1 (FFmpeg)")
+    usb: int | None = Field(None, ge=0, description="USB/V4L2 camera index (0 = /dev/video0)")
+    device: str | None = Field(None, description="Video device path, e.g. /dev/video2")
+    file: str | None = Field(None, description="Video file (demo/tests); relative to the config file's folder")
+    loop: bool = Field(False, description="file only: start again at the end instead of stopping the camera")
+    start_s: float = Field(0.0, ge=0, description="file only: start playing at this position (s)")
+    stop_s: float | None = Field(None, gt=0, description="file only: treat this position (s) as the end of the file")
+    realtime: bool = Field(True, description="file only: play at the file's own fps (False: as fast as decoded)")
+    fps_limit: float | None = Field(None, gt=0, description="Deliver at most this many frames per second (None: all)")
+    door: str | None = Field(None, pattern=_ID, description="Id of the door this camera watches (see doors)")
+    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening the source after this many seconds")
+    read_timeout_s: float = Field(5.0, gt=0, description="A single read that takes longer counts as a failure")
+    stall_timeout_s: float = Field(
+        8.0, gt=0, description="Watchdog: rebuild the capture when no frame arrived for this long (an OpenCV read "
+        "can block forever after an RTSP source comes back)")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubled after each failure")
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (±20 % jitter is added)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraConfig:
+        given = [k for k in ("url", "usb", "device", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of url, usb, device or file (got {', '.join(given) or 'none'})")
+        if self.url is not None and "://" not in self.url:
+            raise ValueError(f"url {self.url!r} has no scheme; write e.g. rtsp://HOST:554/PATH")
+        if self.file is None and (self.loop or self.start_s or self.stop_s is not None):
+            raise ValueError("loop, start_s and stop_s apply to file cameras only")
+        if self.stop_s is not None and self.stop_s <= self.start_s:
+            raise ValueError("stop_s must be after start_s")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be ≥ backoff_initial_s")
+        return self
+
+    @property
+    def kind(self) -> Literal["url", "usb", "device", "file"]:
+        """Which source field is set."""
+        for k in ("url", "usb", "device", "file"):
+            if getattr(self, k) is not None:
+                return k  # type: ignore[return-value]
+        raise AssertionError("validated camera without a source")
+
+    def describe(self) -> str:
+        """The source for logs, with any password in a URL replaced by ``***``."""
+        if self.url is not None:
+            return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", self.url)
+        return str(self.usb if self.usb is not None else self.device or self.file)
+
+
+class DecisionConfig(_Section):
+    """When a track becomes a grant, a deny or unknown (k-of-n voting; see runtime/decision.py)."""
+
+    threshold: float | None = Field(
+        None, description="Comparison-score threshold (pack metric: distance ≤ t or similarity ≥ t); "
+        "None = the pack's measured operating point")
+    k: int = Field(3, ge=1, description="Frames of the last n that must match the same identity for a decision")
+    n: int = Field(5, ge=1, description="Voting window in frames per track")
+    margin: float = Field(
+        0.05, ge=0, description="Required gap between the best and the second-best identity's score (same units "
+        "as the threshold)")
+    unknown_after_frames: int = Field(8, ge=1, description="A track with this many frames and no match is unknown")
+    unknown_after_s: float = Field(2.0, gt=0, description="…or a track this old (seconds) with no match is unknown")
+    max_frame_age_s: float = Field(
+        1.0, gt=0, description="Frames older than this (capture to decision, seconds) are dropped, never decided on")
+    grant_ttl_s: float = Field(2.0, gt=0, description="A grant expires this long after its frame was captured")
+    track_iou: float = Field(0.3, gt=0, le=1, description="Minimum box IoU to continue a track")
+    track_max_age_s: float = Field(1.0, gt=0, description="A track without a detection for this long ends")
+    min_face_px: int = Field(40, ge=0, description="Faces narrower than this (px) are tracked but never decided on")
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> DecisionConfig:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must be ≤ n ({self.n})")
+        return self
+
+
+class TimeWindow(_Section):
+    """A weekly opening window in the door's time zone: on ``days``, from ``start`` to ``end`` (end exclusive)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        ..., min_length=1, description="Weekdays (mon…sun) this window applies to")
+    start: dtime = Field(..., description="Opening time HH:MM (24 h), local to the door's time zone")
+    end: dtime = Field(..., description="Closing time HH:MM (exclusive); 24:00 is written 23:59:59")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeWindow:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start} (split overnight windows in two)")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """A weekly schedule. No windows at all means the door is never open by schedule (fail closed)."""
+
+    timezone: str = Field(..., description="IANA time zone name, e.g. Europe/Berlin (checked against tzdata)")
+    windows: list[TimeWindow] = Field(..., min_length=1, description="Opening windows; a grant needs one to match")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", value):
+            raise ValueError(f"{value!r} is not an IANA time zone name like Europe/Berlin or UTC")
+        return value
+
+
+class DoorConfig(_Section):
+    """A door: which cameras watch it and who may pass when."""
+
+    id: str = Field(..., pattern=_ID, description="Door id; events go to <topic_prefix>/<door id>/event")
+    cameras: list[str] = Field(
+        default_factory=list, description="Camera ids watching this door (or set door: on the camera)")
+    allowed_groups: list[str] = Field(
+        default_factory=list, description="Gallery groups allowed through; empty = every enrolled identity")
+    schedule: ScheduleConfig | None = Field(None, description="Weekly opening schedule; None = at any time")
+    cooldown_s: float = Field(
+        5.0, ge=0, description="After a grant, the same person at this door is not granted again for this long")
+    anti_passback: bool = Field(
+        False, description="Refuse a second grant for the same person at this door until anti_passback_s passed")
+    anti_passback_s: float = Field(
+        600.0, gt=0, description="Anti-passback window in seconds (only with anti_passback: true)")
+
+
+class TlsConfig(_Section):
+    """TLS to the broker; paths relative to the config file."""
+
+    ca: str | None = Field(None, description="CA bundle that signed the broker's certificate (None: system CAs)")
+    cert: str | None = Field(None, description="Client certificate (PEM) for mutual TLS")
+    key: str | None = Field(None, description="Client private key (PEM) for mutual TLS")
+    insecure: bool = Field(False, description="Skip host-name verification (testing only)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: give both or neither")
+        return self
+
+
+class MqttConfig(_Section):
+    """The broker the door controllers listen on. ``host: null`` runs without a broker (no door can be driven)."""
+
+    host: str | None = Field(None, description="Broker host name or IP; None = no broker (audit log/stdout only)")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS)")
+    tls: TlsConfig | None = Field(None, description="TLS settings; None = plain TCP")
+    username: str | None = Field(None, description="User name for the broker")
+    password_file: str | None = Field(None, description="File holding the password (first line)")
+    password_env: str | None = Field(None, description="Environment variable holding the password")
+    client_id: str = Field("facegate", min_length=1, max_length=64, description="MQTT client id")
+    topic_prefix: str = Field("facegate", pattern=_TOPIC_PREFIX, description="Topics are <prefix>/<door>/event and "
+                              "<prefix>/status")
+    qos: Literal[1, 2] = Field(1, description="QoS of events and status (≥1: door events must not be lost silently)")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive; the broker publishes the last will after 1.5×")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Start-up waits this long for the first connection")
+    queue_max: int = Field(1000, ge=1, description="Events kept while the broker is away (oldest dropped first)")
+
+    @model_validator(mode="after")
+    def _password(self) -> MqttConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        if (self.password_file or self.password_env) and not self.username:
+            raise ValueError("a password needs a username")
+        return self
+
+
+class AuditConfig(_Section):
+    """The append-only audit log (JSON lines, fsync'd before any publish)."""
+
+    path: str | None = Field(None, description="Audit log file; None = audit.jsonl in the state directory")
+
+
+class SigningConfig(_Section):
+    """HMAC-SHA256 key for event signatures."""
+
+    key_file: str | None = Field(
+        None, description="File with the secret key bytes (≥16 bytes); None = signing.key in the state directory, "
+        "created with 32 random bytes on first run")
+
+
+class GalleryConfig(_Section):
+    """Where the enrolled identities live."""
+
+    path: str | None = Field(None, description="Gallery folder; None = gallery/ in the state directory")
+
+
+class LivenessConfig(_Section):
+    """Presentation-attack detection (needs a pack with a liveness model)."""
+
+    enabled: bool = Field(False, description="Require a live face for a grant")
+    threshold: float = Field(0.5, ge=0, le=1, description="Minimum live score per frame")
+    frames: int = Field(3, ge=1, description="Live frames a track needs before a grant")
+
+
+class InferenceConfig(_Section):
+    """ONNX Runtime settings of the inference stage."""
+
+    providers: list[str] | None = Field(
+        None, description="Execution providers in order, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
+        "None = CUDA when available, then CPU")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads per session; None = ONNX Runtime decides")
+    max_batch: int = Field(8, ge=1, description="Largest detection batch (frames) run at once")
+    detect_scale: float = Field(
+        1.0, gt=0, le=1, description="Scale frames by this before detection (0.5 halves the work on 1080p)")
+
+
+class ServiceConfig(_Section):
+    """Process-level settings of `facegate run`."""
+
+    state_dir: str | None = Field(
+        None, description="Folder for defaults (audit log, key, gallery); None = $STATE_DIRECTORY (systemd) or "
+        "$XDG_STATE_HOME/facegate")
+    ready_timeout_s: float = Field(
+        30.0, gt=0, description="Start-up fails when cameras are not delivering within this long")
+    stop_timeout_s: float = Field(3.0, gt=0, description="SIGTERM: threads get this long to finish")
+    stdout_events: bool = Field(True, description="Also print every decision as one JSON line on stdout")
+
+
+class Config(_Section):
+    """The whole configuration. Every section has defaults; an empty file is valid (then give --camera)."""
+
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to read")
+    pack: str = Field("default", description="Model pack name (models/NAME.yaml) or path to a pack manifest")
+    decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Voting and thresholds")
+    doors: list[DoorConfig] = Field(default_factory=list, description="Doors and their access rules")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit log")
+    signing: SigningConfig = Field(default_factory=SigningConfig, description="Event signing key")
+    gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Gallery location")
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig, description="Presentation-attack detection")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="ONNX Runtime")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="Process settings")
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        _unique("cameras", [c.id for c in self.cameras])
+        _unique("doors", [d.id for d in self.doors])
+        doors = {d.id: d for d in self.doors}
+        cams = {c.id for c in self.cameras}
+        for d in self.doors:
+            for cid in d.cameras:
+                if cid not in cams:
+                    raise ValueError(f"doors: door {d.id!r} lists camera {cid!r}, which is not in cameras")
+        for c in self.cameras:
+            if c.door is not None and doors and c.door not in doors:
+                raise ValueError(f"cameras: camera {c.id!r} watches door {c.door!r}, which is not in doors")
+            listed = [d.id for d in self.doors if c.id in d.cameras]
+            if len(listed) > 1:
+                raise ValueError(f"doors: camera {c.id!r} is listed by several doors ({', '.join(listed)})")
+            if listed and c.door is not None and listed[0] != c.door:
+                raise ValueError(f"cameras: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} lists it")
+        return self
+
+    def door_of(self, camera_id: str) -> str:
+        """The door a camera watches: its ``door``, the door listing it, the only door, or ``"door"``."""
+        for c in self.cameras:
+            if c.id == camera_id and c.door is not None:
+                return c.door
+        for d in self.doors:
+            if camera_id in d.cameras:
+                return d.id
+        return self.doors[0].id if len(self.doors) == 1 else "door"
+
+
+def _unique(what: str, ids: list[str]) -> None:
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"{what}: duplicate id(s) {', '.join(dupes)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading and error reporting
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: key path (``cameras[0].url``), YAML line (1-based) or None, and message."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        return f"{where}{self.path or '<top>'}: {self.message}"
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Line of the deepest YAML node along ``loc`` (a key's own line for a mapping entry)."""
+    node, line = root, (root.start_mark.line + 1) if root is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        # pydantic appends the union member / validator names ("function-after[...]") to loc; drop them
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(
+                err["input"], dict | list):
+            msg += f" (got {err['input']!r})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt? see config/example.yaml for every key)"
+        issues.append(ConfigIssue(_loc_path(loc), _node_line(root, loc), msg))
+    return issues
+
+
+def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue]]:
+    """Validate YAML text. Returns (config, []) or (None, every issue found). Never raises for bad input."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return None, [ConfigIssue("", 1, f"the top level must be a mapping of sections, not {type(raw).__name__}")]
+    try:
+        return Config.model_validate(raw), []
+    except ValidationError as exc:
+        return None, _issues(exc, root)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file (relative paths → absolute, against the file's folder).
+
+    Raises ``ConfigError`` listing every problem with its key path and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    config, issues = parse_config(text, str(path))
+    if config is None:
+        raise ConfigError(f"{path}: {len(issues)} problem(s):\n" + "\n".join(f"  {path}:{i}" for i in issues))
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Return a copy whose relative file paths (camera files, TLS, password, audit, key, gallery) are absolute."""
+
+    def fix(value: str | None) -> str | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    cams = [c.model_copy(update={"file": fix(c.file)}) for c in config.cameras]
+    tls = config.mqtt.tls
+    if tls is not None:
+        tls = tls.model_copy(update={"ca": fix(tls.ca), "cert": fix(tls.cert), "key": fix(tls.key)})
+    pack = config.pack
+    if pack.endswith((".yaml", ".yml")):
+        pack = fix(pack) or pack
+    return config.model_copy(update={
+        "cameras": cams,
+        "pack": pack,
+        "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
+        "audit": AuditConfig(path=fix(config.audit.path)),
+        "signing": SigningConfig(key_file=fix(config.signing.key_file)),
+        "gallery": GalleryConfig(path=fix(config.gallery.path)),
+        "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
+    })
+
+
+def check_environment(config: Config) -> list[ConfigIssue]:
+    """Checks that need the file system (run after validation, on a resolved config): time zones exist, the
+    pack is known, files named by the config are readable, the password variable is set.
+
+    Cameras are not probed here (a camera offline at start-up must not stop the others). Returns the issues found.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from facegate.packs.manifest import load_manifest
+
+    issues: list[ConfigIssue] = []
+    for i, door in enumerate(config.doors):
+        if door.schedule is not None:
+            try:
+                ZoneInfo(door.schedule.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None,
+                                          f"unknown time zone {door.schedule.timezone!r} (not in the tz database)"))
+    for i, cam in enumerate(config.cameras):
+        if cam.file is not None and not Path(cam.file).is_file():
+            issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist"))
+    files = [("signing.key_file", config.signing.key_file), ("mqtt.password_file", config.mqtt.password_file)]
+    if config.mqtt.tls is not None:
+        files += [(f"mqtt.tls.{k}", getattr(config.mqtt.tls, k)) for k in ("ca", "cert", "key")]
+    for key, value in files:
+        if value is not None and not os.access(value, os.R_OK):
+            issues.append(ConfigIssue(key, None, f"file {value} does not exist or is not readable"))
+    if config.mqtt.password_env and config.mqtt.password_env not in os.environ:
+        issues.append(ConfigIssue("mqtt.password_env", None,
+                                  f"environment variable {config.mqtt.password_env} is not set"))
+    try:
+        load_manifest(config.pack)
+    except ConfigError as exc:
+        issues.append(ConfigIssue("pack", None, str(exc)))
+    return issues
+
+
+def _parse_path(path: str) -> tuple[Any, ...]:
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
+
+
+def check_file(path: str | Path) -> tuple[Config | None, list[ConfigIssue]]:
+    """Everything ``facegate config check`` reports: validation issues, then (if it validates) environment issues,
+    each with its key path and YAML line. Returns (resolved config or None, issues)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return None, [ConfigIssue("", None, f"cannot read {path}: {exc.strerror or exc}")]
+    config, issues = parse_config(text, str(path))
+    if config is None:
+        return None, issues
+    config = resolve_paths(config, path.parent)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # parse_config already accepted it
+        root = None
+    env = [ConfigIssue(i.path, _node_line(root, _parse_path(i.path)), i.message) for i in check_environment(config)]
+    return config, env

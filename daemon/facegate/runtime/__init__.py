@@ -1,0 +1,1 @@
+"""The daemon's stages: capture → inference → decision → events, and the service that runs them (DESIGN.md)."""
