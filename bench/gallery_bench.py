@@ -1,0 +1,241 @@
+"""Gallery search benchmark: hnswlib against exact numpy brute force, in the same run.
+
+For each gallery size (templates of 128-d float32) it reports:
+
+* build time (s, with the number of build threads), index size (bytes of the saved hnswlib file), resident memory
+  added by the index and the process's peak RSS (VmHWM, MiB);
+* for each query-time ``ef``: template recall@1 (hnswlib's nearest template == the exact nearest template),
+  identity recall@1 (same identity as the exact nearest template), and single-thread latency per query
+  (p50/p99, ms, one query per call, ``num_threads=1``);
+* numpy brute force latency on the same queries (one query per call, BLAS limited to one thread).
+
+Data (``--data synthetic``, the worst case of ../shared/notes/peers.md): isotropic Gaussian identity centres in
+128-d (σ = 0.1 per dimension), 5 templates per identity (σ = 0.02 around the centre), queries = a random
+identity's centre plus the same template noise. Squared L2 space as in the built-in dlib pack.
+
+Real embeddings (``--real FILE.npz`` with ``embeddings`` N×D float32 and ``labels`` N): the first image of each
+label with ≥ 2 images is held out as a query, the rest is the gallery. No cached real embeddings ship with the
+repository; the script says so when the file is absent.
+
+Run (long: 1M with M=48 builds for many minutes on 2 cores)::
+
+    python bench/gallery_bench.py --sizes 10k,100k --M 48 --ef-construction 400 --ef 32,64,96,128
+    nohup python bench/gallery_bench.py --sizes 1M --json bench/gallery_1M.json > bench/gallery_1M.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import os
+
+# Brute force must be single-threaded to compare like with like; set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hnswlib  # noqa: E402
+import numpy as np  # noqa: E402
+
+TEMPLATES_PER_IDENTITY = 5
+CENTRE_SIGMA = 0.1
+TEMPLATE_SIGMA = 0.02
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(text[-1], 1)
+    return int(float(text[:-1] if text[-1] in "km" else text) * mult)
+
+
+def proc_status_mib(field: str) -> float:
+    """VmRSS / VmHWM of this process from /proc (MiB); NaN where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def synthetic(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered vectors: returns (data n×dim f32, data identity n, queries q×dim f32, query identity q)."""
+    rng = np.random.default_rng(seed)
+    n_ids = max(1, n // TEMPLATES_PER_IDENTITY)
+    centres = rng.normal(0, CENTRE_SIGMA, (n_ids, dim)).astype(np.float32)
+    ids = np.repeat(np.arange(n_ids), TEMPLATES_PER_IDENTITY)[:n]
+    data = centres[ids] + rng.normal(0, TEMPLATE_SIGMA, (n, dim)).astype(np.float32)
+    q_ids = rng.integers(0, n_ids, n_queries)
+    queries = centres[q_ids] + rng.normal(0, TEMPLATE_SIGMA, (n_queries, dim)).astype(np.float32)
+    return data, ids, queries.astype(np.float32), q_ids
+
+
+def exact_nearest(data: np.ndarray, queries: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Exact nearest template (index) per query: float32 matmul shortlist of 16, re-ranked in float64."""
+    norms = np.einsum("ij,ij->i", data, data)
+    out = np.empty(len(queries), np.int64)
+    for s in range(0, len(queries), chunk):
+        q = queries[s : s + chunk]
+        d = norms[None, :] - 2.0 * (q @ data.T)
+        short = np.argpartition(d, min(16, data.shape[0] - 1), axis=1)[:, :16]
+        exact = ((data[short].astype(np.float64) - q[:, None, :].astype(np.float64)) ** 2).sum(-1)
+        out[s : s + chunk] = short[np.arange(len(q)), exact.argmin(1)]
+    return out
+
+
+def brute_force_latency(data: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query brute force as a library would do it (norms precomputed): returns (ms per query, answers)."""
+    norms = np.einsum("ij,ij->i", data, data)
+    times = np.empty(len(queries))
+    answers = np.empty(len(queries), np.int64)
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter_ns()
+        answers[i] = int(np.argmin(norms - 2.0 * (data @ q)))
+        times[i] = (time.perf_counter_ns() - t0) / 1e6
+    return times, answers
+
+
+def pct(values: np.ndarray, p: float) -> float:
+    return round(float(np.percentile(values, p)), 4)
+
+
+def run_case(
+    name: str,
+    data: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    args: argparse.Namespace,
+) -> dict:
+    n, dim = data.shape
+    print(f"\n== {name}: {n:,} templates × {dim}-d, {len(queries)} queries", flush=True)
+    t0 = time.perf_counter()
+    truth = exact_nearest(data, queries)
+    print(f"exact ground truth: {time.perf_counter() - t0:.1f} s", flush=True)
+    n_bf = min(len(queries), args.bf_queries)
+    bf_ms, bf_ans = brute_force_latency(data, queries[:n_bf])
+    bf = {
+        "queries": n_bf,
+        "p50_ms": pct(bf_ms, 50),
+        "p99_ms": pct(bf_ms, 99),
+        "recall_at_1": round(float(np.mean(bf_ans == truth[:n_bf])), 4),
+    }
+    print(f"numpy brute force (1 thread): p50 {bf['p50_ms']} ms  p99 {bf['p99_ms']} ms  recall@1 {bf['recall_at_1']}")
+    results = {"name": name, "templates": n, "dim": dim, "queries": len(queries), "brute_force": bf, "configs": []}
+    for m in args.M:
+        for efc in args.ef_construction:
+            rss0 = proc_status_mib("VmRSS")
+            index = hnswlib.Index(space="l2", dim=dim)
+            index.init_index(max_elements=n, M=m, ef_construction=efc, random_seed=args.seed)
+            t0 = time.perf_counter()
+            index.add_items(data, np.arange(n), num_threads=args.build_threads)
+            build_s = time.perf_counter() - t0
+            rss1 = proc_status_mib("VmRSS")
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "index.bin")
+                index.save_index(path)
+                size = os.path.getsize(path)
+            cfg = {
+                "M": m,
+                "ef_construction": efc,
+                "build_s": round(build_s, 1),
+                "build_threads": args.build_threads,
+                "index_bytes": size,
+                "index_rss_mib": round(rss1 - rss0, 1),
+                "peak_rss_mib": round(proc_status_mib("VmHWM"), 1),
+                "ef": [],
+            }
+            print(
+                f"hnswlib M={m} ef_construction={efc}: build {build_s:.1f} s ({args.build_threads} threads), "
+                f"file {size / 2**20:.1f} MiB, +RSS {cfg['index_rss_mib']} MiB, peak RSS {cfg['peak_rss_mib']} MiB",
+                flush=True,
+            )
+            for ef in args.ef:
+                index.set_ef(ef)
+                index.knn_query(queries[:20], k=1, num_threads=1)  # warm caches
+                times = np.empty(len(queries))
+                found = np.empty(len(queries), np.int64)
+                for i in range(len(queries)):
+                    q = queries[i : i + 1]
+                    t0 = time.perf_counter_ns()
+                    labels, _ = index.knn_query(q, k=1, num_threads=1)
+                    times[i] = (time.perf_counter_ns() - t0) / 1e6
+                    found[i] = labels[0, 0]
+                row = {
+                    "ef": ef,
+                    "recall_at_1": round(float(np.mean(found == truth)), 4),
+                    "identity_recall_at_1": round(float(np.mean(ids[found] == ids[truth])), 4),
+                    "p50_ms": pct(times, 50),
+                    "p99_ms": pct(times, 99),
+                }
+                row["speedup_p50_vs_brute_force"] = round(bf["p50_ms"] / max(row["p50_ms"], 1e-9), 1)
+                cfg["ef"].append(row)
+                print(
+                    f"  ef={ef:4d}  recall@1 {row['recall_at_1']:.4f}  identity recall@1 "
+                    f"{row['identity_recall_at_1']:.4f}  p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+                    f"({row['speedup_p50_vs_brute_force']}× brute force p50)",
+                    flush=True,
+                )
+            results["configs"].append(cfg)
+            del index
+    return results
+
+
+def load_real(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        print(f"\nreal embeddings: no cached file at {path}; real-embedding case not run "
+              "(create it with the evaluation tools: an npz holding 'embeddings' N×D float32 and 'labels' N)")
+        return None
+    blob = np.load(path, allow_pickle=False)
+    emb = np.asarray(blob["embeddings"], np.float32)
+    labels = np.asarray(blob["labels"])
+    _, inverse = np.unique(labels, return_inverse=True)
+    first = np.zeros(len(emb), bool)
+    seen: set[int] = set()
+    counts = np.bincount(inverse)
+    for i, lab in enumerate(inverse):
+        if counts[lab] >= 2 and lab not in seen:
+            first[i] = True
+            seen.add(int(lab))
+    return emb[~first], inverse[~first], emb[first], inverse[first]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10k,100k,1M", help="gallery sizes, comma-separated (e.g. 10k,100k)")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--bf-queries", type=int, default=200, help="queries timed for brute force")
+    parser.add_argument("--M", type=lambda s: [int(v) for v in s.split(",")], default=[48])
+    parser.add_argument("--ef-construction", type=lambda s: [int(v) for v in s.split(",")], default=[400])
+    parser.add_argument("--ef", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64, 96, 128, 160])
+    parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--real", type=Path, default=Path(os.environ.get(
+        "FACEGATE_LFW_EMBEDDINGS", Path.home() / ".cache/facegate/lfw_embeddings_default.npz")))
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args(argv)
+
+    print(f"hnswlib {getattr(hnswlib, '__version__', '0.8')}, numpy {np.__version__}, {platform.processor() or ''} "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": []}
+    for size in [parse_size(s) for s in args.sizes.split(",") if s.strip()]:
+        data, ids, queries, _ = synthetic(size, args.dim, args.queries, args.seed)
+        report["cases"].append(run_case(f"synthetic-{size}", data, ids, queries, args))
+        del data, ids, queries
+    real = load_real(args.real)
+    if real is not None:
+        report["cases"].append(run_case(f"real-{args.real.name}", *real[:2], real[2], args))
+    report["load_average_end"] = os.getloadavg()
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""``Gallery``: the SQLite store plus the derived hnswlib index, kept consistent.
+
+Folder layout (``--gallery DIR``): ``gallery.db`` (+ ``-wal``/``-shm`` while open), ``index.json`` and one
+``index-<generation>-<random>.hnsw``. Only ``gallery.db`` matters: the index files can be deleted at any time
+and are rebuilt (or brought up to date label by label) from SQLite when the gallery opens.
+
+Writes go to SQLite first (one transaction), then to the index, both under the gallery's write lock, so two
+writers in one process cannot interleave; searches run concurrently and only wait for the index lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facegate.errors import GalleryError
+from facegate.gallery.index import DEFAULT_EF, GalleryIndex, Match, remove_stale_files
+from facegate.gallery.store import Identity, PackBinding, Store
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = "facegate-gallery"
+EXPORT_VERSION = 1
+
+
+class Gallery:
+    """Identities and templates of one gallery folder, bound to one pack; thread-safe.
+
+    ``pack`` (optional) is the pack the caller will add or search with; a gallery bound to another pack raises
+    ``GalleryError``. A new gallery is bound by its first enrolment.
+    """
+
+    def __init__(self, folder: str | Path, pack: PackBinding | None = None, ef: int = DEFAULT_EF,
+                 index_params: dict[str, int] | None = None) -> None:
+        self.folder = Path(folder)
+        self.store = Store(self.folder)
+        self._write_lock = threading.RLock()
+        self._ef = ef
+        self._params = dict(index_params or {})
+        self._index: GalleryIndex | None = None
+        self._dirty = False
+        bound = self.store.binding()
+        if pack is not None and bound is not None and bound != pack:
+            self.store.bind(pack)  # raises the mismatch error with the folder named
+        self.pack = bound or pack
+        if bound is not None:
+            self._open_index(bound)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Persist the index if it changed and close the database."""
+        self.save()
+        self.store.close()
+
+    def save(self) -> None:
+        """Write the index atomically if it changed since it was loaded or saved."""
+        with self._write_lock:
+            if self._index is not None and self._dirty and self.pack is not None:
+                self._index.save(self.folder, self.store.gallery_id, self.pack.name)
+                self._dirty = False
+
+    def _new_index(self, pack: PackBinding, capacity: int) -> GalleryIndex:
+        return GalleryIndex(pack.dim, pack.metric, ef=self._ef, capacity=capacity, **self._params)
+
+    def _names(self) -> dict[int, tuple[str, tuple[str, ...]]]:
+        return {i.id: (i.name, tuple(i.groups)) for i in self.store.identities()}
+
+    def _open_index(self, pack: PackBinding) -> None:
+        """Load the saved index and bring it up to the store's state, or rebuild it from SQLite."""
+        t0 = time.perf_counter()
+        generation = self.store.generation
+        tids, iids = self.store.template_ids()
+        loaded = None if self._params else GalleryIndex.load(
+            self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
+        if loaded is not None:
+            index, saved_generation = loaded
+            in_graph = index.labels()
+            present = np.isin(tids, in_graph)
+            index.attach(tids[present], iids[present], self._names(), generation)
+            missing = tids[~present]
+            for mt, mi, vecs in self.store.embeddings(missing if len(missing) else np.zeros(0, np.int64)):
+                index.add(mt, mi, vecs)
+            self._index = index
+            self._dirty = saved_generation != generation
+            how = "loaded" if not self._dirty else f"loaded+{len(missing)} added"
+        else:
+            self._rebuild(pack, len(tids))
+            how = "rebuilt"
+        log.info("gallery_open folder=%s templates=%d index=%s seconds=%.2f", self.folder, len(tids), how,
+                 time.perf_counter() - t0)
+
+    def _rebuild(self, pack: PackBinding, count: int) -> None:
+        index = self._new_index(pack, max(count, 16))
+        for tids, iids, vecs in self.store.embeddings():
+            index.add(tids, iids, vecs)
+        index.add(np.zeros(0, np.int64), 0, np.zeros((0, pack.dim), np.float32), names=self._names(),
+                  generation=self.store.generation)
+        self._index = index
+        self._dirty = True
+
+    def refresh(self) -> None:
+        """Bring the index up to date after another process changed ``gallery.db`` (e.g. on SIGHUP)."""
+        with self._write_lock:
+            bound = self.store.binding()
+            if bound is None:
+                return
+            self.pack = bound
+            if self._index is None or self._index.generation != self.store.generation:
+                self._rebuild(bound, self.store.counts()[1])
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    @property
+    def metric(self) -> str | None:
+        return self.pack.metric if self.pack else None
+
+    def identities(self) -> list[Identity]:
+        return self.store.identities()
+
+    def identity(self, name_or_id: str | int) -> Identity:
+        return self.store.identity(name_or_id)
+
+    def stats(self) -> dict[str, Any]:
+        identities, templates = self.store.counts()
+        return {
+            "folder": str(self.folder),
+            "pack": self.pack.name if self.pack else None,
+            "dim": self.pack.dim if self.pack else None,
+            "metric": self.metric,
+            "identities": identities,
+            "templates": templates,
+            "index_deleted_pending_compact": self._index.deleted if self._index else 0,
+            "generation": self.store.generation,
+        }
+
+    def search(self, probes: np.ndarray, k: int = 5) -> list[list[Match]]:
+        """Top-``k`` identities per probe (N×D float32), best first; see ``GalleryIndex.search``."""
+        return self.search_versioned(probes, k)[0]
+
+    def search_versioned(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Match]], int]:
+        """``search`` plus the index version the answer reflects (for consistency checks)."""
+        probes = np.asarray(probes, dtype=np.float32)
+        if probes.ndim == 1:
+            probes = probes[None]
+        if self.pack is not None and probes.shape[1] != self.pack.dim:
+            raise GalleryError(f"probe embeddings are {probes.shape[1]}-d, the gallery holds "
+                               f"{self.pack.describe()} templates")
+        index = self._index
+        if index is None:
+            return [[] for _ in range(len(probes))], 0
+        return index.search(probes, k)
+
+    @property
+    def version(self) -> int:
+        return self._index.version if self._index else 0
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def enrol(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        pack: PackBinding,
+        groups: Iterable[str] = (),
+        image_sha256: list[str | None] | None = None,
+        quality: list[dict[str, Any]] | None = None,
+    ) -> tuple[int, np.ndarray]:
+        """Add templates (N×D float32 of ``pack``) to identity ``name``, creating it if new.
+
+        Quality gates and the duplicate check are the caller's (``facegate.gallery.enrol``). Returns
+        (identity id, template ids). Raises ``GalleryError`` for an empty name, a wrong shape or another pack.
+        """
+        name = name.strip()
+        if not name:
+            raise GalleryError("identity name is empty; give --name NAME")
+        emb = np.asarray(embeddings, np.float32)
+        if emb.ndim != 2 or emb.shape[1] != pack.dim or not len(emb):
+            raise GalleryError(f"{name}: expected N×{pack.dim} embeddings of pack {pack.name}, got {emb.shape}")
+        if not np.all(np.isfinite(emb)):
+            raise GalleryError(f"{name}: embeddings contain NaN or infinity; the image or model is broken")
+        with self._write_lock:
+            bound = self.store.bind(pack)
+            if self._index is None:
+                self.pack = bound
+                self._rebuild(bound, 0)
+            assert self._index is not None
+            identity_id, tids, generation = self.store.add(name, emb, bound, list(groups), image_sha256, quality)
+            ident = self.store.identity(identity_id)
+            self._index.add(tids, identity_id, emb, names={identity_id: (ident.name, tuple(ident.groups))},
+                            generation=generation)
+            self._dirty = True
+        log.info("gallery_enrol identity=%s templates=%d", name, len(tids))
+        return identity_id, tids
+
+    def remove(self, name_or_id: str | int) -> Identity:
+        """Erase an identity: its templates leave SQLite (overwritten, secure_delete) and the index (deleted
+        marks). ``compact`` then rewrites both files. Raises ``GalleryError`` for an unknown identity."""
+        with self._write_lock:
+            ident, tids, generation = self.store.remove(name_or_id)
+            if self._index is not None:
+                self._index.remove(tids, ident.id, generation=generation)
+            self._dirty = True
+        log.info("gallery_remove identity=%s templates=%d", ident.name, len(tids))
+        return ident
+
+    def compact(self) -> dict[str, Any]:
+        """Rebuild the index without deleted items, save it, delete old index files and VACUUM SQLite."""
+        with self._write_lock:
+            dropped = self._index.deleted if self._index else 0
+            if self.pack is not None and self.store.binding() is not None:
+                self._rebuild(self.pack, self.store.counts()[1])
+                self.save()
+            else:
+                remove_stale_files(self.folder, keep=None)
+            self.store.vacuum()
+        return {"index_items_dropped": dropped, **self.stats()}
+
+    # -- export / import --------------------------------------------------------------------------------------
+    def export(self, path: str | Path) -> dict[str, int]:
+        """Write a portable JSON-lines file: a header line (format, pack) then one line per identity with its
+        templates (embeddings as float lists, source sha256, quality). Written atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        n_ids = n_templates = 0
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
+                          "pack": self.pack.name if self.pack else None,
+                          "dim": self.pack.dim if self.pack else None, "metric": self.metric}
+                out.write(json.dumps(header) + "\n")
+                for row in self.store.export_rows():
+                    out.write(json.dumps(row) + "\n")
+                    n_ids += 1
+                    n_templates += len(row["templates"])
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise GalleryError(f"{path}: cannot write the export ({exc.strerror})") from None
+        return {"identities": n_ids, "templates": n_templates}
+
+    def import_file(self, path: str | Path) -> dict[str, int]:
+        """Read a file written by ``export``; refuses a file of another pack than this gallery's (GalleryError).
+        Identities already present get the imported templates added (same name = same person)."""
+        path = Path(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise GalleryError(f"{path}: no such file; give a file written by `facegate gallery export`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GalleryError(f"{path}: cannot read the import file ({exc})") from None
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("format") != EXPORT_FORMAT:
+            raise GalleryError(f"{path}: not a facegate gallery export (first line must be its header)")
+        if header.get("pack") is None:
+            return {"identities": 0, "templates": 0}
+        try:
+            pack = PackBinding(str(header["pack"]), int(header["dim"]), str(header["metric"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GalleryError(f"{path}: export header has no valid pack ({exc})") from None
+        bound = self.store.binding()
+        if bound is not None and bound != pack:
+            raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into {self.folder}, "
+                               f"which holds pack {bound.describe()}; import into another --gallery folder")
+        n_ids = n_templates = 0
+        for lineno, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                emb = np.array([t["embedding"] for t in row["templates"]], np.float32).reshape(-1, pack.dim)
+                shas = [t.get("image_sha256") for t in row["templates"]]
+                quals = [t.get("quality", {}) for t in row["templates"]]
+                name, groups = str(row["name"]), list(row.get("groups", []))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise GalleryError(f"{path}:{lineno}: malformed identity record ({exc}); nothing after it imported"
+                                   ) from None
+            if len(emb):
+                self.enrol(name, emb, pack, groups, shas, quals)
+                n_templates += len(emb)
+            n_ids += 1
+        return {"identities": n_ids, "templates": n_templates}

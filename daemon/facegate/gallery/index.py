@@ -1,0 +1,361 @@
+"""The one owner of the gallery's hnswlib index (1:N search over templates).
+
+hnswlib (https://github.com/nmslib/hnswlib, HNSW graphs of Malkov & Yashunin 2018, arXiv:1603.09320) is not safe
+for ``add_items``/``mark_deleted`` concurrent with ``knn_query`` (its README: "thread-safe for queries only" and
+"not safe to call add and query at the same time"). ``GalleryIndex`` therefore serialises every call on the index
+behind one lock; a query takes well under a millisecond, so writers wait at most that long.
+
+Labels are the store's template ids. The index also keeps, for the search result, the identity of every label and
+the name and groups of every identity, updated under the same lock, so a search never sees a half-applied change.
+
+Metric (fixed by the gallery's pack):
+
+* ``euclidean`` (dlib): hnswlib space ``l2`` returns the **squared** distance; ``search`` returns its square root,
+  the Euclidean distance (lower = more alike).
+* ``cosine`` (ArcFace-style packs): hnswlib space ``cosine`` L2-normalises vectors on add and query and returns
+  ``1 − cos``; ``search`` returns the cosine similarity ``1 − d`` (higher = more alike).
+
+Default parameters are chosen from bench/gallery_bench.py (README "Gallery and enrolment" has the table), on the
+synthetic worst case of ../shared/notes/peers.md at 1M templates of 128-d, one query thread, 2-core VM:
+M=48, ef_construction=400 → ef=128 gave template recall@1 0.997 at p50 0.93 ms / p99 1.27 ms (peers.md, idle) and
+the figures of this repository's run are in the README. ``DEFAULT_EF`` is the smallest ef that met recall@1 ≥ 0.995.
+
+Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
+generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
+only then are older index files removed. A crash at any point leaves ``index.json`` naming a complete file (or no
+``index.json``), and a file whose checksum, gallery id or pack does not match is ignored and rebuilt from SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from facegate.errors import GalleryError
+
+log = logging.getLogger(__name__)
+
+#: Graph out-degree. 48 (not hnswlib's 16) because the 1M synthetic case reached only recall@1 0.94 with M=16 even
+#: at ef=256 (peers.md); see the module docstring for the measurement.
+DEFAULT_M = 48
+#: Build-time candidate list; 400 with M=48 gives the recall/latency of the module docstring.
+DEFAULT_EF_CONSTRUCTION = 400
+#: Query-time candidate list (raised per query to at least the number of templates fetched).
+DEFAULT_EF = 128
+#: Capacity grows by this factor when full (hnswlib's resize_index copies the graph).
+GROWTH = 2.0
+INITIAL_CAPACITY = 1024
+META_NAME = "index.json"
+INDEX_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Match:
+    """One identity found for a probe: its best template and comparison ``score`` in the pack's metric.
+
+    ``score`` is the Euclidean distance (metric ``euclidean``, lower = more alike) or the cosine similarity
+    (metric ``cosine``, higher = more alike).
+    """
+
+    identity_id: int
+    name: str
+    groups: tuple[str, ...]
+    score: float
+    template_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"identity": self.name, "identity_id": self.identity_id, "score": round(self.score, 5),
+                "template_id": self.template_id, "groups": list(self.groups)}
+
+
+def better(metric: str, a: float, threshold: float) -> bool:
+    """True when score ``a`` is a match at ``threshold``: distance ≤ threshold, or similarity ≥ threshold."""
+    return a <= threshold if metric == "euclidean" else a >= threshold
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class GalleryIndex:
+    """Thread-safe hnswlib index of templates (see the module docstring); every method takes the one lock."""
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str,
+        M: int = DEFAULT_M,
+        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+        ef: int = DEFAULT_EF,
+        capacity: int | None = INITIAL_CAPACITY,
+    ) -> None:
+        if metric not in ("euclidean", "cosine"):
+            raise GalleryError(f"metric {metric!r} is not 'euclidean' or 'cosine'")
+        self.dim, self.metric = dim, metric
+        self.M, self.ef_construction, self.ef = M, ef_construction, ef
+        self._lock = threading.Lock()
+        self._index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=dim)
+        if capacity is not None:  # None: load_index follows (hnswlib prints a warning on stdout otherwise)
+            self._index.init_index(max_elements=max(capacity, 16), M=M, ef_construction=ef_construction,
+                                   random_seed=100)
+        self._owner = np.full(INITIAL_CAPACITY, -1, np.int64)  # template id → identity id (-1: absent/deleted)
+        self._per_identity: dict[int, int] = {}  # identity id → live templates
+        self._meta: dict[int, tuple[str, tuple[str, ...]]] = {}  # identity id → (name, groups)
+        self._alive = 0
+        self._max_per_identity = 0
+        #: Incremented once per add/remove call; search returns the version its answer was computed at.
+        self.version = 0
+        self.generation = 0  # the store generation this index reflects
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def add(
+        self,
+        template_ids: np.ndarray,
+        identity_id: int | np.ndarray,
+        vectors: np.ndarray,
+        names: dict[int, tuple[str, tuple[str, ...]]] | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Insert templates (ids int64 N, identities scalar or N, vectors N×D float32); ``names`` updates labels."""
+        tids = np.asarray(template_ids, np.int64).reshape(-1)
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(tids), self.dim)
+        iids = np.broadcast_to(np.asarray(identity_id, np.int64), tids.shape)
+        with self._lock:
+            if len(tids):
+                needed = self._index.get_current_count() + len(tids)
+                if needed > self._index.get_max_elements():
+                    self._index.resize_index(max(needed, int(self._index.get_max_elements() * GROWTH)))
+                top = int(tids.max()) + 1
+                if top > len(self._owner):
+                    grown = np.full(max(top, int(len(self._owner) * GROWTH)), -1, np.int64)
+                    grown[: len(self._owner)] = self._owner
+                    self._owner = grown
+                # hnswlib parallelises big batches itself; single-template enrolments stay inline.
+                self._index.add_items(vecs, tids, num_threads=-1 if len(tids) > 1000 else 1)
+                self._owner[tids] = iids
+                for iid, count in zip(*np.unique(iids, return_counts=True), strict=True):
+                    self._per_identity[int(iid)] = self._per_identity.get(int(iid), 0) + int(count)
+                self._alive += len(tids)
+                self._max_per_identity = max(self._per_identity.values())
+            if names:
+                self._meta.update(names)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
+
+    def remove(self, template_ids: np.ndarray, identity_id: int | None = None, generation: int | None = None) -> int:
+        """Mark templates deleted (they are never returned again); returns how many were live."""
+        removed = 0
+        with self._lock:
+            for tid in np.asarray(template_ids, np.int64).reshape(-1):
+                if tid < len(self._owner) and self._owner[tid] >= 0:
+                    iid = int(self._owner[tid])
+                    self._index.mark_deleted(int(tid))
+                    self._owner[tid] = -1
+                    self._per_identity[iid] -= 1
+                    if self._per_identity[iid] <= 0:
+                        del self._per_identity[iid]
+                    removed += 1
+            self._alive -= removed
+            self._max_per_identity = max(self._per_identity.values(), default=0)
+            if identity_id is not None and identity_id not in self._per_identity:
+                self._meta.pop(identity_id, None)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
+        return removed
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        """Live (not deleted) templates."""
+        return self._alive
+
+    @property
+    def deleted(self) -> int:
+        """Templates marked deleted but still in the graph (``compact`` drops them)."""
+        with self._lock:
+            return self._index.get_current_count() - self._alive
+
+    def search(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Match]], int]:
+        """Top-``k`` identities per probe (best template per identity), best first.
+
+        ``probes``: N×D float32 embeddings of the gallery's pack. Templates are over-fetched (``k`` × the largest
+        number of templates one identity has, which guarantees ``k`` distinct identities if the graph search is
+        exact) and grouped by identity. An empty gallery gives empty lists; fewer than ``k`` identities give
+        shorter lists. Returns (per-probe lists of ``Match``, the index version the answer reflects).
+        """
+        probes = np.ascontiguousarray(probes, dtype=np.float32).reshape(-1, self.dim)
+        if k < 1:
+            raise GalleryError(f"k={k}: ask for at least one identity")
+        with self._lock:
+            version = self.version
+            if self._alive == 0 or len(probes) == 0:
+                return [[] for _ in range(len(probes))], version
+            fetch = min(self._alive, k * max(1, self._max_per_identity))
+            self._index.set_ef(max(self.ef, fetch))
+            labels, dists = self._query(probes, fetch)
+            owner = self._owner
+            meta = self._meta
+            out: list[list[Match]] = []
+            for row_l, row_d in zip(labels, dists, strict=True):
+                seen: set[int] = set()
+                matches: list[Match] = []
+                for label, dist in zip(row_l, row_d, strict=True):
+                    if label < 0:
+                        continue
+                    iid = int(owner[label])
+                    if iid < 0 or iid in seen:
+                        continue
+                    seen.add(iid)
+                    name, groups = meta.get(iid, (f"#{iid}", ()))
+                    matches.append(Match(iid, name, groups, self._score(float(dist)), int(label)))
+                    if len(matches) == k:
+                        break
+                out.append(matches)
+        return out, version
+
+    def _score(self, dist: float) -> float:
+        return float(np.sqrt(max(dist, 0.0))) if self.metric == "euclidean" else 1.0 - dist
+
+    def _query(self, probes: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """knn_query, tolerating hnswlib's RuntimeError when it finds fewer than ``fetch`` live items
+        (possible after deletions): retry probe by probe with a halving ``fetch``; -1 labels pad short rows."""
+        try:
+            return self._index.knn_query(probes, k=fetch, num_threads=1)
+        except RuntimeError:
+            labels = np.full((len(probes), fetch), -1, np.int64)
+            dists = np.full((len(probes), fetch), np.inf, np.float32)
+            for i, probe in enumerate(probes):
+                kk = fetch
+                while kk >= 1:
+                    try:
+                        lab, dis = self._index.knn_query(probe[None], k=kk, num_threads=1)
+                    except RuntimeError:
+                        kk //= 2
+                        continue
+                    labels[i, :kk], dists[i, :kk] = lab[0], dis[0]
+                    break
+            return labels, dists
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, folder: Path, gallery_id: str, pack: str) -> Path:
+        """Write the index atomically into ``folder`` (see the module docstring); returns the index file path."""
+        folder = Path(folder)
+        name = f"index-{self.generation}-{secrets.token_hex(4)}.hnsw"
+        path = folder / name
+        with self._lock:
+            self._index.save_index(str(path))
+            generation = self.generation
+            meta = {
+                "format": INDEX_FORMAT, "gallery_id": gallery_id, "generation": generation, "pack": pack,
+                "dim": self.dim, "metric": self.metric, "M": self.M, "ef_construction": self.ef_construction,
+                "file": name,
+            }
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        meta["sha256"] = _sha256_file(path)
+        meta["bytes"] = path.stat().st_size
+        tmp = folder / f".{META_NAME}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, folder / META_NAME)
+        _fsync_dir(folder)
+        remove_stale_files(folder, keep=name)
+        log.info("gallery_index_saved file=%s generation=%d bytes=%d", name, generation, meta["bytes"])
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, gallery_id: str, pack: str, dim: int, metric: str, ef: int = DEFAULT_EF
+             ) -> tuple[GalleryIndex, int] | None:
+        """Load the saved index if it belongs to this gallery and pack and its checksum holds, else None.
+
+        Returns (index with no label bookkeeping yet — call ``attach``, the generation it was saved at).
+        """
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+            path = folder / str(meta["file"])
+            expected = (INDEX_FORMAT, gallery_id, pack, dim, metric)
+            found = (meta.get("format"), meta.get("gallery_id"), meta.get("pack"), meta.get("dim"), meta.get("metric"))
+            if found != expected:
+                log.warning("gallery_index_ignored reason=mismatch found=%s expected=%s", found, expected)
+                return None
+            if path.stat().st_size != meta["bytes"] or _sha256_file(path) != meta["sha256"]:
+                log.warning("gallery_index_ignored reason=checksum file=%s", path)
+                return None
+            obj = cls(dim, metric, int(meta["M"]), int(meta["ef_construction"]), ef, capacity=None)
+            obj._index.load_index(str(path), allow_replace_deleted=False)
+            obj.generation = int(meta["generation"])
+            return obj, obj.generation
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            log.warning("gallery_index_ignored reason=unreadable error=%s", exc)
+            return None
+
+    def labels(self) -> np.ndarray:
+        """Every label in the graph, deleted ones included (int64)."""
+        with self._lock:
+            return np.asarray(self._index.get_ids_list(), np.int64)
+
+    def attach(self, template_ids: np.ndarray, identity_ids: np.ndarray,
+               names: dict[int, tuple[str, tuple[str, ...]]], generation: int) -> None:
+        """After ``load``: take the live labels' identities from the store and mark every other label deleted.
+
+        ``template_ids`` must all be in the graph (the caller adds missing ones with ``add`` afterwards).
+        """
+        tids = np.asarray(template_ids, np.int64)
+        with self._lock:
+            in_graph = np.asarray(self._index.get_ids_list(), np.int64)
+            stale = np.setdiff1d(in_graph, tids)
+            for tid in stale:
+                with contextlib.suppress(RuntimeError):  # already marked deleted when the file was saved
+                    self._index.mark_deleted(int(tid))
+            size = int(max(in_graph.max(initial=0), tids.max(initial=0))) + 1
+            self._owner = np.full(max(size, INITIAL_CAPACITY), -1, np.int64)
+            self._owner[tids] = identity_ids
+            self._per_identity = {}
+            for iid, count in zip(*np.unique(identity_ids, return_counts=True), strict=True):
+                self._per_identity[int(iid)] = int(count)
+            self._max_per_identity = max(self._per_identity.values(), default=0)
+            self._alive = len(tids)
+            self._meta = dict(names)
+            self.generation = generation
+            self.version += 1
+
+
+def remove_stale_files(folder: Path, keep: str | None) -> None:
+    """Delete index files (and temporaries) other than ``keep`` — after a successful save or when rebuilding."""
+    for path in Path(folder).iterdir():
+        stale_index = path.name.startswith("index-") and path.name.endswith(".hnsw") and path.name != keep
+        if stale_index or (path.name.startswith(f".{META_NAME}.") and path.name.endswith(".tmp")):
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("gallery_stale_file_kept file=%s error=%s", path, exc)
