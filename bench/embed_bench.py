@@ -1,0 +1,267 @@
+"""Face-embedding benchmark: facegate's converted dlib ResNet under ONNX Runtime against dlib-bin, in the same run.
+
+For each case and batch size it reports ms per face (median over ``--repeats`` passes over the inputs), faces per
+second, the speed-up against the peer case (dlib-bin's ``compute_face_descriptor``, its best batch), the maximum
+|difference| of each case's outputs against its reference case on the same inputs, and the process's peak RSS
+(``resource.getrusage``, MiB) after the case ran (cumulative: the peak of everything so far).
+
+Inputs: real 150×150 RGB face chips cut by dlib itself (HOG detector → 5-point predictor → ``get_face_chip``,
+size 150, padding 0.25) from ../shared/data (enrolment examples + LFW deep-funneled), tiled to ``--faces``.
+Cases are a list (``CASES``): a new recogniser or detector adds an entry with its input kind, batch sizes and a
+factory returning ``run(batch) -> array``; a new input kind adds a loader to ``INPUTS``.
+
+Run::
+
+    python bench/embed_bench.py                           # CPU, ORT default threads
+    python bench/embed_bench.py --threads 1 --repeats 5 --json bench/embed_cpu1.json
+    python bench/embed_bench.py --providers CUDAExecutionProvider,CPUExecutionProvider --json bench/embed_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACEGATE_SHARED", REPO.parent / "shared")).resolve()
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is KiB), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def models_dir() -> Path:
+    import face_recognition_models
+
+    return Path(face_recognition_models.__file__).parent / "models"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_dlib_chips(args: argparse.Namespace) -> np.ndarray:
+    """N×150×150×3 uint8 RGB chips cut by dlib from real photos, tiled to ``args.faces``."""
+    import cv2
+    import dlib
+
+    from facegate.imaging import bgr_to_rgb, load_image
+
+    enrol = SHARED / "data" / "enroll_examples"
+    lfw = SHARED / "data" / "lfw" / "lfw-deepfunneled"
+    if not enrol.is_dir() or not lfw.is_dir():
+        sys.exit(f"embed_bench: needs {enrol} and {lfw} (the shared test data) for real face chips")
+    paths = sorted((enrol / "single").iterdir()) + sorted(p for p in (enrol / "knn_examples").rglob("*") if p.is_file())
+    people = sorted(p for p in lfw.iterdir() if p.is_dir())
+    paths += [sorted(person.iterdir())[0] for person in people[:: max(1, len(people) // args.lfw)][: args.lfw]]
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat"))
+    chips = []
+    for path in paths:
+        rgb = bgr_to_rgb(load_image(path))
+        scale = 1000 / max(rgb.shape[:2])
+        if scale < 1:
+            size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
+            rgb = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+        for box in detector(rgb, 1 if max(rgb.shape[:2]) < 500 else 0):
+            chips.append(np.asarray(dlib.get_face_chip(rgb, predictor(rgb, box), size=150, padding=0.25)))
+    if not chips:
+        sys.exit("embed_bench: dlib found no faces in the shared data")
+    base = np.stack(chips)
+    reps = -(-args.faces // len(base))
+    print(f"inputs: {len(base)} distinct dlib chips from {len(paths)} photos, tiled to {args.faces}", file=sys.stderr)
+    return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
+
+
+INPUTS: dict[str, Callable[[argparse.Namespace], np.ndarray]] = {"chips150_rgb": load_dlib_chips}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass
+class Case:
+    """One thing to time: ``make(args)`` returns ``run(batch) -> outputs`` (row i belongs to input i)."""
+
+    name: str
+    input: str  # key of INPUTS
+    batches: tuple[int, ...]
+    make: Callable[[argparse.Namespace], Runner]
+    peer: bool = False  # the outside implementation the others are compared with
+    reference: str | None = None  # case whose outputs this one must reproduce
+    notes: dict = field(default_factory=dict)
+
+
+def make_facegate_resnet(args: argparse.Namespace) -> Runner:
+    from facegate.packs.dlib_resnet import INPUT_NAME, OUTPUT_NAME, convert_dlib_resnet
+    from facegate.packs.onnx_runner import make_session
+
+    out = Path(tempfile.mkdtemp(prefix="embed_bench_")) / "dlib_resnet.onnx"
+    start = time.perf_counter()
+    convert_dlib_resnet(models_dir() / "dlib_face_recognition_resnet_model_v1.dat", out)
+    CASES_BY_NAME["facegate dlib-resnet ORT"].notes["convert_s"] = round(time.perf_counter() - start, 3)
+    session = make_session(out, "dlib_resnet", providers=args.providers, intra_op_threads=args.threads)
+    CASES_BY_NAME["facegate dlib-resnet ORT"].notes["providers"] = session.get_providers()
+    return lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+
+def make_dlib_resnet(args: argparse.Namespace) -> Runner:
+    import dlib
+
+    net = dlib.face_recognition_model_v1(str(models_dir() / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 1:
+            return np.asarray(net.compute_face_descriptor(batch[0]), dtype=np.float32)[None]
+        # dlib's list overload runs its own mini-batches of 16
+        return np.array([np.asarray(d) for d in net.compute_face_descriptor(list(batch))], dtype=np.float32)
+
+    return run
+
+
+CASES: list[Case] = [
+    Case("dlib-bin compute_face_descriptor", "chips150_rgb", (1, 32), make_dlib_resnet, peer=True),
+    Case(
+        "facegate dlib-resnet ORT",
+        "chips150_rgb",
+        (1, 8, 32),
+        make_facegate_resnet,
+        reference="dlib-bin compute_face_descriptor",
+    ),
+]
+CASES_BY_NAME = {c.name: c for c in CASES}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def time_case(run: Runner, inputs: np.ndarray, batch: int, repeats: int) -> tuple[float, float, np.ndarray]:
+    """Median over ``repeats`` passes of wall and process-CPU seconds per input, and the last pass's outputs.
+
+    CPU time (all threads of the process) is reported next to wall time because the benchmark machine is shared:
+    wall time grows when other jobs hold the cores, CPU time much less so.
+    """
+    run(inputs[:batch])  # warm-up (allocations, ORT arena, first-call kernels)
+    wall, cpu = [], []
+    outputs = None
+    for _ in range(repeats):
+        chunks = []
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(inputs), batch):
+            chunks.append(run(inputs[i : i + batch]))
+        wall.append((time.perf_counter() - start) / len(inputs))
+        cpu.append((time.process_time() - start_cpu) / len(inputs))
+        outputs = np.concatenate(chunks)
+    return float(np.median(wall)), float(np.median(cpu)), outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's choice)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per (case, batch); median reported")
+    parser.add_argument(
+        "--providers",
+        type=lambda s: [p for p in s.split(",") if p],
+        default=["CPUExecutionProvider"],
+        help="comma-separated ORT providers, e.g. CUDAExecutionProvider,CPUExecutionProvider",
+    )
+    parser.add_argument("--faces", type=int, default=64, help="inputs per pass (real chips, tiled)")
+    parser.add_argument("--lfw", type=int, default=24, help="LFW photos to cut chips from")
+    parser.add_argument("--peer-faces", type=int, default=32, help="inputs per pass for the (slow) peer cases")
+    parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases (default: all)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+
+    selected = [c for c in CASES if not args.cases or any(s in c.name for s in args.cases.split(","))]
+    inputs = {key: INPUTS[key](args) for key in {c.input for c in selected}}
+    rows = []
+    outputs_of: dict[str, np.ndarray] = {}
+    for case in selected:
+        run = case.make(args)
+        data = inputs[case.input][: args.peer_faces] if case.peer else inputs[case.input]
+        for batch in case.batches:
+            seconds, cpu_seconds, outputs = time_case(run, data, batch, args.repeats)
+            outputs_of.setdefault(case.name, outputs)
+            diff = None
+            if case.reference in outputs_of:
+                ref = outputs_of[case.reference]
+                n = min(len(ref), len(outputs))
+                diff = float(np.abs(outputs[:n].astype(np.float64) - ref[:n]).max())
+            rows.append(
+                {
+                    "case": case.name,
+                    "batch": batch,
+                    "faces": len(data),
+                    "ms_per_face": seconds * 1e3,
+                    "faces_per_s": 1.0 / seconds,
+                    "cpu_ms_per_face": cpu_seconds * 1e3,
+                    "max_abs_diff_vs_reference": diff,
+                    "peak_rss_mib": peak_rss_mib(),
+                    **case.notes,
+                }
+            )
+            print(f"  {case.name} batch={batch}: {seconds * 1e3:.2f} ms/face", file=sys.stderr)
+
+    peers = [r["ms_per_face"] for r in rows if CASES_BY_NAME[r["case"]].peer]
+    peer_ms = min(peers) if peers else None
+    for row in rows:
+        row["speedup_vs_peer"] = peer_ms / row["ms_per_face"] if peer_ms else None
+
+    print(f"\nCPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; ORT threads={args.threads}")
+    header = (
+        f"{'case':36} {'batch':>5} {'ms/face':>9} {'cpu ms':>8} {'faces/s':>9} {'vs peer':>8} {'max|diff|':>10} "
+        f"{'RSS MiB':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        diff = "-" if r["max_abs_diff_vs_reference"] is None else f"{r['max_abs_diff_vs_reference']:.1e}"
+        ratio = "-" if r["speedup_vs_peer"] is None else f"{r['speedup_vs_peer']:.1f}x"
+        print(
+            f"{r['case']:36} {r['batch']:>5} {r['ms_per_face']:>9.2f} {r['cpu_ms_per_face']:>8.2f} "
+            f"{r['faces_per_s']:>9.1f} {ratio:>8} "
+            f"{diff:>10} {r['peak_rss_mib']:>8.0f}"
+        )
+    if peer_ms:
+        print(
+            f"(vs peer = dlib-bin's best wall ms/face {peer_ms:.2f} / the row's; same chips, same run; cpu ms = process"
+        )
+        print(" CPU time per face, all threads; max|diff| = against the reference case's outputs on the same chips)")
+
+    if args.json:
+        import onnxruntime
+
+        result = {
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+            "versions": {
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "rows": rows,
+            "peak_rss_mib": peak_rss_mib(),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
