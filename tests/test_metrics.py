@@ -170,3 +170,22 @@ def test_det_points_by_hand() -> None:
     np.testing.assert_allclose(thresholds, [-1, -2, -6, -np.sqrt(50), -np.sqrt(500)])
     np.testing.assert_allclose(fpir, [0, 0, 0, 0.5, 1.0])
     np.testing.assert_allclose(fnir, [2 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3])
+
+
+def test_all_pairs_by_hand() -> None:
+    # 1-D embeddings, Euclidean: identity a at 0 and 1, identity b at 3, identity c at 10.
+    emb = np.array([[0.0], [1.0], [3.0], [10.0]])
+    labels = np.array(["a", "a", "b", "c"])
+    result = m.all_pairs(emb, labels, "euclidean", fars=(0.5,), thresholds=(-2.5, -9.5), chunk=3)
+    np.testing.assert_allclose(result.genuine, [-1.0])
+    # Impostor distances: 0–3, 0–10, 1–3, 1–10, 3–10 → 3, 10, 2, 9, 7.
+    assert result.impostor_count == 5
+    np.testing.assert_allclose(result.impostor_top, [-2, -3, -7])  # ⌊0.5·5⌋ + 1 = 3 kept
+    assert result.impostor_at == {-2.5: 1, -9.5: 4}
+    assert result.rates_at(-2.5) == (pytest.approx(0.2), 0.0)
+    op = result.at_fmr(0.5)  # two of five may pass: T just above −7
+    assert op.fmr == pytest.approx(0.4) and op.tar == 1.0 and -7 < op.threshold < -3
+    op = result.at_fmr(0.0)  # none may pass: T just above −2, the genuine −1 still passes
+    assert op.fmr == 0.0 and op.tar == 1.0
+    with pytest.raises(ValueError, match="impostor scores kept"):
+        result.at_fmr(0.9)

@@ -1,9 +1,118 @@
-"""CLI sub-commands (evaluate)."""
+"""``facegate eval lfw|openset``: accuracy of a model pack on LFW (verification and open-set 1:N)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from facegate.commands import print_json
+
+LFW_EXAMPLE = (
+    "Example: facegate eval lfw --root ../shared/data/lfw/lfw-deepfunneled --pairs ../shared/data/lfw/pairs.txt "
+    "--out eval-out"
+)
+OPENSET_EXAMPLE = "Example: facegate eval openset --root ../shared/data/lfw/lfw-deepfunneled --out eval-out"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pack", default="default", help="model pack name or manifest path (default: default)")
+    parser.add_argument("--out", type=Path, default=Path("facegate-eval"),
+                        help="folder for the JSON report and the PNG plot (default: ./facegate-eval)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="embedding cache file (default: $XDG_CACHE_HOME/facegate/eval/embeddings.sqlite)")
+    parser.add_argument("--groups", type=Path, default=None, metavar="CSV",
+                        help="bias view: CSV of identity,group lines; reports rates per group")
+    parser.add_argument("--batch", type=int, default=32, help="images per detector/embedder batch (default 32)")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to the facegate parser."""
+    """Add ``facegate eval …``."""
+    ev = sub.add_parser(
+        "eval",
+        help="accuracy on LFW: verification (View 2) and open-set 1:N",
+        description="Measure a model pack on LFW. JSON report on stdout and in --out, plots as PNG.",
+        epilog=LFW_EXAMPLE,
+    )
+    verbs = ev.add_subparsers(dest="verb", metavar="VERB")
+    lfw = verbs.add_parser(
+        "lfw",
+        help="LFW View 2 10-fold verification: accuracy, TAR@FAR, EER, AUC, ROC plot",
+        description="LFW View 2 protocol: 10 folds; for each, the threshold of best accuracy on the other 9 is "
+        "tested on it. Images without a detected face are embedded from a fixed central box and counted.",
+        epilog=LFW_EXAMPLE,
+    )
+    lfw.add_argument("--root", type=Path, required=True, help="LFW image folder (<Name>/<Name>_NNNN.jpg)")
+    lfw.add_argument("--pairs", type=Path, required=True, help="LFW View 2 pairs.txt")
+    lfw.add_argument("--limit-folds", type=int, default=None, metavar="K", help="use only the first K folds (≥ 2)")
+    lfw.add_argument("--max-pairs-per-fold", type=int, default=None, metavar="N",
+                     help="use only the first N matched and N mismatched pairs of each fold (quick runs)")
+    _common(lfw)
+    lfw.set_defaults(handler=_lfw)
+    openset = verbs.add_parser(
+        "openset",
+        help="open-set 1:N on LFW: rank-1, FNIR at FPIR 0.3 %% and 1 %%, DET plot",
+        description="Enrol the first image of every identity with ≥ 2 images; search their other images (mated) "
+        "and every single-image identity (non-mated) exhaustively. Also an all-pairs 1:1 FMR/FNMR table.",
+        epilog=OPENSET_EXAMPLE,
+    )
+    openset.add_argument("--root", type=Path, required=True, help="LFW image folder (<Name>/<Name>_NNNN.jpg)")
+    openset.add_argument("--max-identities", type=int, default=None, metavar="N",
+                         help="use only the first N identities by name (quick runs)")
+    _common(openset)
+    openset.set_defaults(handler=_openset)
+    ev.set_defaults(handler=lambda args: (ev.print_help(), 2)[1])
+
+
+def _setup(args: argparse.Namespace):
+    from facegate.errors import UsageError
+    from facegate.evaluation.embeddings_cache import EmbeddingCache, default_cache_path
+
+    if args.batch < 1:
+        raise UsageError(f"--batch {args.batch}: must be ≥ 1")
+    if args.groups is not None:
+        from facegate.evaluation.bias import load_groups
+
+        load_groups(args.groups)  # fail before minutes of embedding
+    from facegate.pipeline import FacePipeline
+
+    pipeline = FacePipeline.load(args.pack, threads=args.threads, with_liveness=False)
+    return pipeline, EmbeddingCache(args.cache or default_cache_path())
+
+
+def _lfw(args: argparse.Namespace) -> int:
+    from facegate.evaluation.lfw import evaluate_lfw, parse_pairs, resolve_root
+
+    resolve_root(args.root)
+    parse_pairs(args.pairs)
+    pipeline, cache = _setup(args)
+    try:
+        report = evaluate_lfw(pipeline, args.root, args.pairs, cache=cache, limit_folds=args.limit_folds,
+                              max_pairs_per_fold=args.max_pairs_per_fold, out_dir=args.out,
+                              groups_csv=args.groups, progress=not args.no_progress, batch=args.batch,
+                              plot=not args.no_plot)
+    finally:
+        cache.close()
+    print_json(report)
+    return 0
+
+
+def _openset(args: argparse.Namespace) -> int:
+    from facegate.errors import UsageError
+    from facegate.evaluation.lfw import resolve_root
+    from facegate.evaluation.openset import evaluate_openset
+
+    resolve_root(args.root)
+    if args.max_identities is not None and args.max_identities < 3:
+        raise UsageError(f"--max-identities {args.max_identities}: must be ≥ 3")
+    pipeline, cache = _setup(args)
+    try:
+        report = evaluate_openset(pipeline, args.root, cache=cache, max_identities=args.max_identities,
+                                  out_dir=args.out, groups_csv=args.groups, progress=not args.no_progress,
+                                  batch=args.batch, plot=not args.no_plot)
+    finally:
+        cache.close()
+    print_json(report)
+    return 0

@@ -356,3 +356,68 @@ def det_points(result: Searches) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hits = np.sort(result.mate_scores[result.mate_is_top])
     fnir = 1.0 - (hits.size - np.searchsorted(hits, cands, side="left")) / max(result.mate_scores.size, 1)
     return cands, fpir, fnir
+
+
+# ------------------------------------------------------------------------------------- all-pairs verification
+
+
+@dataclass(frozen=True)
+class AllPairs:
+    """Every within-identity (genuine) and cross-identity (impostor) comparison of a labelled set of embeddings.
+
+    ``genuine``: all genuine scores (float64); ``impostor_count``: how many impostor comparisons there were;
+    ``impostor_top``: the highest impostor scores, descending (enough for the FMR targets asked for);
+    ``impostor_at``: {score threshold: impostor comparisons scoring ≥ it} for the thresholds asked for.
+    """
+
+    genuine: np.ndarray
+    impostor_count: int
+    impostor_top: np.ndarray
+    impostor_at: dict[float, int]
+
+    def at_fmr(self, far: float) -> OperatingPoint:
+        """Lowest threshold whose FMR ≤ ``far`` (just above the (⌊far·I⌋+1)-th best impostor) and its TAR."""
+        allowed = int(np.floor(far * self.impostor_count + 1e-9))
+        if allowed >= self.impostor_top.size:
+            raise ValueError(f"FMR {far:g} needs more than the {self.impostor_top.size} impostor scores kept")
+        threshold = float(np.nextafter(self.impostor_top[allowed], np.inf))
+        passed = int(np.sum(self.impostor_top >= threshold))
+        return OperatingPoint(threshold, passed / self.impostor_count, float(np.mean(self.genuine >= threshold)))
+
+    def rates_at(self, threshold: float) -> tuple[float, float]:
+        """(FMR, FNMR) at a threshold given to ``all_pairs`` in ``thresholds``."""
+        return self.impostor_at[threshold] / self.impostor_count, float(np.mean(self.genuine < threshold))
+
+
+def all_pairs(
+    embeddings: np.ndarray, labels: np.ndarray, metric: str, fars: tuple[float, ...] = (1e-3,),
+    thresholds: tuple[float, ...] = (), chunk: int = 512,
+) -> AllPairs:
+    """Compare every unordered pair of the N×D ``embeddings`` (N labels, any hashable dtype) exhaustively.
+
+    Keeps all genuine scores, exact impostor counts at ``thresholds`` (score units) and the ⌊max(fars)·I⌋ + 1
+    best impostor scores — O(N²) time in chunks of ``chunk`` rows, O(N·chunk) memory. Needs two identities.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    _, lab = np.unique(np.asarray(labels), return_inverse=True)
+    n = len(emb)
+    if lab.max(initial=0) < 1:
+        raise ValueError("all-pairs verification needs at least two identities")
+    counts = np.bincount(lab)
+    impostor_count = n * (n - 1) // 2 - int(np.sum(counts * (counts - 1) // 2))
+    keep = int(np.floor(max(fars, default=0.0) * impostor_count + 1e-9)) + 1
+    genuine, top = [], np.zeros(0)
+    at = dict.fromkeys(thresholds, 0)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        sm = score_matrix(emb[rows], emb, metric)
+        upper = np.arange(n)[None, :] > rows[:, None]  # each unordered pair once
+        same = lab[rows][:, None] == lab[None, :]
+        genuine.append(sm[upper & same])
+        imp = sm[upper & ~same]
+        for t in at:
+            at[t] += int(np.sum(imp >= t))
+        top = np.concatenate([top, imp])
+        if top.size > keep:
+            top = np.partition(top, top.size - keep)[top.size - keep :]
+    return AllPairs(np.concatenate(genuine), impostor_count, np.sort(top)[::-1], at)

@@ -1,0 +1,238 @@
+"""Embed evaluation images (one face per image) through a ``FacePipeline``, cached in SQLite.
+
+Face choice: LFW images are 250×250 crops centred on the labelled person (Huang et al. 2007), so of the detected
+faces the one whose box centre is nearest the image centre is used. When the detector finds no face the image is
+embedded with a **fixed central box** (``FALLBACK_BOX_FRACTION`` of the width/height: (70, 70)–(180, 180) px on a
+250×250 image) fed through the same alignment and embedding path (``FacePipeline.embed(image, dets)``; the dlib
+path derives its landmarks from the box; other packs get the ArcFace 5-point template placed in that box). Such
+images are counted and reported, never silently dropped — dropping them would flatter the accuracy.
+
+Cache: one SQLite file (default ``<facegate cache>/eval/embeddings.sqlite``, see ``facegate.packs.cache
+.cache_root``), rows keyed by (pipeline fingerprint, image sha256). The fingerprint hashes the pack manifest
+(without its operating point), the source of ``facegate.pipeline`` and ``facegate.packs``, and the face-choice
+rule, so a changed model file or pipeline code never reuses stale embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facegate.detections import Detections
+from facegate.errors import ImageError, UsageError
+from facegate.imaging import decode_image
+
+log = logging.getLogger(__name__)
+
+#: Central fallback box as fractions of (width, height, width, height): (70, 70, 180, 180) px on LFW's 250×250
+#: deep-funneled images, which covers the centred face (the funnelled faces' eyes lie near y ≈ 110 px).
+FALLBACK_BOX_FRACTION = (0.28, 0.28, 0.72, 0.72)
+
+#: ArcFace 5-point template in its 112×112 chip (px; insightface ``utils/face_align.py`` ``arcface_dst``),
+#: used to place fallback landmarks inside the fallback box for packs that align on landmarks.
+ARCFACE_TEMPLATE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+#: Bumped whenever the face-choice or fallback rule changes (part of the cache fingerprint).
+RULE_VERSION = "centre-nearest+central-box-v1"
+
+METHOD_DETECTED = "detected"
+METHOD_FALLBACK = "fallback_central_box"
+
+
+def default_cache_path() -> Path:
+    """``<facegate cache root>/eval/embeddings.sqlite`` ($FACEGATE_CACHE_DIR or $XDG_CACHE_HOME/facegate)."""
+    from facegate.packs.cache import cache_root
+
+    return cache_root() / "eval" / "embeddings.sqlite"
+
+
+def pipeline_fingerprint(pipeline) -> str:
+    """sha256 (hex, 16 chars) over the manifest minus its operating point, the pipeline/packs source and the rule."""
+    import facegate.packs
+    import facegate.pipeline
+
+    digest = hashlib.sha256()
+    manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path"})
+    digest.update(json.dumps(manifest, sort_keys=True).encode())
+    sources = [Path(facegate.pipeline.__file__), *sorted(Path(facegate.packs.__file__).parent.glob("*.py"))]
+    for source in sources:
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    digest.update(RULE_VERSION.encode())
+    return digest.hexdigest()[:16]
+
+
+def fallback_detection(width: int, height: int) -> Detections:
+    """One-face ``Detections`` for the central fallback box of a width×height image (score 0, template landmarks)."""
+    fx1, fy1, fx2, fy2 = FALLBACK_BOX_FRACTION
+    box = np.array([fx1 * width, fy1 * height, fx2 * width, fy2 * height], np.float32)
+    scale = np.array([(box[2] - box[0]) / 112.0, (box[3] - box[1]) / 112.0], np.float32)
+    landmarks = ARCFACE_TEMPLATE_112 * scale + box[:2]
+    return Detections(box[None], np.zeros(1, np.float32), landmarks[None])
+
+
+def pick_central(dets: Detections, width: int, height: int) -> int:
+    """Index of the face whose box centre is nearest the image centre (−1 when there is none)."""
+    if len(dets) == 0:
+        return -1
+    centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2.0
+    d = np.linalg.norm(centres - np.array([width / 2.0, height / 2.0]), axis=1)
+    return int(np.argmin(d))
+
+
+@dataclass
+class EmbeddedSet:
+    """Embeddings of a list of image files, row i for file i.
+
+    ``embeddings`` N×D float32; ``methods`` N str (``detected`` or ``fallback_central_box``); ``faces`` N int
+    (faces the detector found); ``boxes`` N×4 float32 (the box used, px).
+    """
+
+    embeddings: np.ndarray
+    methods: np.ndarray
+    faces: np.ndarray
+    boxes: np.ndarray
+
+    @property
+    def fallback_count(self) -> int:
+        return int(np.sum(self.methods == METHOD_FALLBACK))
+
+    def summary(self) -> dict:
+        """Counts for the JSON report: images, no-face images and the fallback used, multi-face images."""
+        return {
+            "images": int(len(self.methods)),
+            "no_face_detected": self.fallback_count,
+            "fallback": (
+                f"central box {FALLBACK_BOX_FRACTION} of width/height (70,70)-(180,180) px on 250x250), "
+                "same alignment and embedding path"
+            ),
+            "several_faces_detected": int(np.sum(self.faces > 1)),
+        }
+
+
+class EmbeddingCache:
+    """SQLite store of one embedding per (fingerprint, image sha256). Safe to interrupt: each batch commits."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, "
+                "method TEXT NOT NULL, faces INTEGER NOT NULL, box BLOB NOT NULL, embedding BLOB NOT NULL, "
+                "PRIMARY KEY (fingerprint, sha256))"
+            )
+            self.db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise UsageError(f"{self.path}: cannot open the embedding cache ({exc}); pass another --cache") from None
+
+    def get(self, fingerprint: str, shas: Sequence[str]) -> dict[str, tuple[str, int, np.ndarray, np.ndarray]]:
+        """Cached rows for the given hashes: sha256 → (method, faces, box 4 float32, embedding D float32)."""
+        out = {}
+        unique = list(dict.fromkeys(shas))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT sha256, method, faces, box, embedding FROM embeddings WHERE fingerprint = ? "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})",
+                [fingerprint, *chunk],
+            )
+            for sha, method, faces, box, emb in rows:
+                out[sha] = (method, int(faces), np.frombuffer(box, np.float32), np.frombuffer(emb, np.float32))
+        return out
+
+    def put(self, fingerprint: str, rows: Sequence[tuple[str, str, int, np.ndarray, np.ndarray]]) -> None:
+        """Store (sha256, method, faces, box, embedding) rows and commit."""
+        self.db.executemany(
+            "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (fingerprint, sha, method, int(faces), np.asarray(box, np.float32).tobytes(),
+                 np.asarray(emb, np.float32).tobytes())
+                for sha, method, faces, box, emb in rows
+            ],
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _read(path: Path) -> tuple[str, bytes]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file; check --root") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from None
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def embed_files(
+    pipeline, paths: Sequence[Path], cache: EmbeddingCache | None = None, batch: int = 32, progress: bool = True,
+) -> EmbeddedSet:
+    """Embed one face per image file (see module docstring for the face choice and the fallback).
+
+    ``paths``: image files (any size; decoded to BGR). Images already in ``cache`` are not decoded again.
+    Detection and embedding run ``batch`` images at a time through ``pipeline.analyse``. A tqdm bar goes to
+    stderr when ``progress``. Raises ``ImageError`` naming a missing or corrupt file.
+    """
+    from tqdm import tqdm
+
+    paths = [Path(p) for p in paths]
+    fingerprint = pipeline_fingerprint(pipeline) if cache is not None else ""
+    shas = []
+    blobs: dict[Path, bytes] = {}
+    for path in paths:
+        sha, data = _read(path)
+        shas.append(sha)
+        blobs[path] = data
+    known = cache.get(fingerprint, shas) if cache is not None else {}
+    todo = [i for i, sha in enumerate(shas) if sha not in known]
+    todo = list({shas[i]: i for i in reversed(todo)}.values())[::-1]  # one per distinct image
+    log.info("event=embed_files images=%d cached=%d to_embed=%d", len(paths), len(paths) - len(todo), len(todo))
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", file=sys.stderr, disable=not progress or not todo)
+    try:
+        for start in range(0, len(todo), batch):
+            idx = todo[start : start + batch]
+            images = [decode_image(blobs[paths[i]], str(paths[i])) for i in idx]
+            results = pipeline.analyse(images)
+            rows, fallback_images, fallback_rows = [], [], []
+            for i, image, dets in zip(idx, images, results, strict=True):
+                h, w = image.shape[:2]
+                k = pick_central(dets, w, h)
+                if k >= 0:
+                    emb = dets.data["embeddings"][k]
+                    rows.append((shas[i], METHOD_DETECTED, len(dets), dets.boxes[k], emb))
+                else:
+                    fallback_images.append((i, image))
+            for i, image in fallback_images:
+                fb = fallback_detection(image.shape[1], image.shape[0])
+                emb = pipeline.embed(image, fb)[0]
+                fallback_rows.append((shas[i], METHOD_FALLBACK, 0, fb.boxes[0], emb))
+            new = rows + fallback_rows
+            for sha, method, faces, box, emb in new:
+                known[sha] = (method, faces, np.asarray(box, np.float32), np.asarray(emb, np.float32))
+            if cache is not None:
+                cache.put(fingerprint, new)
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    rows = [known[sha] for sha in shas]
+    return EmbeddedSet(
+        embeddings=np.stack([r[3] for r in rows]).astype(np.float32),
+        methods=np.array([r[0] for r in rows]),
+        faces=np.array([r[1] for r in rows], dtype=np.int64),
+        boxes=np.stack([r[2] for r in rows]).astype(np.float32),
+    )
