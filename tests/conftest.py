@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# tests/mosquitto.py: the `mosquitto_broker` fixture (a real broker on a free port) for every test module
+pytest_plugins = ["mosquitto"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGATE_SHARED", REPO.parent / "shared")).resolve()
 DATA = SHARED / "data"

@@ -1,0 +1,353 @@
+"""Per-track k-of-n voting over 1:N gallery matches, liveness gating and access rules → door decisions.
+
+For every frame of a camera, ``DecisionEngine.process`` tracks the faces (``FaceTracker``), asks the gallery for
+each face's candidates, and records one observation per track. A track is then decided:
+
+* **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
+  same identity (score beyond ``threshold`` AND beating the best *other* identity of that frame by ``margin``),
+  no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
+  ``liveness_frames`` per-face live scores ≥ ``liveness_threshold``; no grant before that many scores exist), and
+  the door's ``AccessRules`` allow it;
+* **deny** with a reason when that identity is known but refused: a rules reason (``not_in_group``,
+  ``outside_schedule``, ``cooldown``, ``anti_passback``, ``unknown_door``), ``liveness`` (fused live score below
+  the threshold, or still not enough live scores ``unknown_after_s`` after the track started), or ``error``
+  (an exception while deciding);
+* **unknown** when the track has ≥ ``n`` fresh frames and no identity reached ``k``, or it is older than
+  ``unknown_after_s`` without a grant or deny.
+
+One decision per track per outcome: a decision with the same (type, identity, reason) is not repeated for a track
+until ``repeat_after_s`` has passed; after a grant the track is not decided again for the longer of
+``repeat_after_s`` and the door's cooldown (the person is walking through). An unknown can later become a grant
+when the person comes close enough to match; a liveness deny never turns into a grant on the same track.
+
+Fail closed: frames older than ``max_frame_age_s`` when they arrive are dropped whole (counted in
+``stats["stale_frames"]``), observations that age past it are never used, a search error makes the frame count
+for nothing, and any exception while deciding a track gives no grant. The voting follows frigate's per-track face
+recognition (``frigate/data_processing/real_time/face.py``: minimum number of samples, a tie is no answer), with
+the margin test of open-set identification (ISO/IEC 19795-1 "rank-1 with a margin" / FPIR control).
+
+Times: ``captured_at``/``now`` monotonic seconds; ``captured_wall``/``decided_at`` aware UTC datetimes.
+Not thread-safe: call ``process`` from one thread (the inference/decision thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from facegate.detections import Detections
+from facegate.errors import UsageError
+from facegate.runtime.rules import AccessRules
+from facegate.runtime.tracking import FaceTracker
+
+log = logging.getLogger(__name__)
+
+GRANT, DENY, UNKNOWN = "grant", "deny", "unknown"
+
+
+class Candidate(NamedTuple):
+    """One gallery answer for a probe face: identity, display name, its groups, comparison score."""
+
+    identity_id: Any
+    name: str
+    groups: tuple[str, ...] | frozenset[str]
+    score: float
+
+
+SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate | tuple]]]
+"""``search(embeddings N×D float32) → per face a list of (identity_id, name, groups, score), best first``."""
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """Voting parameters (plain values; the service fills them from config).
+
+    ``k``/``n``: k of the last n frames; ``margin``: score gap to the best other identity (same units as the
+    score); ``max_frame_age_s``: frames older than this are never used; ``unknown_after_s``: a track this old
+    without a grant/deny is unknown; ``liveness_threshold``: None disables liveness, else the fused live score
+    needed; ``liveness_frames``: F, the number of a track's latest live scores fused (mean); ``repeat_after_s``:
+    how soon the same decision may repeat for one track; ``track_*``: the ``FaceTracker`` parameters.
+    """
+
+    k: int = 3
+    n: int = 5
+    margin: float = 0.0
+    max_frame_age_s: float = 0.5
+    unknown_after_s: float = 3.0
+    liveness_threshold: float | None = None
+    liveness_frames: int = 3
+    repeat_after_s: float = 30.0
+    track_timeout_s: float = 1.0
+    track_min_affinity: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.k <= self.n):
+            raise UsageError(f"decision: need 1 ≤ k ≤ n, got k={self.k} n={self.n}")
+        if self.margin < 0 or self.max_frame_age_s <= 0 or self.unknown_after_s <= 0 or self.repeat_after_s < 0:
+            raise UsageError("decision: margin ≥ 0, max_frame_age_s > 0, unknown_after_s > 0, repeat_after_s ≥ 0")
+        if self.liveness_frames < 1:
+            raise UsageError(f"decision: liveness_frames must be ≥ 1, got {self.liveness_frames}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One door decision. ``score`` is the mean comparison score of the frames used, ``margin`` the smallest
+    margin among them (None when the gallery had no second identity); ``captured_at`` is the wall UTC capture time
+    of the frame that completed the decision, ``captured_mono`` its monotonic time (for latency measurements)."""
+
+    type: Literal["grant", "deny", "unknown"]
+    camera: str
+    door: str
+    track_id: int
+    captured_at: datetime
+    decided_at: datetime
+    identity_id: Any = None
+    identity_name: str | None = None
+    score: float | None = None
+    margin: float | None = None
+    frames_used: int = 0
+    reason: str | None = None
+    captured_mono: float | None = None
+
+
+class _Obs(NamedTuple):
+    t: float  # monotonic capture time
+    match: tuple | None  # (identity_id, name, groups, score, margin) when the frame matched
+    best: float | None  # best score of the frame (any identity), for unknown events
+    live: float | None
+
+
+@dataclass
+class _TrackState:
+    first_seen: float
+    obs: deque = field(default_factory=deque)
+    emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
+    granted_at: float | None = None
+    spoof: bool = False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DecisionEngine:
+    """Decisions for all cameras. Constructor (keyword only):
+
+    * ``search``: ``SearchFn``; replace ``engine.search`` to swap galleries (e.g. on SIGHUP);
+    * ``metric``: "distance" (lower is better, match when ``score < threshold``) or "similarity" (higher is better,
+      match when ``score > threshold``);
+    * ``threshold``: the operating point (the pack's measured one by default, chosen by the caller);
+    * ``camera_doors``: camera id → door name;
+    * ``rules``: ``AccessRules``; ``policy``: ``DecisionPolicy``;
+    * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        search: SearchFn,
+        metric: Literal["distance", "similarity"],
+        threshold: float,
+        camera_doors: Mapping[str, str],
+        rules: AccessRules,
+        policy: DecisionPolicy | None = None,
+        wall_clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if metric not in ("distance", "similarity"):
+            raise UsageError(f"decision: metric must be 'distance' or 'similarity', got {metric!r}")
+        if not math.isfinite(threshold):
+            raise UsageError(f"decision: threshold must be a finite number, got {threshold}")
+        self.search = search
+        self.metric = metric
+        self.threshold = float(threshold)
+        self.camera_doors = dict(camera_doors)
+        self.rules = rules
+        self.policy = policy or DecisionPolicy()
+        self.wall_clock = wall_clock
+        self.clock = clock
+        self._trackers: dict[str, FaceTracker] = {}
+        self._tracks: dict[str, dict[int, _TrackState]] = {}
+        self.stats: Counter[str] = Counter()
+
+    # ----------------------------------------------------------------------------------------------- scoring
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.metric == "distance" else a > b
+
+    def _gap(self, best: float, other: float) -> float:
+        return other - best if self.metric == "distance" else best - other
+
+    def frame_match(self, candidates: Sequence[Candidate | tuple]) -> tuple[tuple | None, float | None]:
+        """One face's gallery answer → ((identity_id, name, groups, score, margin) or None, best score or None).
+
+        Candidates are re-sorted best first and reduced to one (the best) per identity; the margin is the gap to
+        the best other identity (None when there is none). A non-finite score never matches.
+        """
+        cands = [Candidate(*c) for c in candidates if math.isfinite(float(c[3]))]
+        if not cands:
+            return None, None
+        cands.sort(key=lambda c: float(c.score), reverse=self.metric == "similarity")
+        best = cands[0]
+        other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
+        score = float(best.score)
+        margin = None if other is None else self._gap(score, float(other.score))
+        ok = self._better(score, self.threshold) and (margin is None or margin >= self.policy.margin)
+        return ((best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
+
+    # ----------------------------------------------------------------------------------------------- frames
+    def process(
+        self,
+        camera: str,
+        dets: Detections,
+        *,
+        captured_at: float,
+        captured_wall: datetime,
+        now: float | None = None,
+    ) -> list[Decision]:
+        """Feed one frame's faces; return the decisions it completes (usually none).
+
+        ``dets`` needs ``data["embeddings"]`` (N×D float32) and, with liveness on, ``data["liveness"]`` (N float,
+        higher = live; a missing array counts as not live). ``captured_at`` monotonic s, ``captured_wall`` aware
+        UTC of the capture; ``now`` defaults to ``clock()``. Never raises for bad data or a failing search: it
+        logs, counts in ``stats`` and returns no grant.
+        """
+        now = self.clock() if now is None else now
+        self.stats["frames"] += 1
+        if now - captured_at > self.policy.max_frame_age_s:
+            self.stats["stale_frames"] += 1
+            log.debug("event=stale_frame camera=%s age_s=%.3f", camera, now - captured_at)
+            return []
+        door = self.camera_doors.get(camera)
+        if door is None:
+            self.stats["errors"] += 1
+            log.error("event=decision_error camera=%s error=camera_has_no_door", camera)
+            return []
+        try:
+            track_ids, states = self._observe(camera, dets, captured_at)
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("event=decision_error camera=%s stage=observe", camera)
+            return []
+        out: list[Decision] = []
+        for tid in dict.fromkeys(int(t) for t in track_ids):
+            state = states[tid]
+            try:
+                d = self._decide(camera, door, tid, state, captured_at, captured_wall, now)
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("event=decision_error camera=%s track=%d stage=decide", camera, tid)
+                d = self._make(DENY, camera, door, tid, captured_at, captured_wall, reason="error")
+            if d is not None and self._fresh_key(state, d, now):
+                if d.type == GRANT:
+                    try:
+                        self.rules.record_grant(d.identity_id, door, now)
+                    except Exception:  # a grant the rules cannot remember would dodge cooldown/anti-passback
+                        self.stats["errors"] += 1
+                        log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
+                        continue
+                    state.granted_at = now
+                self.stats[d.type] += 1
+                log.info(
+                    "event=decision type=%s camera=%s door=%s track=%d identity=%s score=%s reason=%s",
+                    d.type, camera, door, tid, d.identity_id, d.score, d.reason,
+                )
+                out.append(d)
+        return out
+
+    def _observe(self, camera: str, dets: Detections, captured_at: float) -> tuple[np.ndarray, dict[int, _TrackState]]:
+        tracker = self._trackers.get(camera)
+        if tracker is None:
+            tracker = self._trackers[camera] = FaceTracker(
+                min_affinity=self.policy.track_min_affinity, timeout_s=self.policy.track_timeout_s
+            )
+            self._tracks[camera] = {}
+        states = self._tracks[camera]
+        ids = tracker.update(dets, captured_at)
+        for gone in tracker.expired:
+            states.pop(gone, None)
+        if len(dets) == 0:
+            return ids, states
+        emb = dets.data.get("embeddings")
+        if emb is None or len(emb) != len(dets):
+            raise ValueError("Detections.data['embeddings'] (N×D float32) is missing")
+        emb = np.asarray(emb, np.float32)
+        answers = self.search(emb)
+        if len(answers) != len(dets):
+            raise ValueError(f"search returned {len(answers)} answers for {len(dets)} faces")
+        live = dets.data.get("liveness") if self.policy.liveness_threshold is not None else None
+        n = self.policy.n
+        for i, tid in enumerate(ids.tolist()):
+            state = states.get(tid)
+            if state is None:
+                state = states[tid] = _TrackState(first_seen=captured_at, obs=deque(maxlen=n))
+            match, best = self.frame_match(answers[i])
+            lv = None if live is None else float(live[i])
+            if lv is not None and not math.isfinite(lv):
+                lv = None
+            state.obs.append(_Obs(captured_at, match, best, lv))
+        return ids, states
+
+    def _fresh_key(self, state: _TrackState, d: Decision, now: float) -> bool:
+        key = (d.type, d.identity_id, d.reason)
+        last = state.emitted.get(key)
+        if last is not None and now - last < self.policy.repeat_after_s:
+            return False
+        state.emitted[key] = now
+        return True
+
+    def _make(self, type_: str, camera: str, door: str, tid: int, cap: float, wall: datetime, **kw: Any) -> Decision:
+        return Decision(
+            type=type_, camera=camera, door=door, track_id=tid, captured_at=wall.astimezone(UTC),
+            decided_at=self.wall_clock(), captured_mono=cap, **kw,
+        )
+
+    def _decide(
+        self, camera: str, door: str, tid: int, st: _TrackState, cap: float, wall: datetime, now: float
+    ) -> Decision | None:
+        p = self.policy
+        if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
+            return None
+        fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
+        votes = Counter(o.match[0] for o in fresh if o.match is not None)
+        ranked = votes.most_common()
+        winner = None
+        if ranked and ranked[0][1] >= p.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
+            winner = ranked[0][0]
+        track_age = cap - st.first_seen
+        if winner is None:
+            if len(fresh) >= p.n or track_age >= p.unknown_after_s:
+                bests = [o.best for o in fresh if o.best is not None]
+                best = (min(bests) if self.metric == "distance" else max(bests)) if bests else None
+                return self._make(UNKNOWN, camera, door, tid, cap, wall, score=best, frames_used=len(fresh))
+            return None
+        used = [o.match for o in fresh if o.match is not None and o.match[0] == winner]
+        _, name, groups, _, _ = used[-1]
+        margins = [m[4] for m in used if m[4] is not None]
+        common = dict(
+            identity_id=winner, identity_name=name, score=float(np.mean([m[3] for m in used])),
+            margin=min(margins) if margins else None, frames_used=len(used),
+        )
+        if p.liveness_threshold is not None:
+            lives = [o.live for o in fresh if o.live is not None][-p.liveness_frames :]
+            if st.spoof:
+                return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
+            if len(lives) < p.liveness_frames:
+                if track_age >= p.unknown_after_s:
+                    return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
+                return None
+            if float(np.mean(lives)) < p.liveness_threshold:
+                st.spoof = True
+                return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
+        decided_wall = self.wall_clock()
+        reason = self.rules.check(identity_id=winner, groups=groups, door=door, wall=decided_wall, now=now)
+        if reason is not None:
+            return self._make(DENY, camera, door, tid, cap, wall, reason=reason, **common)
+        return self._make(GRANT, camera, door, tid, cap, wall, **common)
