@@ -193,6 +193,7 @@ class ScrfdDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Find faces in each BGR uint8 image; one ``Detections`` per image in source px (boxes clipped to the
         image, landmarks not). Raises ``ImageError`` for a bad image."""
+        check_bgr_images(images)  # every image first, so an error names its index in the whole list
         results: list[Detections] = []
         for start in range(0, len(images), self.batch_limit):
             chunk = images[start : start + self.batch_limit]
