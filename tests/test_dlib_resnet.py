@@ -252,3 +252,128 @@ def test_corrupt_file_raises_model_error(dat_path: Path, tmp_path: Path) -> None
         with pytest.raises(ModelError, match=bad.name) as info:
             read_dlib_resnet(bad)
         assert "corrupt or truncated" in str(info.value), what
+
+
+# --------------------------------------------------------------------------------------------------------------
+# An independent dlib encoder (notes §1: serialize.h rules) writing the same network with the record versions
+# current dlib writes (con_6, affine_2, relu_2, fc_3; notes §2.6): the reader must accept them and give the same
+# numbers.
+
+
+def _enc_int(value: int) -> bytes:
+    payload = abs(value).to_bytes(max(1, (abs(value).bit_length() + 7) // 8), "little")
+    return bytes([len(payload) | (0x80 if value < 0 else 0)]) + payload
+
+
+def _enc_float(value: float, digits: int = 24) -> bytes:
+    """dlib's portable float: mantissa then exponent (notes §1.3 writer rule; digits 24 = float, 53 = double)."""
+    import math
+
+    fraction, exponent = math.frexp(value)
+    mantissa, exponent = int(fraction * (1 << digits)), exponent - digits
+    for _ in range(8):
+        if mantissa & 0xFF:
+            break
+        mantissa >>= 8
+        exponent += 8
+    return _enc_int(mantissa) + _enc_int(exponent)
+
+
+def _enc_str(text: str) -> bytes:
+    return _enc_int(len(text)) + text.encode()
+
+
+def _enc_bool(value: bool) -> bytes:
+    return b"1" if value else b"0"
+
+
+def _enc_tensor(array: np.ndarray) -> bytes:
+    dims = list(array.shape) + [1] * (4 - array.ndim)
+    return _enc_int(2) + b"".join(_enc_int(d) for d in dims) + array.astype("<f4").tobytes()
+
+
+def _enc_alias(*dims: int) -> bytes:
+    return _enc_int(1) + b"".join(_enc_int(d) for d in dims)
+
+
+_EMPTY = _enc_tensor(np.zeros((0, 0, 0, 0), np.float32))
+_MULTS = b"".join(_enc_float(v, 53) for v in (1.0, 1.0, 1.0, 0.0))
+
+
+def _encode(params, new_versions: bool = True) -> bytes:
+    """Write ``params`` as a dlib file; ``new_versions`` picks today's record names, else the original's."""
+    from facegate.packs.dlib_resnet import AddPrev, AvgPool, MaxPool, Relu, Skip
+
+    out = [_enc_int(1), _enc_str("loss_metric_2"), _enc_float(params.margin), _enc_float(params.distance_threshold)]
+    markers = (Tag, Skip)
+    real = [i for i, layer in enumerate(params.layers) if not isinstance(layer, markers)]
+    for i in reversed(range(len(params.layers))):
+        out.append(_enc_int(1 if isinstance(params.layers[i], markers) else 3 if i == real[0] else 2))
+    out += [_enc_str("input_rgb_image_sized"), *(_enc_float(float(m)) for m in params.means)]
+    out += [_enc_int(150), _enc_int(150)]
+    for i in real:
+        layer = params.layers[i]
+        if isinstance(layer, Conv):
+            o, c, k, _ = layer.weight.shape
+            flat = np.concatenate([layer.weight.reshape(-1), layer.bias]).reshape(-1, 1, 1, 1)
+            out += [_enc_str("con_6" if new_versions else "con_4"), _enc_tensor(flat), _enc_int(o)]
+            out += [_enc_int(k), _enc_int(k)]
+            out += [_enc_int(layer.stride)] * 2 + [_enc_int(layer.pad)] * 2
+            out += [_enc_alias(o, c, k, k), _enc_alias(1, o, 1, 1), _MULTS]
+            out += [_enc_bool(True), _enc_bool(False)] if new_versions else []
+        elif isinstance(layer, Affine):
+            k = len(layer.gamma)
+            flat = np.concatenate([layer.gamma, layer.beta]).reshape(-1, 1, 1, 1)
+            name = "affine_2" if new_versions else "affine_"
+            out += [_enc_str(name), _enc_tensor(flat), _enc_alias(1, k, 1, 1), _enc_alias(1, k, 1, 1), _enc_int(0)]
+            out += [_enc_bool(False)] if new_versions else []
+        elif isinstance(layer, Relu):
+            out += [_enc_str("relu_2"), _enc_bool(False)] if new_versions else [_enc_str("relu_")]
+        elif isinstance(layer, MaxPool | AvgPool):
+            name = "max_pool_2" if isinstance(layer, MaxPool) else "avg_pool_2"
+            fields = [layer.window, layer.window, layer.stride, layer.stride, layer.pad, layer.pad]
+            out += [_enc_str(name), *(_enc_int(v) for v in fields)]
+        elif isinstance(layer, AddPrev):
+            out.append(_enc_str("add_prev_"))
+        elif isinstance(layer, Fc):
+            n_in, n_out = layer.weight.shape
+            out += [_enc_str("fc_3" if new_versions else "fc_2"), _enc_int(n_out), _enc_int(n_in)]
+            out += [_enc_tensor(layer.weight), _enc_alias(n_in, n_out, 1, 1), _enc_alias(0, 0, 0, 0), _enc_int(1)]
+            out += [_MULTS, _enc_bool(False)] if new_versions else [_MULTS]
+        out += [_enc_bool(True), _enc_bool(True), _enc_bool(False), _EMPTY, _EMPTY, _EMPTY]
+        if i == real[0]:
+            out.append(_enc_int(1))  # sample_expansion_factor (the third tensor above was grad_final)
+    return b"".join(out)
+
+
+def test_reencoding_reproduces_the_original_file(dat_path: Path) -> None:
+    """Writing the parsed numbers back with the original record versions gives the original file, except for the
+    per-layer "get_output_and_gradient_input_disabled" flags (not kept: they do not affect inference, notes §2.2).
+    This proves the reader consumed every field of every record, in order."""
+    data = dat_path.read_bytes()
+    encoded = _encode(read_dlib_resnet(dat_path), new_versions=False)
+    assert len(encoded) == len(data)
+    a, b = np.frombuffer(encoded, np.uint8), np.frombuffer(data, np.uint8)
+    differ = np.flatnonzero(a != b)
+    assert set(a[differ].tolist()) | set(b[differ].tolist()) <= {0x30, 0x31}  # only '0'/'1' bool bytes
+    assert len(differ) < 108
+
+
+def test_reader_accepts_current_dlib_record_versions(dat_path: Path, tmp_path: Path) -> None:
+    original = read_dlib_resnet(dat_path)
+    newer = tmp_path / "resnet_new_versions.dat"
+    newer.write_bytes(_encode(original))
+    params = read_dlib_resnet(newer)
+    np.testing.assert_array_equal(params.means, original.means)
+    assert params.distance_threshold == original.distance_threshold
+    assert len(params.layers) == len(original.layers)
+    for got, want in zip(params.layers, original.layers, strict=True):
+        assert type(got) is type(want)
+        for name in ("weight", "bias", "gamma", "beta"):
+            if hasattr(want, name):
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    # A truncated copy of the newer file still fails cleanly.
+    cut = tmp_path / "resnet_new_versions_cut.dat"
+    cut.write_bytes(newer.read_bytes()[:-3])
+    with pytest.raises(ModelError, match=cut.name):
+        read_dlib_resnet(cut)

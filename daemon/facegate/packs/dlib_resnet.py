@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from facegate.errors import ModelError
 from facegate.packs.dlib_serial import DlibReader
 
 log = logging.getLogger(__name__)
@@ -283,14 +284,15 @@ def _read_relu(r: DlibReader, index: int) -> Relu:
     return Relu()
 
 
-def _read_pool(r: DlibReader, index: int, name: str, window: int, stride: int) -> tuple[int, int]:
+def _read_pool(r: DlibReader, index: int, name: str, window: int, stride: int) -> int:
+    """``max_pool_2``/``avg_pool_2`` details; returns the padding. ``window`` 0 = ``avg_pool_everything``."""
     what = f"layer {index} ({name})"
     r.expect_string(f"{name}_2")
     _expect(r, f"{what} window", (r.int(what), r.int(what)), (window, window))
     _expect(r, f"{what} stride", (r.int(what), r.int(what)), (stride, stride))
     pad = _default_pad(window, stride) if window else 0
     _expect(r, f"{what} padding", (r.int(what), r.int(what)), (pad, pad))
-    return window, pad
+    return pad
 
 
 def _read_fc(r: DlibReader, index: int, outputs: int, inputs: int) -> Fc:
@@ -377,12 +379,12 @@ def read_dlib_resnet(path: str | Path) -> DlibResnetParams:
             layer = _read_relu(r, index)
         elif kind == "max_pool":
             _, window, stride = op
-            _, pad = _read_pool(r, index, "max_pool", window, stride)
+            pad = _read_pool(r, index, "max_pool", window, stride)
             layer = MaxPool(window, stride, pad)
             size = _out_size(size, window, stride, pad)
         elif kind == "avg_pool":
             _, window, stride = op
-            _, pad = _read_pool(r, index, "avg_pool", window, stride)
+            pad = _read_pool(r, index, "avg_pool", window, stride)
             layer = AvgPool(window, stride, pad)
             size = 1 if window == 0 else _out_size(size, window, stride, pad)
         elif kind == "add_prev":
@@ -582,20 +584,28 @@ def convert_dlib_resnet(dat_path: str | Path, onnx_path: str | Path) -> str:
     """Read ``dat_path`` (dlib's ``.dat``), write the ONNX graph to ``onnx_path`` atomically; return its sha256 hex.
 
     Atomic: the bytes go to a temporary file in the destination folder, are fsynced, then ``os.replace`` moves them
-    into place (a crash never leaves a half-written model). Raises ``ModelError`` for a bad ``.dat`` file and
-    ``OSError`` when the destination cannot be written.
+    into place (a crash never leaves a half-written model). Raises ``ModelError`` naming the file for a bad
+    ``.dat`` file or a destination that cannot be written.
     """
     model = build_resnet_onnx(read_dlib_resnet(dat_path))
     data = model.SerializeToString(deterministic=True)
     onnx_path = Path(onnx_path)
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
+    try:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
+    except OSError as exc:
+        raise ModelError(
+            f"{onnx_path}: cannot write the converted model ({exc.strerror}); check that its folder is writable"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, onnx_path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelError(f"{onnx_path}: cannot write the converted model ({exc.strerror})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
