@@ -99,14 +99,19 @@ class DecisionConfig(_Section):
     margin: float = Field(
         0.05, ge=0, description="Required gap between the best and the second-best identity's score (same units "
         "as the threshold)")
-    unknown_after_frames: int = Field(8, ge=1, description="A track with this many frames and no match is unknown")
-    unknown_after_s: float = Field(2.0, gt=0, description="…or a track this old (seconds) with no match is unknown")
+    unknown_after_s: float = Field(
+        2.0, gt=0, description="A track this old (seconds) without a grant or deny is unknown (so is one with n "
+        "fresh frames and no identity reaching k)")
     max_frame_age_s: float = Field(
         1.0, gt=0, description="Frames older than this (capture to decision, seconds) are dropped, never decided on")
-    grant_ttl_s: float = Field(2.0, gt=0, description="A grant expires this long after its frame was captured")
-    track_iou: float = Field(0.3, gt=0, le=1, description="Minimum box IoU to continue a track")
+    grant_ttl_s: float = Field(2.0, gt=0, description="A grant's expires_at is its decided_at plus this (seconds)")
+    repeat_after_s: float = Field(
+        30.0, ge=0, description="The same decision is not repeated for one track within this many seconds")
+    track_min_affinity: float = Field(
+        0.3, gt=0, le=1, description="Minimum box-IoU/landmark affinity for a face to continue a track")
     track_max_age_s: float = Field(1.0, gt=0, description="A track without a detection for this long ends")
-    min_face_px: int = Field(40, ge=0, description="Faces narrower than this (px) are tracked but never decided on")
+    min_face_px: int = Field(
+        40, ge=0, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> DecisionConfig:
@@ -150,8 +155,8 @@ class DoorConfig(_Section):
     id: str = Field(..., pattern=_ID, description="Door id; events go to <topic_prefix>/<door id>/event")
     cameras: list[str] = Field(
         default_factory=list, description="Camera ids watching this door (or set door: on the camera)")
-    allowed_groups: list[str] = Field(
-        default_factory=list, description="Gallery groups allowed through; empty = every enrolled identity")
+    allowed_groups: list[str] | None = Field(
+        None, description="Gallery groups allowed through; null = every enrolled identity, [] = nobody")
     schedule: ScheduleConfig | None = Field(None, description="Weekly opening schedule; None = at any time")
     cooldown_s: float = Field(
         5.0, ge=0, description="After a grant, the same person at this door is not granted again for this long")
@@ -159,6 +164,7 @@ class DoorConfig(_Section):
         False, description="Refuse a second grant for the same person at this door until anti_passback_s passed")
     anti_passback_s: float = Field(
         600.0, gt=0, description="Anti-passback window in seconds (only with anti_passback: true)")
+    exit: bool = Field(False, description="An exit door: a grant here clears the person's anti-passback state")
 
 
 class TlsConfig(_Section):
@@ -237,9 +243,7 @@ class InferenceConfig(_Section):
         None, description="Execution providers in order, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
         "None = CUDA when available, then CPU")
     threads: int | None = Field(None, ge=1, description="Intra-op threads per session; None = ONNX Runtime decides")
-    max_batch: int = Field(8, ge=1, description="Largest detection batch (frames) run at once")
-    detect_scale: float = Field(
-        1.0, gt=0, le=1, description="Scale frames by this before detection (0.5 halves the work on 1080p)")
+    max_batch: int = Field(8, ge=1, description="Most frames (one per camera) run through detection at once")
 
 
 class ServiceConfig(_Section):

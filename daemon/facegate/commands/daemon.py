@@ -1,9 +1,70 @@
-"""CLI sub-commands (daemon)."""
+"""``facegate run`` (the daemon) and ``facegate config check``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
+
+from facegate.commands import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to the facegate parser."""
+    """Add ``facegate run`` and ``facegate config check``."""
+    run = sub.add_parser(
+        "run",
+        help="run the access-control daemon (cameras → faces → door events)",
+        description="Read the cameras, recognise faces against the gallery and publish signed door events over "
+        "MQTT (every decision is also appended to the audit log, and printed as a JSON line on stdout). Without "
+        "--config the built-in defaults apply (no broker: no door can be driven). Stops on SIGTERM/Ctrl-C; "
+        "SIGHUP reloads the gallery and the config; exits by itself when every camera is a video file that "
+        "has ended.",
+        epilog="Examples: facegate run --camera ../shared/data/videos/stage_clip_640x360.mp4\n"
+        "          facegate run --config /etc/facegate/facegate.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--config", type=Path, help="YAML config (see config/example.yaml); default: built-in defaults")
+    run.add_argument("--camera", action="append", default=[], metavar="URL_OR_FILE",
+                     help="extra camera: rtsp:// URL, USB index, /dev/videoN or video file (repeatable); ids cam1…")
+    run.add_argument("--loop", action="store_true", help="loop video files given with --camera")
+    run.set_defaults(handler=_run)
+
+    config = sub.add_parser("config", help="check a config file",
+                            description="Configuration files (see config/example.yaml for every key).",
+                            epilog="Example: facegate config check config/example.yaml")
+    verbs = config.add_subparsers(dest="verb", metavar="VERB")
+    check = verbs.add_parser(
+        "check", help="validate a config file: every error with its key path and line; exit 2 when invalid",
+        epilog="Example: facegate config check /etc/facegate/facegate.yaml")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check)
+    config.set_defaults(handler=lambda args: (config.print_help(sys.stderr), 2)[1])
+
+
+def _check(args: argparse.Namespace) -> int:
+    from facegate.config import check_file
+
+    config, issues = check_file(args.file)
+    for issue in issues:
+        print(f"facegate: error: {args.file}:{issue}", file=sys.stderr)
+    print_json({"file": str(args.file), "valid": not issues,
+                "errors": [{"path": i.path, "line": i.line, "message": i.message} for i in issues],
+                "cameras": [c.id for c in config.cameras] if config else None,
+                "doors": [d.id for d in config.doors] if config else None})
+    return 2 if issues else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from facegate.config import Config, check_environment, load_config
+    from facegate.errors import ConfigError
+    from facegate.runtime.service import Service, cameras_from_args
+
+    if not args.debug:  # the daemon logs its life at info level (journald keeps it)
+        logging.getLogger("facegate").setLevel(logging.INFO)
+    config = load_config(args.config) if args.config else Config()
+    issues = check_environment(config)
+    if issues:
+        raise ConfigError(f"{args.config or 'built-in config'}: " + "; ".join(str(i) for i in issues))
+    extra = cameras_from_args(args.camera, loop=args.loop, first=len(config.cameras) + 1)
+    return Service(config, config_path=args.config, extra_cameras=extra).run()

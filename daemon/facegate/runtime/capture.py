@@ -101,6 +101,11 @@ class FrameSlots:
             self._slots.clear()
             return frames
 
+    def empty(self) -> bool:
+        """True when no camera has a waiting frame."""
+        with self._cond:
+            return not self._slots
+
     def wake(self) -> None:
         """Wake a waiting consumer (used at shutdown)."""
         with self._cond:
@@ -147,6 +152,12 @@ class Camera:
             self._progress_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, args=(gen,), name=f"capture-{self.id}-{gen}", daemon=True)
         self._thread.start()
+
+    def retire(self) -> None:
+        """Stop this camera (its reader exits at its next step; a blocked read is abandoned)."""
+        with self._lock:
+            self._generation += 1
+            self.stats.state = "stopped"
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:
@@ -334,6 +345,24 @@ class CaptureStage:
             cam.join(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.join(max(0.0, deadline - time.monotonic()))
+
+    def replace(self, cameras: list[CameraConfig]) -> list[str]:
+        """Apply a new camera list (SIGHUP): retire removed or changed cameras, start new or changed ones.
+        Returns the ids that changed."""
+        wanted = {c.id: c for c in cameras}
+        changed = []
+        for cid, cam in list(self.cameras.items()):
+            if wanted.get(cid) != cam.config:
+                cam.retire()
+                del self.cameras[cid]
+                changed.append(cid)
+        for cid, cfg in wanted.items():
+            if cid not in self.cameras:
+                self.cameras[cid] = Camera(cfg, self.slots, self._stop)
+                self.cameras[cid].start()
+                if cid not in changed:
+                    changed.append(cid)
+        return sorted(changed)
 
     @property
     def all_ended(self) -> bool:

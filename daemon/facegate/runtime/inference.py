@@ -1,0 +1,168 @@
+"""Inference stage: one thread owns the models and turns the cameras' newest frames into faces with embeddings.
+
+Each cycle takes the newest unseen frame of every camera (``FrameSlots.take_all``: frames that arrived while the
+previous cycle ran were already replaced, so the stage never falls behind), runs detection on all of them as one
+batch (at most ``max_batch`` frames per run), drops faces narrower than ``min_face_px`` (too small for a reliable
+comparison score), aligns every remaining face of every frame and runs the recogniser on all of them as one batch
+(and liveness when enabled), then hands one ``FrameResult`` per frame to ``on_result`` in capture order.
+
+Only this thread touches the ONNX Runtime sessions; the pipeline is loaded by the caller (service) so that model
+errors surface before start-up completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from facegate.detections import Detections
+from facegate.pipeline import FacePipeline
+from facegate.runtime.capture import Frame, FrameSlots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """The faces of one frame: ``dets`` with ``data["embeddings"]`` (N×D float32) and, with liveness,
+    ``data["liveness"]`` (N float32, higher = live); ``done_at`` monotonic s when inference finished."""
+
+    frame: Frame
+    dets: Detections
+    done_at: float
+
+
+@dataclass
+class InferenceStats:
+    """Counters since start: cycles, frames, faces, errors and the last cycle's duration (s)."""
+
+    cycles: int = 0
+    frames: int = 0
+    faces: int = 0
+    small_faces: int = 0
+    errors: int = 0
+    last_cycle_s: float = 0.0
+    busy_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+class InferenceStage:
+    """The inference thread. ``on_result`` is called from this thread, once per frame, in order.
+
+    Keyword parameters: ``max_batch`` frames per detection run (≥ 1); ``min_face_px`` (faces with a narrower box
+    are dropped; 0 keeps all); ``liveness`` (run the pack's PAD models; a pack without them gives no live scores,
+    which the decision stage treats as not live).
+    """
+
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        slots: FrameSlots,
+        on_result: Callable[[FrameResult], None],
+        *,
+        max_batch: int = 8,
+        min_face_px: int = 0,
+        liveness: bool = False,
+    ) -> None:
+        self.pipeline = pipeline
+        self.slots = slots
+        self.on_result = on_result
+        self.max_batch = max(1, int(max_batch))
+        self.min_face_px = min_face_px
+        self.liveness = liveness
+        self.stats = InferenceStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._busy_since: float | None = None
+        self.pipeline_lock = threading.Lock()  # held while the models run; SIGHUP swaps the pipeline under it
+
+    def start(self) -> None:
+        log.info("event=inference_start providers=%s max_batch=%d liveness=%s",
+                 ",".join(self.pipeline.providers) or "?", self.max_batch, self.liveness)
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self.slots.wake()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def busy_for(self) -> float:
+        """Seconds the current cycle has been running (0 when waiting for frames)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def idle(self) -> bool:
+        """True when no frame is waiting and no cycle is running."""
+        return self._busy_since is None and self.slots.empty()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            frames = self.slots.take_all(0.25)
+            if not frames or self._stop.is_set():
+                continue
+            self._busy_since = time.monotonic()
+            try:
+                self._cycle(frames)
+            finally:
+                self._busy_since = None
+
+    def _cycle(self, frames: list[Frame]) -> None:
+        frames.sort(key=lambda f: f.captured_at)
+        for i in range(0, len(frames), self.max_batch):
+            chunk = frames[i : i + self.max_batch]
+            t0 = time.monotonic()
+            try:
+                with self.pipeline_lock:
+                    results = self.analyse(chunk)
+            except Exception:  # a failing model must not kill the thread; those frames decide nothing
+                self.stats.errors += 1
+                log.exception("event=inference_error frames=%d", len(chunk))
+                continue
+            dt = time.monotonic() - t0
+            st = self.stats
+            st.cycles += 1
+            st.frames += len(chunk)
+            st.faces += sum(len(r.dets) for r in results)
+            st.last_cycle_s = dt
+            st.busy_s += dt
+            for r in results:
+                try:
+                    self.on_result(r)
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("event=decision_stage_error camera=%s", r.frame.camera_id)
+
+    def analyse(self, frames: list[Frame]) -> list[FrameResult]:
+        """Detect, filter, align and embed (and score liveness) for ``frames``: one detection batch, one
+        embedding batch. Runs on the caller's thread (public for the benchmark)."""
+        images = [f.image for f in frames]
+        dets_list = self.pipeline.detect(images)
+        kept = []
+        for d in dets_list:
+            if self.min_face_px and len(d):
+                wide = (d.boxes[:, 2] - d.boxes[:, 0]) >= self.min_face_px
+                self.stats.small_faces += int((~wide).sum())
+                d = d[wide]
+            kept.append(d)
+        embeddings = self.pipeline.embed_many(images, kept)
+        live_model = self.pipeline.liveness if self.liveness else None
+        done = time.monotonic()
+        out = []
+        for frame, d, emb in zip(frames, kept, embeddings, strict=True):
+            data = dict(d.data)
+            data["embeddings"] = np.asarray(emb, np.float32)
+            if live_model is not None:
+                data["liveness"] = live_model.score(frame.image, d) if len(d) else np.zeros(0, np.float32)
+            out.append(FrameResult(frame, Detections(d.boxes, d.scores, d.landmarks, data), done))
+        return out
