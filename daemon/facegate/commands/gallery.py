@@ -1,9 +1,180 @@
-"""CLI sub-commands (gallery)."""
+"""``facegate enroll``, ``facegate gallery list|show|remove|export|import|compact`` and ``facegate identify``.
+
+Every command takes ``--gallery DIR`` (default ``$FACEGATE_GALLERY``, else ``$XDG_DATA_HOME/facegate/gallery``,
+else ``~/.local/share/facegate/gallery``). JSON goes to stdout; refusals and errors to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+from facegate.commands import print_json
+from facegate.errors import GalleryError, UsageError
+
+
+def default_gallery() -> Path:
+    """$FACEGATE_GALLERY, else $XDG_DATA_HOME/facegate/gallery, else ~/.local/share/facegate/gallery."""
+    if os.environ.get("FACEGATE_GALLERY"):
+        return Path(os.environ["FACEGATE_GALLERY"])
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "facegate" / "gallery"
+
+
+def _gallery_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gallery", type=Path, default=None, metavar="DIR",
+                        help="gallery folder (default: $FACEGATE_GALLERY or $XDG_DATA_HOME/facegate/gallery)")
+
+
+def _open(args: argparse.Namespace, must_exist: bool = True):
+    from facegate.gallery import Gallery
+
+    folder = args.gallery or default_gallery()
+    if must_exist and not (folder / "gallery.db").is_file():
+        raise GalleryError(f"{folder}: no gallery here yet; enrol someone first (`facegate enroll`) or give "
+                           "--gallery DIR")
+    return Gallery(folder)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands to the facegate parser."""
+    """Add ``enroll``, ``gallery`` (with its sub-commands) and ``identify``."""
+    enroll = sub.add_parser(
+        "enroll", help="enrol photos of a person (quality gates, duplicate check)",
+        epilog="Examples: facegate enroll --name 'Ada Lovelace' --group staff ada1.jpg ada2.jpg\n"
+               "          facegate enroll --from-dir photos/   (photos/<person>/<image>, one folder per person)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _gallery_arg(enroll)
+    enroll.add_argument("images", nargs="*", metavar="IMAGE", help="photos of the person (with --name)")
+    enroll.add_argument("--name", help="identity name (created if new; more photos add templates)")
+    enroll.add_argument("--from-dir", type=Path, metavar="DIR", help="folder with one sub-folder per person")
+    enroll.add_argument("--group", action="append", default=[], metavar="G", help="access group (repeatable)")
+    enroll.add_argument("--force", action="store_true",
+                        help="enrol even when the face matches a different identity (duplicate check)")
+    enroll.add_argument("--pack", default=None, help="model pack (default: the gallery's, or 'default')")
+    enroll.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    enroll.set_defaults(handler=_enroll)
+
+    ident = sub.add_parser("identify", help="1:N search: who is in these photos (JSON per face)",
+                           epilog="Example: facegate identify --gallery ./gallery door.jpg")
+    _gallery_arg(ident)
+    ident.add_argument("images", nargs="+", metavar="IMAGE")
+    ident.add_argument("-k", "--top", type=int, default=3, help="identities per face (default 3)")
+    ident.add_argument("--pack", default=None, help="model pack (default: the gallery's)")
+    ident.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ident.set_defaults(handler=_identify)
+
+    gallery = sub.add_parser("gallery", help="list, show, remove, export, import, compact the gallery",
+                             epilog="Example: facegate gallery list --gallery ./gallery")
+    gsub = gallery.add_subparsers(dest="gallery_command", metavar="ACTION", parser_class=type(gallery))
+    gallery.set_defaults(handler=lambda a: (gallery.print_help(sys.stderr), 2)[1])
+    for name, help_text, example in (
+        ("list", "identities with their groups and template counts", "facegate gallery list"),
+        ("show", "one identity with its templates' quality records", "facegate gallery show 'Ada Lovelace'"),
+        ("remove", "erase an identity (run compact to wipe it from disk)", "facegate gallery remove 'Ada Lovelace'"),
+        ("export", "write a portable JSON-lines file with all templates", "facegate gallery export backup.jsonl"),
+        ("import", "add identities from an export of the same pack", "facegate gallery import backup.jsonl"),
+        ("compact", "rewrite index and database without erased data", "facegate gallery compact"),
+    ):
+        p = gsub.add_parser(name, help=help_text, epilog=f"Example: {example}")
+        _gallery_arg(p)
+        if name in ("show", "remove"):
+            p.add_argument("identity", help="identity name (or numeric id)")
+        if name in ("export", "import"):
+            p.add_argument("file", type=Path, help="JSON-lines export file")
+        p.set_defaults(handler=globals()[f"_gallery_{name}"])
+
+
+def _load_pipeline(args: argparse.Namespace, gallery_pack: str | None):
+    from facegate.pipeline import FacePipeline
+
+    pack = args.pack or gallery_pack or "default"
+    return FacePipeline.load(pack, threads=args.threads, with_liveness=False)
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from facegate.gallery import Gallery
+    from facegate.gallery.enrol import Enroller, scan_folder
+
+    if bool(args.from_dir) == bool(args.name):
+        raise UsageError("give either --name NAME with IMAGE files, or --from-dir DIR")
+    if args.name and not args.images:
+        raise UsageError(f"--name {args.name!r}: give at least one IMAGE")
+    if args.from_dir and args.images:
+        raise UsageError("--from-dir takes no IMAGE arguments")
+    people = scan_folder(args.from_dir) if args.from_dir else [(args.name, [Path(p) for p in args.images])]
+    with Gallery(args.gallery or default_gallery()) as gallery:
+        pipeline = _load_pipeline(args, gallery.pack.name if gallery.pack else None)
+        enroller = Enroller(gallery, pipeline, force=args.force)
+        total = sum(len(files) for _, files in people)
+        outcomes = []
+        with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr,
+                  disable=total < 2) as bar:
+            for name, files in people:
+                outcomes += enroller.enrol(name, files, args.group, progress=bar.update)
+    refused = [o for o in outcomes if not o.enrolled]
+    for o in refused:
+        print(f"facegate: refused {o.file} ({o.identity}): {o.reason}", file=sys.stderr)
+    print_json({
+        "gallery": str(gallery.folder), "pack": enroller.pack.name,
+        "enrolled": len(outcomes) - len(refused), "refused": len(refused),
+        "results": [o.to_json() for o in outcomes],
+    })
+    return 1 if refused else 0
+
+
+def _identify(args: argparse.Namespace) -> int:
+    from facegate.gallery.enrol import identify
+    from facegate.imaging import load_image
+
+    for path in args.images:
+        load_image(path)  # a bad file fails before the models load
+    if args.top < 1:
+        raise UsageError(f"-k {args.top}: ask for at least one identity")
+    with _open(args) as gallery:
+        pipeline = _load_pipeline(args, gallery.pack.name if gallery.pack else None)
+        print_json(identify(gallery, pipeline, args.images, k=args.top))
+    return 0
+
+
+def _gallery_list(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        print_json({**gallery.stats(), "identities_list": [i.to_json() for i in gallery.identities()]})
+    return 0
+
+
+def _gallery_show(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        print_json(gallery.identity(args.identity).to_json())
+    return 0
+
+
+def _gallery_remove(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        ident = gallery.remove(args.identity)
+        print_json({"removed": ident.name, "identity_id": ident.id, "templates": ident.templates,
+                    "note": "run `facegate gallery compact` to rewrite the files without the erased data"})
+    return 0
+
+
+def _gallery_export(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        print_json({"file": str(args.file), **gallery.export(args.file)})
+    return 0
+
+
+def _gallery_import(args: argparse.Namespace) -> int:
+    from facegate.gallery import Gallery
+
+    with Gallery(args.gallery or default_gallery()) as gallery:
+        print_json({"file": str(args.file), **gallery.import_file(args.file)})
+    return 0
+
+
+def _gallery_compact(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        print_json(gallery.compact())
+    return 0

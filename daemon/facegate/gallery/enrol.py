@@ -1,0 +1,252 @@
+"""Enrolment from photos: quality gates, duplicate check, and 1:N identification of images.
+
+Gates (each refusal names its reason; limits in ``QualityLimits``):
+
+1. exactly one face in the image (the detector's faces at the pack's score threshold);
+2. face size: inter-eye distance ≥ ``min_inter_eye_px`` px;
+3. sharpness: variance of the Laplacian (Pech-Pacheco et al., "Diatom autofocusing in brightfield microscopy: a
+   comparative study", ICPR 2000) of the face box, grey, resized to 112×112 px so that the value does not depend on
+   the face's size in the photo;
+4. pose: the nose's offset from the eye midpoint along the eye line, divided by the inter-eye distance (0 for a
+   frontal face, growing with yaw);
+5. duplicate check: a face whose comparison score passes the pack's threshold against a *different* identity is
+   refused unless ``force`` (one person must not be enrolled under two names); an image already enrolled for this
+   identity (same sha256) is refused as a repeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facegate.detections import Detections
+from facegate.errors import FacegateError, GalleryError, UsageError
+from facegate.gallery.core import Gallery
+from facegate.gallery.index import better
+from facegate.gallery.store import PackBinding
+from facegate.imaging import file_sha256, load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+BLUR_CROP_PX = 112
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """Enrolment quality limits.
+
+    * ``min_inter_eye_px`` 40 px: below it the face is upsampled into the recogniser's chip; ISO/IEC 19794-5
+      asks ≥ 60 px for passport photos, 40 keeps ordinary snapshots usable (the smallest face in
+      ../shared/data/enroll_examples/knn_examples/train measures 52 px).
+    * ``min_sharpness`` 40 (variance of the Laplacian at 112×112): measured on enroll_examples, sharp faces score
+      117–1369; a Gaussian blur of σ = 2 px on a 130 px face drops them to ≈ 27, σ = 3 px on a 230 px face to ≈ 58.
+    * ``max_yaw_ratio`` 0.5: the frontal examples stay within ±0.32; with the nose tip ≈ 0.7 inter-eye distances in
+      front of the eye line, 0.5 corresponds to roughly 35° of yaw.
+    """
+
+    min_inter_eye_px: float = 40.0
+    min_sharpness: float = 40.0
+    max_yaw_ratio: float = 0.5
+
+
+def sharpness(image: np.ndarray, box: np.ndarray) -> float:
+    """Variance of the Laplacian of the face ``box`` (x1 y1 x2 y2 px) of a BGR uint8 image, grey, 112×112 px.
+    Higher = sharper; 0.0 for an empty crop."""
+    h, w = image.shape[:2]
+    x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
+    x2, y2 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return 0.0
+    grey = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2GRAY)
+    grey = cv2.resize(grey, (BLUR_CROP_PX, BLUR_CROP_PX), interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def yaw_ratio(landmarks: np.ndarray) -> float:
+    """Nose offset from the eye midpoint along the eye line, in inter-eye distances (5×2 landmarks, image order)."""
+    eye_l, eye_r, nose = landmarks[0], landmarks[1], landmarks[2]
+    axis = eye_r - eye_l
+    dist = float(np.linalg.norm(axis))
+    if dist < 1e-6:
+        return float("inf")
+    return float(np.dot(nose - (eye_l + eye_r) / 2, axis / dist) / dist)
+
+
+def assess(image: np.ndarray, dets: Detections, limits: QualityLimits) -> tuple[str | None, dict[str, Any]]:
+    """Apply gates 1–4 to one image's detections. Returns (refusal reason or None, quality record)."""
+    if len(dets) == 0:
+        return "no face found", {"faces": 0}
+    if len(dets) > 1:
+        return f"{len(dets)} faces found; enrolment needs exactly one face per photo", {"faces": len(dets)}
+    quality = {
+        "faces": 1,
+        "detector_score": round(float(dets.scores[0]), 4),
+        "inter_eye_px": round(float(dets.inter_eye_px[0]), 1),
+        "sharpness": round(sharpness(image, dets.boxes[0]), 1),
+        "yaw_ratio": round(yaw_ratio(dets.landmarks[0]), 3),
+    }
+    if quality["inter_eye_px"] < limits.min_inter_eye_px:
+        return (f"face too small: inter-eye distance {quality['inter_eye_px']} px < {limits.min_inter_eye_px} px; "
+                "use a closer or larger photo"), quality
+    if quality["sharpness"] < limits.min_sharpness:
+        return (f"face too blurred: sharpness {quality['sharpness']} < {limits.min_sharpness} "
+                "(variance of Laplacian); use a sharper photo"), quality
+    if abs(quality["yaw_ratio"]) > limits.max_yaw_ratio:
+        return (f"head turned too far: nose offset {quality['yaw_ratio']} inter-eye distances "
+                f"(limit ±{limits.max_yaw_ratio}); use a frontal photo"), quality
+    return None, quality
+
+
+@dataclass
+class Outcome:
+    """What happened to one enrolment photo."""
+
+    file: str
+    identity: str
+    enrolled: bool
+    reason: str | None = None
+    quality: dict[str, Any] = field(default_factory=dict)
+    template_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"file": self.file, "identity": self.identity,
+                               "status": "enrolled" if self.enrolled else "refused"}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.template_id is not None:
+            out["template_id"] = self.template_id
+        if self.quality:
+            out["quality"] = self.quality
+        return out
+
+
+def pack_binding(pipeline: Any) -> PackBinding:
+    """The gallery binding of a ``FacePipeline`` (pack name, embedding size, metric)."""
+    return PackBinding(pipeline.manifest.name, int(pipeline.embedding_size), str(pipeline.metric))
+
+
+class Enroller:
+    """Enrols photos into ``gallery`` with ``pipeline`` (a ``facegate.pipeline.FacePipeline``)."""
+
+    def __init__(self, gallery: Gallery, pipeline: Any, limits: QualityLimits | None = None,
+                 force: bool = False) -> None:
+        self.gallery = gallery
+        self.pipeline = pipeline
+        self.pack = pack_binding(pipeline)
+        self.limits = limits or QualityLimits()
+        self.force = force
+        if gallery.pack is not None and gallery.pack != self.pack:
+            gallery.store.bind(self.pack)  # raises GalleryError naming both packs
+
+    def enrol(self, name: str, files: Sequence[str | Path], groups: Iterable[str] = (),
+              progress: Callable[[int], None] | None = None) -> list[Outcome]:
+        """Enrol each photo of ``files`` as a template of identity ``name`` (created if new).
+
+        Every file gets an ``Outcome`` (refusals carry the reason); one bad file never stops the others.
+        ``progress(n)`` is called after each file.
+        """
+        groups = list(groups)
+        outcomes: list[Outcome] = []
+        existing: set[str] = set()
+        with contextlib.suppress(GalleryError):  # GalleryError: a new identity, nothing enrolled yet
+            existing = {str(t["image_sha256"]) for t in self.gallery.identity(name).template_info}
+        for path in files:
+            outcome = self._one(name, Path(path), groups, existing)
+            if outcome.enrolled and outcome.quality.get("image_sha256"):
+                existing.add(outcome.quality["image_sha256"])
+            outcomes.append(outcome)
+            log.info("enrol file=%s identity=%s status=%s reason=%s", path, name,
+                     "enrolled" if outcome.enrolled else "refused", outcome.reason)
+            if progress:
+                progress(1)
+        return outcomes
+
+    def _one(self, name: str, path: Path, groups: list[str], existing: set[str]) -> Outcome:
+        try:
+            sha = file_sha256(path)
+        except OSError as exc:
+            return Outcome(str(path), name, False, f"cannot read the file ({exc.strerror or exc})")
+        if sha in existing:
+            return Outcome(str(path), name, False, "this image is already enrolled for this identity")
+        try:
+            image = load_image(path)
+            dets = self.pipeline.analyse([image])[0]
+        except FacegateError as exc:
+            return Outcome(str(path), name, False, str(exc))
+        reason, quality = assess(image, dets, self.limits)
+        if reason:
+            return Outcome(str(path), name, False, reason, quality)
+        embedding = dets.data["embeddings"][:1]
+        quality["image_sha256"] = sha
+        if not self.force:
+            best = [m for m in self.gallery.search(embedding, k=3)[0] if m.name != name]
+            if best and better(self.pack.metric, best[0].score, self.pipeline.threshold):
+                return Outcome(str(path), name, False,
+                               f"this face matches identity {best[0].name!r} (score {best[0].score:.3f}, threshold "
+                               f"{self.pipeline.threshold}); one person must not have two identities — use --force "
+                               "if they really are different people", quality)
+        stored = {k: v for k, v in quality.items() if k != "image_sha256"}
+        _, tids = self.gallery.enrol(name, embedding, self.pack, groups, [sha], [stored])
+        return Outcome(str(path), name, True, None, quality, int(tids[0]))
+
+
+def scan_folder(folder: str | Path) -> list[tuple[str, list[Path]]]:
+    """(identity name, image files) for each sub-folder of ``folder`` (one sub-folder per person), sorted.
+
+    Raises ``UsageError`` when the folder is missing or holds no sub-folder with images.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such directory; --from-dir needs a folder with one sub-folder per person")
+    people = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(f for f in sub.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if files:
+            people.append((sub.name, files))
+    if not people:
+        raise UsageError(f"{root}: no sub-folder with images ({', '.join(IMAGE_SUFFIXES)}); "
+                         "lay it out as DIR/<person name>/<photo>")
+    return people
+
+
+def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
+    """1:N identification of every face of every image.
+
+    Returns per image ``{"image", "faces": [{"box", "detector_score", "matches": [top-k], "decision",
+    "score"}]}``; ``decision`` is the best identity when its score passes the pack's threshold, else ``"unknown"``
+    (also for an empty gallery). An unreadable image gives ``{"image", "error"}``.
+    """
+    pack = pack_binding(pipeline)
+    if gallery.pack is not None and gallery.pack != pack:
+        gallery.store.bind(pack)  # raises the mismatch error
+    results: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            image = load_image(path)
+        except FacegateError as exc:
+            results.append({"image": str(path), "error": str(exc)})
+            continue
+        dets = pipeline.analyse([image])[0]
+        emb = dets.data.get("embeddings", np.zeros((0, pack.dim), np.float32))
+        found = gallery.search(emb, k=k) if len(dets) else []
+        faces = []
+        for face, matches in zip(dets.to_json(), found, strict=True):
+            top = matches[0] if matches else None
+            accepted = top is not None and better(pack.metric, top.score, pipeline.threshold)
+            faces.append({
+                "box": face["box"],
+                "detector_score": face["score"],
+                "decision": top.name if accepted and top else "unknown",
+                "score": round(top.score, 5) if top else None,
+                "matches": [m.to_json() for m in matches],
+            })
+        results.append({"image": str(path), "metric": pack.metric, "threshold": pipeline.threshold, "faces": faces})
+    return results
