@@ -1,0 +1,245 @@
+"""Daemon configuration: validation, error reporting (key path + YAML line), environment checks, the shipped
+example/demo files, and the mapping of config sections to the runtime's plain constructors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import typing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from facegate.config import (
+    CameraConfig,
+    Config,
+    check_file,
+    load_config,
+    parse_config,
+)
+from facegate.errors import ConfigError, VideoError
+from facegate.runtime.rules import AccessRules
+from facegate.runtime.service import camera_doors, cameras_from_args, doors_from, policy_from
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config" / "example.yaml"
+DEMO = REPO / "config" / "demo.yaml"
+
+
+def _models(model: type[BaseModel], seen: set | None = None) -> list[type[BaseModel]]:
+    """Every section model reachable from ``model``."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return []
+    seen.add(model)
+    out = [model]
+    for field in model.model_fields.values():
+        for arg in [field.annotation, *typing.get_args(field.annotation)]:
+            for inner in [arg, *typing.get_args(arg)]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    out += _models(inner, seen)
+    return out
+
+
+def _issues(text: str) -> list[str]:
+    config, issues = parse_config(textwrap.dedent(text))
+    assert config is None
+    return [str(i) for i in issues]
+
+
+def test_every_field_has_a_description_and_forbids_extra_keys():
+    models = _models(Config)
+    assert len(models) >= 12
+    for model in models:
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_example_documents_every_key_and_is_valid():
+    text = EXAMPLE.read_text()
+    for model in _models(Config):
+        for name in model.model_fields:
+            assert f"{name}:" in text, f"config/example.yaml does not mention {model.__name__}.{name}"
+    config, issues = check_file(EXAMPLE)
+    assert issues == [] and config is not None
+    assert [c.id for c in config.cameras] == ["front-door", "demo-file"]
+    assert Path(config.cameras[1].file).is_absolute()
+
+
+def test_demo_and_empty_configs_run_on_defaults():
+    config = load_config(DEMO)
+    assert config.pack == "default" and config.mqtt.host is None and len(config.cameras) == 1
+    empty, issues = parse_config("")
+    assert issues == [] and empty == Config()
+    assert empty.decision.threshold is None  # the pack's operating point
+
+
+def test_every_error_has_its_key_path_and_line():
+    issues = _issues("""
+        cameras:
+          - id: cam1
+            url: rtsp://a:b@host/x
+            fps_limt: 5
+          - id: cam2
+            file: x.mp4
+            usb: 1
+        decision:
+          k: 7
+          n: 5
+        doors:
+          - id: front
+            schedule:
+              timezone: Europe/Berlin
+              windows:
+                - {days: [mon, funday], start: "08:00", end: "18:00"}
+        mqtt:
+          port: 70000
+          qos: 0
+        """)
+    assert issues[0].startswith("line 5: cameras[0].fps_limt: unknown key")
+    assert issues[1].startswith("line 6: cameras[1]: give exactly one of url, usb, device or file")
+    assert issues[2].startswith("line 9: decision: k (7) must be ≤ n (5)")
+    assert issues[3].startswith("line 17: doors[0].schedule.windows[0].days[1]:") and "'funday'" in issues[3]
+    assert issues[4].startswith("line 19: mqtt.port:") and "70000" in issues[4]
+    assert issues[5].startswith("line 20: mqtt.qos:")
+    assert len(issues) == 6
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("cameras:\n  - {id: a, usb: 0, door: nowhere}\ndoors:\n  - {id: front}\n", "which is not in doors"),
+    ("cameras:\n  - {id: a, usb: 0}\n  - {id: a, usb: 1}\n", "duplicate id(s) a"),
+    ("cameras:\n  - {id: a, usb: 0}\ndoors:\n  - {id: d1, cameras: [a]}\n  - {id: d2, cameras: [a]}\n",
+     "listed by several doors"),
+    ("doors:\n  - {id: d1, cameras: [ghost]}\n", "which is not in cameras"),
+    ("cameras:\n  - {id: a, url: 10.0.0.1/stream}\n", "has no scheme"),
+    ("cameras:\n  - {id: a, usb: 0, loop: true}\n", "file cameras only"),
+    ("mqtt: {password_env: X}\n", "a password needs a username"),
+    ("mqtt: {tls: {cert: c.pem}}\n", "cert and key go together"),
+    ("doors:\n  - id: d\n    schedule: {timezone: 'not a zone', windows: [{days: [mon], start: '08:00', "
+     "end: '09:00'}]}\n",
+     "not an IANA time zone name"),
+    ("doors:\n  - id: d\n    schedule: {timezone: UTC, windows: [{days: [mon], start: '18:00', end: '08:00'}]}\n",
+     "must be after start"),
+    ("cameras: {id: a}\n", "Input should be a valid list"),
+    ("- just\n- a list\n", "top level must be a mapping"),
+])
+def test_bad_values_are_named(text, expected):
+    issues = _issues(text)
+    assert any(expected in i for i in issues), issues
+
+
+def test_yaml_syntax_error_gives_the_line():
+    issues = _issues("cameras:\n  - id: a\n    usb: [0\n")
+    assert len(issues) == 1 and "not valid YAML" in issues[0] and issues[0].startswith("line ")
+
+
+def test_environment_checks_name_key_and_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(textwrap.dedent("""
+        cameras:
+          - id: a
+            file: missing.mp4
+        doors:
+          - id: d
+            schedule:
+              timezone: Mars/Olympus_Mons
+              windows: [{days: [mon], start: "08:00", end: "09:00"}]
+        signing:
+          key_file: nokey
+        mqtt:
+          host: localhost
+          username: u
+          password_env: FACEGATE_TEST_SURELY_UNSET
+        pack: no-such-pack
+        """))
+    config, issues = check_file(cfg)
+    got = {i.path: (i.line, i.message) for i in issues}
+    assert got["cameras[0].file"][0] == 4 and "does not exist" in got["cameras[0].file"][1]
+    assert got["doors[0].schedule.timezone"][0] == 8 and "Mars/Olympus_Mons" in got["doors[0].schedule.timezone"][1]
+    assert got["signing.key_file"][0] == 11 and str(tmp_path / "nokey") in got["signing.key_file"][1]
+    assert "FACEGATE_TEST_SURELY_UNSET" in got["mqtt.password_env"][1]
+    assert "unknown model pack 'no-such-pack'" in got["pack"][1] and got["pack"][0] == 16
+
+
+def test_config_check_cli_exits_2_with_every_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  - id: a\n    usb: 0\n    fps: 3\ndecision: {k: 9}\n")
+    run = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"{bad}:line 4: cameras[0].fps: unknown key" in run.stderr
+    assert f"{bad}:line 5: decision: k (9) must be ≤ n (5)" in run.stderr
+    assert "Traceback" not in run.stderr
+    ok = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(EXAMPLE)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and '"valid": true' in ok.stdout
+
+
+def test_load_config_raises_with_all_problems(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("decision: {k: 0}\nmqtt: {port: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "2 problem(s)" in str(err.value) and "decision.k" in str(err.value) and "mqtt.port" in str(err.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_doors_map_to_access_rules():
+    config, issues = parse_config(textwrap.dedent("""
+        cameras:
+          - {id: a, usb: 0, door: front}
+          - {id: b, usb: 1}
+        doors:
+          - id: front
+            allowed_groups: [staff]
+            cooldown_s: 7
+            anti_passback: true
+            anti_passback_s: 60
+            schedule:
+              timezone: Europe/Berlin
+              windows:
+                - {days: [mon, tue, wed, thu, fri], start: "07:00", end: "19:00"}
+          - {id: back, cameras: [b], allowed_groups: []}
+        """))
+    assert issues == []
+    rules = AccessRules(doors_from(config))
+    kw = dict(identity_id=1, door="front", now=100.0)
+    monday_noon_berlin = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)  # 12:00 CET
+    monday_late = datetime(2026, 11, 30, 18, 30, tzinfo=UTC)  # 19:30 CET
+    sunday = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    assert rules.check(groups=["staff"], wall=monday_noon_berlin, **kw) is None
+    assert rules.check(groups=["guests"], wall=monday_noon_berlin, **kw) == "not_in_group"
+    assert rules.check(groups=["staff"], wall=monday_late, **kw) == "outside_schedule"
+    assert rules.check(groups=["staff"], wall=sunday, **kw) == "outside_schedule"
+    rules.record_grant(1, "front", 100.0)
+    assert rules.check(groups=["staff"], wall=monday_noon_berlin, identity_id=1, door="front", now=105.0) == "cooldown"
+    assert rules.check(groups=["staff"], wall=monday_noon_berlin, identity_id=1, door="front",
+                       now=130.0) == "anti_passback"
+    assert rules.check(groups=["staff"], wall=monday_noon_berlin, identity_id=2, door="back",
+                       now=1.0) == "not_in_group"
+    assert camera_doors(config, config.cameras) == {"a": "front", "b": "back"}
+    policy = policy_from(config.decision, None, 3)
+    assert (policy.k, policy.n, policy.max_frame_age_s) == (3, 5, 1.0)
+
+
+def test_no_doors_means_one_default_door():
+    config = Config(cameras=[CameraConfig(id="x", usb=0)])
+    (door,) = doors_from(config)
+    assert door.allowed_groups is None and door.schedule is None
+    assert camera_doors(config, config.cameras) == {"x": door.name}
+
+
+def test_cameras_from_command_line(tmp_path):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    cams = cameras_from_args(["rtsp://u:p@h/s", "0", "/dev/video3", str(video)], loop=True, first=2)
+    assert [c.id for c in cams] == ["cam2", "cam3", "cam4", "cam5"]
+    assert [c.kind for c in cams] == ["url", "usb", "device", "file"]
+    assert cams[0].describe() == "rtsp://u:***@h/s" and cams[3].loop
+    with pytest.raises(VideoError, match="no such video file"):
+        cameras_from_args([str(tmp_path / "nope.mp4")])
