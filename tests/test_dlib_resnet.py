@@ -300,19 +300,42 @@ _EMPTY = _enc_tensor(np.zeros((0, 0, 0, 0), np.float32))
 _MULTS = b"".join(_enc_float(v, 53) for v in (1.0, 1.0, 1.0, 0.0))
 
 
-def _encode(params, new_versions: bool = True) -> bytes:
-    """Write ``params`` as a dlib file; ``new_versions`` picks today's record names, else the original's."""
+def _fuse_like_dlib(layers: list) -> list:
+    """dlib's ``fuse_layers`` (dlib/dnn/visitors.h): each affine folded into the conv before it and disabled; a relu
+    right after becomes the conv's ``use_relu`` and is disabled."""
+    from facegate.packs.dlib_resnet import Relu
+
+    out = list(layers)
+    empty = np.zeros(0, np.float32)
+    for i, layer in enumerate(out):
+        if isinstance(layer, Conv) and isinstance(out[i + 1], Affine):
+            gamma = out[i + 1].gamma.astype(np.float64)
+            weight = (layer.weight * gamma[:, None, None, None]).astype(np.float32)
+            bias = (layer.bias * gamma + out[i + 1].beta).astype(np.float32)
+            relu = isinstance(out[i + 2], Relu)
+            out[i] = Conv(weight, bias, layer.stride, layer.pad, relu=relu)
+            out[i + 1] = Affine(empty, empty, enabled=False)
+            if relu:
+                out[i + 2] = Relu(enabled=False)
+    return out
+
+
+def _encode(params, new_versions: bool = True, layers: list | None = None) -> bytes:
+    """Write ``params`` (or ``layers`` instead of its layers) as a dlib file; ``new_versions`` picks today's record
+    names, else the original's."""
     from facegate.packs.dlib_resnet import AddPrev, AvgPool, MaxPool, Relu, Skip
+
+    layers = params.layers if layers is None else layers
 
     out = [_enc_int(1), _enc_str("loss_metric_2"), _enc_float(params.margin), _enc_float(params.distance_threshold)]
     markers = (Tag, Skip)
-    real = [i for i, layer in enumerate(params.layers) if not isinstance(layer, markers)]
-    for i in reversed(range(len(params.layers))):
-        out.append(_enc_int(1 if isinstance(params.layers[i], markers) else 3 if i == real[0] else 2))
+    real = [i for i, layer in enumerate(layers) if not isinstance(layer, markers)]
+    for i in reversed(range(len(layers))):
+        out.append(_enc_int(1 if isinstance(layers[i], markers) else 3 if i == real[0] else 2))
     out += [_enc_str("input_rgb_image_sized"), *(_enc_float(float(m)) for m in params.means)]
     out += [_enc_int(150), _enc_int(150)]
     for i in real:
-        layer = params.layers[i]
+        layer = layers[i]
         if isinstance(layer, Conv):
             o, c, k, _ = layer.weight.shape
             flat = np.concatenate([layer.weight.reshape(-1), layer.bias]).reshape(-1, 1, 1, 1)
@@ -320,15 +343,15 @@ def _encode(params, new_versions: bool = True) -> bytes:
             out += [_enc_int(k), _enc_int(k)]
             out += [_enc_int(layer.stride)] * 2 + [_enc_int(layer.pad)] * 2
             out += [_enc_alias(o, c, k, k), _enc_alias(1, o, 1, 1), _MULTS]
-            out += [_enc_bool(True), _enc_bool(False)] if new_versions else []
+            out += [_enc_bool(True), _enc_bool(layer.relu)] if new_versions else []
         elif isinstance(layer, Affine):
-            k = len(layer.gamma)
+            k = len(layer.gamma) if layer.enabled else layers[i - 1].weight.shape[0]
             flat = np.concatenate([layer.gamma, layer.beta]).reshape(-1, 1, 1, 1)
             name = "affine_2" if new_versions else "affine_"
             out += [_enc_str(name), _enc_tensor(flat), _enc_alias(1, k, 1, 1), _enc_alias(1, k, 1, 1), _enc_int(0)]
-            out += [_enc_bool(False)] if new_versions else []
+            out += [_enc_bool(not layer.enabled)] if new_versions else []
         elif isinstance(layer, Relu):
-            out += [_enc_str("relu_2"), _enc_bool(False)] if new_versions else [_enc_str("relu_")]
+            out += [_enc_str("relu_2"), _enc_bool(not layer.enabled)] if new_versions else [_enc_str("relu_")]
         elif isinstance(layer, MaxPool | AvgPool):
             name = "max_pool_2" if isinstance(layer, MaxPool) else "avg_pool_2"
             fields = [layer.window, layer.window, layer.stride, layer.stride, layer.pad, layer.pad]
@@ -377,3 +400,14 @@ def test_reader_accepts_current_dlib_record_versions(dat_path: Path, tmp_path: P
     cut.write_bytes(newer.read_bytes()[:-3])
     with pytest.raises(ModelError, match=cut.name):
         read_dlib_resnet(cut)
+
+
+def test_reader_accepts_layers_fused_by_dlib(dat_path: Path, tmp_path: Path, real_chips, dlib_net) -> None:
+    params = read_dlib_resnet(dat_path)
+    fused_path = tmp_path / "resnet_fused.dat"
+    fused_path.write_bytes(_encode(params, layers=_fuse_like_dlib(params.layers)))
+    fused = read_dlib_resnet(fused_path)
+    assert sum(isinstance(layer, Conv) and layer.relu for layer in fused.layers) == 15  # stem + 14 first block convs
+    session = ort.InferenceSession(build_resnet_onnx(fused).SerializeToString(), providers=["CPUExecutionProvider"])
+    chips = np.concatenate([real_chips[0][:4], np.random.default_rng(3).integers(0, 256, (2, 150, 150, 3), np.uint8)])
+    assert np.abs(_embed(session, chips) - _dlib_descriptors(dlib_net, chips)).max() <= TOLERANCE

@@ -72,15 +72,22 @@ class Conv:
 
 @dataclass(frozen=True)
 class Affine:
-    """``affine_`` (CONV_MODE): y = x·gamma[c] + beta[c]; gamma, beta float32 (C,)."""
+    """``affine_`` (CONV_MODE): y = x·gamma[c] + beta[c]; gamma, beta float32 (C,).
+
+    ``enabled`` False: dlib's ``fuse_layers`` folded it into the preceding conv (``affine_2`` disabled flag, params
+    cleared; dlib/dnn/visitors.h): an identity, gamma and beta empty.
+    """
 
     gamma: np.ndarray
     beta: np.ndarray
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
 class Relu:
-    """``relu_``: max(x, 0)."""
+    """``relu_``: max(x, 0); ``enabled`` False (``relu_2`` disabled, fused into a ``con_6`` use_relu) = identity."""
+
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,16 +230,6 @@ def _expect(r: DlibReader, what: str, got: object, want: object) -> None:
         raise r.fail(f"{what} is {got}, expected {want}")
 
 
-def _params(r: DlibReader, what: str, count: int) -> np.ndarray:
-    """A layer's params tensor of shape (count, 1, 1, 1) → flat float32 (count,), finite."""
-    tensor = r.tensor(what)
-    _expect(r, f"{what} shape", tensor.shape, (count, 1, 1, 1))
-    flat = tensor.reshape(-1)
-    if not np.isfinite(flat).all():
-        raise r.fail(f"non-finite values in {what}")
-    return flat
-
-
 def _skip_doubles(r: DlibReader, what: str, count: int = 4) -> None:
     for _ in range(count):
         r.float(what)  # learning-rate and weight-decay multipliers: training only
@@ -268,20 +265,24 @@ def _read_conv(r: DlibReader, index: int, filters: int, kernel: int, stride: int
 def _read_affine(r: DlibReader, index: int, channels: int) -> Affine:
     what = f"layer {index} (affine)"
     version = r.expect_string("affine_", "affine_2")
-    flat = _params(r, f"{what} params", 2 * channels)
+    params = r.tensor(f"{what} params")
     _expect(r, f"{what} gamma alias", r.alias_tensor(what), (1, channels, 1, 1))
     _expect(r, f"{what} beta alias", r.alias_tensor(what), (1, channels, 1, 1))
     _expect(r, f"{what} mode", r.int(what), _CONV_MODE)
     if version == "affine_2" and r.bool(what):
-        raise r.fail(f"{what} is disabled, which this network does not use")
+        _expect(r, f"{what} (disabled) params size", params.size, 0)
+        empty = np.zeros(0, np.float32)
+        return Affine(gamma=empty, beta=empty, enabled=False)
+    _expect(r, f"{what} params shape", params.shape, (2 * channels, 1, 1, 1))
+    flat = params.reshape(-1)
+    if not np.isfinite(flat).all():
+        raise r.fail(f"non-finite values in {what} params")
     return Affine(gamma=flat[:channels].copy(), beta=flat[channels:].copy())
 
 
 def _read_relu(r: DlibReader, index: int) -> Relu:
     version = r.expect_string("relu_", "relu_2")
-    if version == "relu_2" and r.bool(f"layer {index} (relu)"):
-        raise r.fail(f"layer {index} (relu) is disabled, which this network does not use")
-    return Relu()
+    return Relu(enabled=not (version == "relu_2" and r.bool(f"layer {index} (relu)")))
 
 
 def _read_pool(r: DlibReader, index: int, name: str, window: int, stride: int) -> int:
@@ -321,8 +322,9 @@ def read_dlib_resnet(path: str | Path) -> DlibResnetParams:
     the outermost (fc) inwards (130: 2 for layers, 1 for tag/skip, 3 for the innermost); the input layer
     (``input_rgb_image_sized``: R, G, B float means, 150, 150); then the 108 layer records in forward order, each
     details + wrapper tail. The file must end exactly after the last record. The newer record versions dlib writes
-    today (``con_5/6``, ``affine_2``, ``relu_2``, ``fc_3``; notes §2.6) are accepted; batch-norm records
-    (``bn_con2``) are not.
+    today (``con_5/6``, ``affine_2``, ``relu_2``, ``fc_3``; notes §2.6) are accepted, including layers that dlib's
+    ``fuse_layers`` disabled (affine folded into the conv, relu fused via ``use_relu``; from dlib's source, tested
+    only against files written by our own test encoder); batch-norm records (``bn_con2``) are not.
 
     Raises ``ModelError`` naming the file when it is missing, unreadable, truncated, has trailing bytes, or any
     record name, hyper-parameter or shape differs from dlib's face-descriptor network.
@@ -481,7 +483,7 @@ def build_resnet_onnx(params: DlibResnetParams, fold_affine: bool = True) -> onn
         k = i  # initialiser names carry the layer index
         if isinstance(layer, Conv):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if fold_affine and isinstance(nxt, Affine) and not layer.relu:
+            if fold_affine and isinstance(nxt, Affine) and nxt.enabled and not layer.relu:
                 weight, bias = _fold_affine(layer, nxt)
                 i += 1
             else:
@@ -499,6 +501,8 @@ def build_resnet_onnx(params: DlibResnetParams, fold_affine: bool = True) -> onn
             if layer.relu:
                 x = g.node("Relu", [x], "x")
             channels, size = weight.shape[0], _out_size(size, kernel, layer.stride, layer.pad)
+        elif isinstance(layer, Affine | Relu) and not layer.enabled:
+            pass  # fused into the preceding conv by dlib
         elif isinstance(layer, Affine):
             x = g.node("Mul", [x, g.const(f"affine{k}_gamma", layer.gamma.reshape(1, -1, 1, 1))], "x")
             x = g.node("Add", [x, g.const(f"affine{k}_beta", layer.beta.reshape(1, -1, 1, 1))], "x")
