@@ -63,7 +63,7 @@ ARCFACE_112_TEMPLATE = np.array(
 )
 
 #: dlib ``pyramid_down<2>`` kernel (1 4 6 4 1)/16 per axis, applied as integers with one // 256 at the end.
-_PYRAMID_TAPS = (1, 4, 6, 4, 1)
+_PYRAMID_KERNEL = np.array([1, 4, 6, 4, 1], dtype=np.float32)
 
 
 def _check_points(points: np.ndarray, name: str) -> np.ndarray:
@@ -154,7 +154,9 @@ def _check_size_padding(size: int, padding: float) -> None:
         raise ValueError(f"padding must be a finite number ≥ 0, got {padding!r}")
 
 
-def dlib_chip_transform(points: np.ndarray, size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PADDING) -> np.ndarray:
+def dlib_chip_transform(
+    points: np.ndarray, size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PADDING
+) -> np.ndarray:
     """Affine maps from chip pixels to the source image for dlib face chips (no pyramid; for geometry, not pixels).
 
     ``points``: N×5×2 (x, y) px in dlib's 5-point order (``ShapePredictor5.predict`` output). Returns N×2×3 float64
@@ -200,10 +202,11 @@ def _pyramid_down(image: np.ndarray) -> np.ndarray:
     if h <= 8 or w <= 8:
         return np.zeros((0, 0) + image.shape[2:], np.uint8)
     oh, ow = (h - 3) // 2, (w - 3) // 2
-    src = image.astype(np.int32)
-    rows = sum(k * src[:, b : b + 2 * ow - 1 : 2] for b, k in enumerate(_PYRAMID_TAPS))
-    full = sum(k * rows[a : a + 2 * oh - 1 : 2] for a, k in enumerate(_PYRAMID_TAPS))
-    return (full >> 8).astype(np.uint8)
+    # OpenCV's separable filter in float32 is exact here: every product and partial sum is an integer below
+    # 255·256 < 2^24. Output pixel (i, j) is the filter centred on (2i + 2, 2j + 2), which never reads the border.
+    full = cv2.sepFilter2D(image, cv2.CV_32F, _PYRAMID_KERNEL, _PYRAMID_KERNEL, borderType=cv2.BORDER_CONSTANT)
+    out = full[2 : 2 + 2 * oh : 2, 2 : 2 + 2 * ow : 2] * np.float32(1 / 256)  # exact: a power of two
+    return out.astype(np.uint8).reshape((oh, ow) + image.shape[2:])  # truncation = floor (values ≥ 0)
 
 
 def _bilinear(level: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
@@ -219,21 +222,24 @@ def _bilinear(level: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     left = np.floor(x)
     top = np.floor(y)
     h, w = level.shape[:2]
+    channels = level.shape[2:]
     inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
-    li = np.where(inside, left, 0).astype(np.intp)
-    ti = np.where(inside, top, 0).astype(np.intp)
-    lr = (x - left)[..., None]
-    tb = (y - top)[..., None]
-    if h == 0 or w == 0:
-        return np.zeros((size, size) + level.shape[2:], np.uint8)
-    tl = level[ti, li].astype(np.float64)
-    tr = level[ti, np.minimum(li + 1, w - 1)].astype(np.float64)
-    bl = level[np.minimum(ti + 1, h - 1), li].astype(np.float64)
-    br = level[np.minimum(ti + 1, h - 1), np.minimum(li + 1, w - 1)].astype(np.float64)
+    if not inside.any():
+        return np.zeros((size, size) + channels, np.uint8)
+    flat = level.reshape(h * w, -1)
+    index = np.where(inside, top * w + left, 0).astype(np.intp).ravel()
+    # Outside samples read pixel 0's neighbourhood (clipped) and are blacked out below.
+    tl = np.take(flat, index, axis=0, mode="clip")
+    tr = np.take(flat, index + 1, axis=0, mode="clip")
+    bl = np.take(flat, index + w, axis=0, mode="clip")
+    br = np.take(flat, index + w + 1, axis=0, mode="clip")
+    lr = (x - left).reshape(-1, 1)
+    tb = (y - top).reshape(-1, 1)
+    # dlib's expression and evaluation order, in float64; the convex combination of uint8 values stays in
+    # [0, 255], so the cast truncates exactly like dlib's assign_pixel(unsigned char, double).
     value = (1 - tb) * ((1 - lr) * tl + lr * tr) + tb * ((1 - lr) * bl + lr * br)
-    value = np.clip(value, 0, 255).astype(np.uint8)  # truncation, as dlib's assign_pixel(unsigned char, double)
-    value[~inside] = 0
-    return value
+    value = value.astype(np.uint8) * inside.reshape(-1, 1)
+    return value.reshape((size, size) + channels)
 
 
 def _extract_one(image: np.ndarray, rect: np.ndarray, angle: float, size: int) -> np.ndarray:
