@@ -13,6 +13,8 @@ gets the QoS 1 messages published while it was away. Skips the test with the rea
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -55,6 +57,8 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
+            # started as root, mosquitto would switch to user "mosquitto", who cannot write the test's temp folder
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
