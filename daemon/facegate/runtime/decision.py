@@ -93,8 +93,8 @@ class DecisionPolicy:
             raise UsageError(f"decision: need 1 ≤ k ≤ n, got k={self.k} n={self.n}")
         if self.margin < 0 or self.max_frame_age_s <= 0 or self.unknown_after_s <= 0 or self.repeat_after_s < 0:
             raise UsageError("decision: margin ≥ 0, max_frame_age_s > 0, unknown_after_s > 0, repeat_after_s ≥ 0")
-        if self.liveness_frames < 1:
-            raise UsageError(f"decision: liveness_frames must be ≥ 1, got {self.liveness_frames}")
+        if not 1 <= self.liveness_frames <= self.n:
+            raise UsageError(f"decision: need 1 ≤ liveness_frames ≤ n, got {self.liveness_frames} (n={self.n})")
 
 
 @dataclass(frozen=True)

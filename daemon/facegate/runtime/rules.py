@@ -171,6 +171,12 @@ class AccessRules:
         self._last_grant: dict[tuple[Any, str], float] = {}  # (person, door) → monotonic s
         self._entries: dict[tuple[Any, str], float] = {}  # anti-passback: (person, entry door) → monotonic s
 
+    def update_doors(self, doors: Iterable[Door] | Mapping[str, Door]) -> None:
+        """Replace the doors (config reload) and keep the grant history, so a reload reopens no cooldown."""
+        fresh = AccessRules(doors)
+        with self._lock:
+            self.doors = fresh.doors
+
     def cooldown_s(self, door: str) -> float:
         d = self.doors.get(door)
         return d.cooldown_s if d else 0.0
