@@ -87,7 +87,67 @@ def load_dlib_chips(args: argparse.Namespace) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
 
 
-INPUTS: dict[str, Callable[[argparse.Namespace], np.ndarray]] = {"chips150_rgb": load_dlib_chips}
+def _photos_640x480(args: argparse.Namespace) -> np.ndarray:
+    """N×480×640×3 uint8 BGR: every enrol-example photo letterboxed to 640×480 (a camera frame), tiled."""
+    from facegate.imaging import letterbox, load_image
+
+    enrol = SHARED / "data" / "enroll_examples"
+    if not enrol.is_dir():
+        sys.exit(f"embed_bench: needs {enrol} (the shared test data) for real photos")
+    paths = sorted((enrol / "single").iterdir()) + sorted((enrol / "multi").glob("20*.jpg"))
+    base = np.stack([letterbox(load_image(p), 640, 480)[0] for p in paths])
+    reps = -(-args.faces // len(base))
+    return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
+
+
+def _byo(pack: str, part: str, args: argparse.Namespace):
+    """A bring-your-own pack's detector, recogniser or liveness built from its manifest in models/."""
+    from facegate.packs.manifest import load_manifest, source_path
+    from facegate.packs.registry import DETECTORS, RECOGNISERS, _load
+
+    manifest = load_manifest(pack)
+    if part == "liveness":
+        from facegate.packs.liveness import LivenessFusion
+
+        paths = [source_path(m.source, manifest.manifest_path) for m in manifest.liveness.models]
+        return LivenessFusion(manifest.liveness, paths, providers=args.providers, threads=args.threads)
+    spec = getattr(manifest, part)
+    table = DETECTORS if part == "detector" else RECOGNISERS
+    model = source_path(spec.source, manifest.manifest_path)
+    return _load(table, spec.kind, part)(model, spec, providers=args.providers, threads=args.threads)
+
+
+def _faces_of_photos(args: argparse.Namespace) -> list[tuple[np.ndarray, object]]:
+    photos = _photos_640x480(args)
+    detector = _byo("retinaface-mobilefacenet", "detector", args)
+    return [(img, d) for img, d in zip(photos, detector.detect(list(photos)), strict=True) if len(d)]
+
+
+def _arcface_chips(args: argparse.Namespace) -> np.ndarray:
+    """N×112×112×3 uint8 BGR ArcFace chips (RetinaFace landmarks → facegate.packs.align), tiled."""
+    from facegate.packs.align import arcface_align
+
+    base = np.concatenate([arcface_align(img, d.landmarks) for img, d in _faces_of_photos(args)])
+    reps = -(-args.faces // len(base))
+    return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
+
+
+def _pad_patches(args: argparse.Namespace) -> np.ndarray:
+    """N×2×80×80×3 uint8 BGR MiniFASNet inputs per face (crop scale 2.7 and 4.0, upstream CropImage), tiled."""
+    from facegate.packs.liveness import crop_faces
+
+    base = np.concatenate([np.stack([crop_faces(img, d.boxes, s, (80, 80)) for s in (2.7, 4.0)], axis=1)
+                           for img, d in _faces_of_photos(args)])
+    reps = -(-args.faces // len(base))
+    return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
+
+
+INPUTS: dict[str, Callable[[argparse.Namespace], np.ndarray]] = {
+    "chips150_rgb": load_dlib_chips,
+    "photos640x480_bgr": _photos_640x480,
+    "chips112_bgr": _arcface_chips,
+    "pad_patches80_bgr": _pad_patches,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,8 +194,48 @@ def make_dlib_resnet(args: argparse.Namespace) -> Runner:
     return run
 
 
+def make_byo_detector(pack: str) -> Callable[[argparse.Namespace], Runner]:
+    """Detector of a bring-your-own pack; ms per *image* (640×480); output row i = faces found in image i."""
+
+    def make(args: argparse.Namespace) -> Runner:
+        det = _byo(pack, "detector", args)
+        return lambda batch: np.array([[len(d)] for d in det.detect(list(batch))], np.float32)
+
+    return make
+
+
+def make_byo_recogniser(args: argparse.Namespace) -> Runner:
+    rec = _byo("retinaface-mobilefacenet", "recogniser", args)
+    return rec.embed_chips
+
+
+def make_byo_liveness(args: argparse.Namespace) -> Runner:
+    """Both MiniFASNet models on each face's two crops, fused (mean of the live softmax), as LivenessFusion.score."""
+    fusion = _byo("retinaface-mobilefacenet", "liveness", args)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(batch))
+        for k, model in enumerate(fusion.models):
+            blob = np.ascontiguousarray(batch[:, k].transpose(0, 3, 1, 2), dtype=np.float32)
+            logits = np.concatenate([model.session.run(None, {model.input_name: blob[i : i + 1]})[0]
+                                     for i in range(len(blob))])
+            e = np.exp(logits - logits.max(1, keepdims=True))
+            total += (e / e.sum(1, keepdims=True))[:, model.spec.live_index]
+        return (total / len(fusion.models))[:, None]
+
+    return run
+
+
 CASES: list[Case] = [
     Case("dlib-bin compute_face_descriptor", "chips150_rgb", (1, 32), make_dlib_resnet, peer=True),
+    # Bring-your-own packs (models/*.yaml); batch = the largest each graph allows (fixed-batch graphs run in a loop).
+    Case("yunet-2023mar detector (per image)", "photos640x480_bgr", (1,), make_byo_detector("yunet-mobilefacenet")),
+    Case("yunet-n detector (per image)", "photos640x480_bgr", (1, 8), make_byo_detector("yunet-n-mobilefacenet")),
+    Case("scrfd-500m detector (per image)", "photos640x480_bgr", (1,), make_byo_detector("scrfd-mobilefacenet")),
+    Case("retinaface detector (per image)", "photos640x480_bgr", (1, 8),
+         make_byo_detector("retinaface-mobilefacenet")),
+    Case("mobilefacenet ORT (fixed batch 1)", "chips112_bgr", (1,), make_byo_recogniser),
+    Case("minifasnet V2+V1SE fused (per face)", "pad_patches80_bgr", (1,), make_byo_liveness),
     Case(
         "facegate dlib-resnet ORT",
         "chips150_rgb",
