@@ -43,10 +43,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Mosquitto:
-    """One mosquitto process on 127.0.0.1:``port`` with its config, persistence and log in ``workdir``."""
+def make_test_ca(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for IP 127.0.0.1 (openssl); returns (ca.crt, server.crt, server.key)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make test certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
-    def __init__(self, workdir: Path, binary: str, port: int | None = None) -> None:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=facegate test CA")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
+
+
+class Mosquitto:
+    """One mosquitto process on 127.0.0.1:``port`` with its config, persistence and log in ``workdir``.
+
+    ``users`` (name → password) turns anonymous access off and writes a password file (mosquitto_passwd);
+    ``tls=True`` makes the listener TLS-only with a throw-away CA, whose certificate is ``ca_file``.
+    """
+
+    def __init__(self, workdir: Path, binary: str, port: int | None = None, *,
+                 users: dict[str, str] | None = None, tls: bool = False) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.binary = binary
@@ -54,9 +77,22 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "mosquitto.log"
         self.conf = self.workdir / "mosquitto.conf"
+        extra = ""
+        self.ca_file: Path | None = None
+        if users:
+            pw = self.workdir / "passwords"
+            tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+            for i, (name, password) in enumerate(users.items()):
+                flags = ["-b", "-c"] if i == 0 else ["-b"]
+                subprocess.run([tool, *flags, str(pw), name, password], check=True, capture_output=True)
+            extra += f"password_file {pw}\n"
+        if tls:
+            self.ca_file, cert, key = make_test_ca(self.workdir / "tls")
+            extra += f"cafile {self.ca_file}\ncertfile {cert}\nkeyfile {key}\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'false' if users else 'true'}\n"
+            f"{extra}"
             # started as root, mosquitto would switch to user "mosquitto", who cannot write the test's temp folder
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             "persistence true\n"
@@ -113,7 +149,8 @@ class Subscriber:
     must not miss events while it (or the broker) restarts.
     """
 
-    def __init__(self, broker: Mosquitto, topic: str = "#", *, persistent: bool = False, client_id: str = "") -> None:
+    def __init__(self, broker: Mosquitto, topic: str = "#", *, persistent: bool = False, client_id: str = "",
+                 username: str | None = None, password: str | None = None) -> None:
         self.broker, self.topic = broker, topic
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
@@ -122,6 +159,10 @@ class Subscriber:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid,
                                   clean_session=not persistent)
         self.client.reconnect_delay_set(1, 2)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        if broker.ca_file is not None:
+            self.client.tls_set(ca_certs=str(broker.ca_file))
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *a: self.connected.clear()

@@ -164,7 +164,7 @@ def test_start_raises_a_clear_broker_error_when_required(tmp_path):
     broker = dead_broker(tmp_path)
     pub = publisher(broker)
     t0 = time.monotonic()
-    with pytest.raises(BrokerError, match=rf"127\.0\.0\.1:{broker.port} not reachable within 1\.5 s"):
+    with pytest.raises(BrokerError, match=rf"127\.0\.0\.1:{broker.port} not reachable within 1\.5 s \(TCP connect"):
         pub.start(wait_s=1.5)
     assert time.monotonic() - t0 < 5.0
 
@@ -185,5 +185,29 @@ def test_start_without_broker_keeps_retrying_and_bounds_its_queue(tmp_path):
         assert [(e["type"], e["track_id"]) for e in sub.events()] == [("grant", 2), ("unknown", 4), ("deny", 5)]
         pub.stop()
         sub.stop()
+    finally:
+        broker.stop()
+
+
+def test_tls_with_username_and_password(tmp_path):
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("needs the mosquitto broker binary (apt-get install mosquitto)")
+    broker = Mosquitto(tmp_path / "tls-broker", binary, users={"facegate": "s3cret", "door": "d00r"}, tls=True)
+    broker.start()
+    try:
+        sub = Subscriber(broker, f"{PREFIX}/#", username="door", password="d00r").start()
+        pub = publisher(broker, tls=True, ca_file=str(broker.ca_file), username="facegate", password="s3cret")
+        assert pub.start(wait_s=5.0)
+        sent = EventEmitter(signing_key=KEY, audit=None, publisher=pub).emit(decision("deny", 3))
+        assert sub.wait_for(lambda s: s.events() == [sent], 5.0)
+        pub.stop()
+        sub.stop()
+        wrong = publisher(broker, tls=True, ca_file=str(broker.ca_file), username="facegate", password="nope")
+        with pytest.raises(BrokerError, match="refused: Not authorized"):
+            wrong.start(wait_s=3.0)
+        untrusted = publisher(broker, tls=True, username="facegate", password="s3cret")  # system CAs only
+        with pytest.raises(BrokerError, match="TLS handshake failed: CERTIFICATE_VERIFY_FAILED"):
+            untrusted.start(wait_s=1.5)
     finally:
         broker.stop()

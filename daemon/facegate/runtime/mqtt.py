@@ -21,6 +21,8 @@ import collections
 import contextlib
 import logging
 import queue
+import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -102,6 +104,7 @@ class EventPublisher:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=paho.MQTTv311)
         if username is not None:
             c.username_pw_set(username, password)
+        self._tls = (ca_file, cert_file, key_file, tls_insecure) if tls else None
         if tls:
             try:
                 c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file)
@@ -135,7 +138,7 @@ class EventPublisher:
         self._sender.start()
         if self.connected.wait(wait_s):
             return True
-        why = self.last_error or "no answer"
+        why = self._diagnose() or self.last_error or "no answer"
         if require:
             self.stop(timeout_s=0.5)
             raise BrokerError(
@@ -144,6 +147,31 @@ class EventPublisher:
             )
         log.warning("event=mqtt_not_connected broker=%s:%d error=%s action=retrying", self.host, self.port, why)
         return False
+
+    def _diagnose(self) -> str | None:
+        """Why the broker could not be reached, from one direct TCP (and TLS) attempt; None when those work.
+
+        paho's background loop swallows the socket/TLS exception of a failed attempt, so the reason is fetched
+        again here for the error message.
+        """
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=2.0)
+        except OSError as exc:
+            return f"TCP connect failed: {exc.strerror or exc}"
+        with sock:
+            if not self._tls:
+                return None
+            ca, cert, key, insecure = self._tls
+            try:
+                ctx = ssl.create_default_context(cafile=ca)
+                if cert:
+                    ctx.load_cert_chain(cert, key)
+                if insecure:
+                    ctx.check_hostname = False
+                with ctx.wrap_socket(sock, server_hostname=self.host):
+                    return None
+            except (ssl.SSLError, OSError) as exc:
+                return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Flush what can be flushed within ``timeout_s``, publish retained "offline", disconnect, stop threads."""
@@ -252,6 +280,7 @@ class EventPublisher:
             self.last_error = f"connection refused: {reason}"
             log.error("event=mqtt_refused broker=%s:%d reason=%s", self.host, self.port, reason)
             return
+        self.last_error = None
         self._purge_expired_inflight()
         client.publish(status_topic(self.topic_prefix), ONLINE, qos=1, retain=True)
         log.info("event=mqtt_connected broker=%s:%d", self.host, self.port)
@@ -262,7 +291,8 @@ class EventPublisher:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        self.last_error = f"disconnected: {reason}"
+        if was or self.last_error is None:  # keep a refusal's reason: it says more than the disconnect after it
+            self.last_error = f"disconnected: {reason}"
         if was:
             log.warning("event=mqtt_disconnected broker=%s:%d reason=%s", self.host, self.port, reason)
 
