@@ -65,25 +65,46 @@ def default_model_path() -> Path:
     return Path(face_recognition_models.__file__).resolve().parent / "models" / MODEL_FILE_NAME
 
 
+#: Byte → length of a dlib integer whose control byte it is (1 + payload size in the low 4 bits).
+_INT_LENGTH = bytes(1 + (b & 0x0F) for b in range(256))
+
+
+def _token_starts(raw: bytes, start: int) -> tuple[np.ndarray, int]:
+    """Byte offsets of the consecutive dlib integers from ``start`` to the end of ``raw``, and the offset where
+    the last one ends (past the end when the file is truncated inside an integer).
+
+    The boundaries form a chain (each integer is 1 + (control & 0x0F) bytes), walked by a generator over a
+    translated byte string: ~0.4 s for the 3.2 million integers of the 5-point model.
+    """
+    lengths = raw.translate(_INT_LENGTH)
+    end = len(raw)
+    last = [start]
+
+    def walk():
+        pos = start
+        while pos < end:
+            yield pos
+            pos += lengths[pos]
+        last[0] = pos
+
+    starts = np.fromiter(walk(), np.int64)
+    return starts, last[0]
+
+
 class _Tokens:
     """Every dlib integer (§1.1) from the reader's position to the end of the file, decoded at once.
 
     The forest part of the file holds ~2.8 million small integers; decoding them one method call at a time takes
-    seconds, so the byte offsets are found with one tight loop and the values are decoded vectorised.
+    seconds, so only the byte offsets are found in Python (``_token_starts``) and the values are decoded vectorised.
     """
 
     def __init__(self, reader: DlibReader) -> None:
         self.reader = reader
         raw = bytes(reader.data)
-        pos, end = reader.pos, len(raw)
-        starts: list[int] = []
-        append = starts.append
-        while pos < end:
-            append(pos)
-            pos += 1 + (raw[pos] & 0x0F)
-        self.starts = np.asarray(starts, dtype=np.int64)
         buf = np.frombuffer(raw, dtype=np.uint8)
-        control = buf[self.starts] if len(starts) else np.zeros(0, np.uint8)
+        self.starts, pos = _token_starts(raw, reader.pos)
+        end = len(raw)
+        control = buf[self.starts]
         size = (control & 0x0F).astype(np.int64)
         bad = np.flatnonzero((size == 0) | (size > 8) | ((control & 0x70) != 0))
         if len(bad):
@@ -92,10 +113,13 @@ class _Tokens:
         if pos != end:
             reader.pos = int(self.starts[-1])
             raise reader.fail("unexpected end of file inside an integer")
-        offsets = np.arange(8)
-        index = np.minimum(self.starts[:, None] + 1 + offsets, end - 1)
-        payload = np.where(offsets < size[:, None], buf[index], 0).astype(np.uint64)
-        magnitude = (payload << (8 * offsets).astype(np.uint64)).sum(axis=1, dtype=np.uint64)
+        magnitude = np.zeros(len(self.starts), np.uint64)
+        for k in range(8):  # little-endian payload bytes
+            has = size > k
+            if not has.any():
+                break
+            byte = buf[np.minimum(self.starts + 1 + k, end - 1)]
+            magnitude |= np.where(has, byte, 0).astype(np.uint64) << np.uint64(8 * k)
         if np.any(magnitude >= np.uint64(1 << 62)):
             raise reader.fail("integer out of range")
         value = magnitude.astype(np.int64)
