@@ -216,6 +216,12 @@ class EventPublisher:
         with self._cond:
             return len(self._queue) + len(self._inflight) + int(self._sending)
 
+    @property
+    def queued(self) -> int:
+        """Events waiting in the queue (not yet handed to paho)."""
+        with self._cond:
+            return len(self._queue)
+
     def _drop_one(self) -> None:
         now = datetime.now(UTC)
         victim = next((it for it in self._queue if it.expires is not None and it.expires <= now), None)
