@@ -263,3 +263,11 @@ def test_policy_validation():
         DecisionPolicy(k=6, n=5)
     with pytest.raises(UsageError, match="metric"):
         make(metric="cosine")
+
+
+def test_an_error_inside_the_rules_denies_instead_of_granting():
+    engine, clock = make(doors=[Door("front", schedule={"daily": "00:00-24:00"})])
+    engine.wall_clock = lambda: datetime(2026, 6, 3, 12, 0)  # a naive clock: the schedule check raises
+    out = [d for _ in range(6) for d in feed(engine, clock, face(ALICE))]
+    assert [(d.type, d.reason, d.identity_id) for d in out] == [("deny", "error", None)]
+    assert engine.stats["grant"] == 0 and engine.stats["errors"] == 4  # frames 3..6 each failed

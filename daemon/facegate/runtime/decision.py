@@ -238,29 +238,41 @@ class DecisionEngine:
             return []
         out: list[Decision] = []
         for tid in dict.fromkeys(int(t) for t in track_ids):
-            state = states[tid]
             try:
-                d = self._decide(camera, door, tid, state, captured_at, captured_wall, now)
-            except Exception:
+                d = self._decide_track(camera, door, tid, states[tid], captured_at, captured_wall, now)
+            except Exception:  # even the error path failed (e.g. the wall clock): emit nothing
                 self.stats["errors"] += 1
-                log.exception("event=decision_error camera=%s track=%d stage=decide", camera, tid)
-                d = self._make(DENY, camera, door, tid, captured_at, captured_wall, reason="error")
-            if d is not None and self._fresh_key(state, d, now):
-                if d.type == GRANT:
-                    try:
-                        self.rules.record_grant(d.identity_id, door, now)
-                    except Exception:  # a grant the rules cannot remember would dodge cooldown/anti-passback
-                        self.stats["errors"] += 1
-                        log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
-                        continue
-                    state.granted_at = now
-                self.stats[d.type] += 1
-                log.info(
-                    "event=decision type=%s camera=%s door=%s track=%d identity=%s score=%s reason=%s",
-                    d.type, camera, door, tid, d.identity_id, d.score, d.reason,
-                )
+                log.exception("event=decision_error camera=%s track=%d stage=emit", camera, tid)
+                d = None
+            if d is not None:
                 out.append(d)
         return out
+
+    def _decide_track(
+        self, camera: str, door: str, tid: int, state: _TrackState, cap: float, wall: datetime, now: float
+    ) -> Decision | None:
+        try:
+            d = self._decide(camera, door, tid, state, cap, wall, now)
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("event=decision_error camera=%s track=%d stage=decide", camera, tid)
+            d = self._make(DENY, camera, door, tid, cap, wall, reason="error")
+        if d is None or not self._fresh_key(state, d, now):
+            return None
+        if d.type == GRANT:
+            try:
+                self.rules.record_grant(d.identity_id, door, now)
+            except Exception:  # a grant the rules cannot remember would dodge cooldown/anti-passback
+                self.stats["errors"] += 1
+                log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
+                return None
+            state.granted_at = now
+        self.stats[d.type] += 1
+        log.info(
+            "event=decision type=%s camera=%s door=%s track=%d identity=%s score=%s reason=%s",
+            d.type, camera, door, tid, d.identity_id, d.score, d.reason,
+        )
+        return d
 
     def _observe(self, camera: str, dets: Detections, captured_at: float) -> tuple[np.ndarray, dict[int, _TrackState]]:
         tracker = self._trackers.get(camera)
