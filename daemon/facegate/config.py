@@ -225,7 +225,9 @@ class SigningConfig(_Section):
 class GalleryConfig(_Section):
     """Where the enrolled identities live."""
 
-    path: str | None = Field(None, description="Gallery folder; None = gallery/ in the state directory")
+    path: str | None = Field(
+        None, description="Gallery folder; None = the one `facegate enroll` uses by default ($FACEGATE_GALLERY, else "
+        "$XDG_DATA_HOME/facegate/gallery)")
 
 
 class LivenessConfig(_Section):
@@ -250,7 +252,7 @@ class ServiceConfig(_Section):
     """Process-level settings of `facegate run`."""
 
     state_dir: str | None = Field(
-        None, description="Folder for defaults (audit log, key, gallery); None = $STATE_DIRECTORY (systemd) or "
+        None, description="Folder for the default audit log and signing key; None = $STATE_DIRECTORY (systemd) or "
         "$XDG_STATE_HOME/facegate")
     ready_timeout_s: float = Field(
         30.0, gt=0, description="Start-up fails when cameras are not delivering within this long")

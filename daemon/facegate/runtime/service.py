@@ -62,6 +62,14 @@ def state_dir(config: Config) -> Path:
     return path
 
 
+def default_gallery() -> Path:
+    """The gallery ``facegate enroll`` uses by default: ``$FACEGATE_GALLERY``, else
+    ``$XDG_DATA_HOME/facegate/gallery`` (``~/.local/share/facegate/gallery``)."""
+    if os.environ.get("FACEGATE_GALLERY"):
+        return Path(os.environ["FACEGATE_GALLERY"])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "facegate" / "gallery"
+
+
 def cameras_from_args(specs: list[str], loop: bool = False, first: int = 1) -> list[CameraConfig]:
     """``--camera`` values → cameras ``cam<first>``…: a URL (has ``://``), a USB index (digits), a device path
     (``/dev/…``) or a video file."""
@@ -188,7 +196,7 @@ class Service:
             raise ConfigError(f"liveness.enabled is true but pack {self.pipeline.manifest.name!r} has no liveness "
                               "model; choose a pack with one or set liveness.enabled: false")
         binding = PackBinding(self.pipeline.manifest.name, self.pipeline.embedding_size, self.pipeline.metric)
-        self.gallery = Gallery(Path(cfg.gallery.path) if cfg.gallery.path else state / "gallery", pack=binding)
+        self.gallery = Gallery(Path(cfg.gallery.path) if cfg.gallery.path else default_gallery(), pack=binding)
         stats = self.gallery.stats()
         log.info("event=gallery_opened folder=%s identities=%s templates=%s", stats["folder"], stats["identities"],
                  stats["templates"])
