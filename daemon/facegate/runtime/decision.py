@@ -142,8 +142,8 @@ class DecisionEngine:
     """Decisions for all cameras. Constructor (keyword only):
 
     * ``search``: ``SearchFn``; replace ``engine.search`` to swap galleries (e.g. on SIGHUP);
-    * ``metric``: "distance" (lower is better, match when ``score < threshold``) or "similarity" (higher is better,
-      match when ``score > threshold``);
+    * ``metric``: "distance" (lower is better, match when ``score ≤ threshold``) or "similarity" (higher is
+      better, match when ``score ≥ threshold``), as ``FacePipeline.matches``;
     * ``threshold``: the operating point (the pack's measured one by default, chosen by the caller);
     * ``camera_doors``: camera id → door name;
     * ``rules``: ``AccessRules``; ``policy``: ``DecisionPolicy``;
@@ -179,8 +179,9 @@ class DecisionEngine:
         self.stats: Counter[str] = Counter()
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def _better(self, a: float, b: float) -> bool:
-        return a < b if self.metric == "distance" else a > b
+    def _passes(self, score: float) -> bool:
+        # inclusive, as FacePipeline.matches and the operating point measurement
+        return score <= self.threshold if self.metric == "distance" else score >= self.threshold
 
     def _gap(self, best: float, other: float) -> float:
         return other - best if self.metric == "distance" else best - other
@@ -199,7 +200,7 @@ class DecisionEngine:
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
         margin = None if other is None else self._gap(score, float(other.score))
-        ok = self._better(score, self.threshold) and (margin is None or margin >= self.policy.margin)
+        ok = self._passes(score) and (margin is None or margin >= self.policy.margin)
         return ((best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
