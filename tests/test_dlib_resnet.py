@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -103,8 +104,6 @@ def real_chips() -> tuple[np.ndarray, list[str]]:
         rgb = bgr_to_rgb(load_image(path))
         scale = MAX_SIDE / max(rgb.shape[:2])
         if scale < 1:
-            import cv2
-
             size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
             rgb = np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
         upsample = 1 if max(rgb.shape[:2]) < 500 else 0
