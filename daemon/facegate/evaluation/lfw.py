@@ -156,8 +156,11 @@ def verification_report(
         "tar_at_far": {},
         "eer": {"rate": eer_rate, "threshold": native(eer_t)},
         "auc": m.auc(curve),
-        "threshold": {"value": native(best_t), "rule": "best accuracy on all pairs", "accuracy": best_acc,
-                      "fmr": fmr, "fnmr": fnmr},
+        "threshold": {
+            "value": native(best_t),
+            "rule": "best accuracy on all pairs (in-sample; fold_thresholds are the out-of-sample ones)",
+            "accuracy": best_acc, "fmr": fmr, "fnmr": fnmr,
+        },
     }
     for far in (1e-3, 1e-2):
         op = m.tar_at_far(genuine, impostor, far)
