@@ -1,8 +1,8 @@
 """facegate's numpy shape predictor against dlib-bin's ``shape_predictor`` on real faces: identical integer points.
 
-Boxes come from dlib's HOG detector (upsample 1; 0 for photos over 1000 px, to keep the test quick), the boxes the model was trained on, plus random perturbations
-(scale 0.7–1.4, shifts, some partly outside the image) so that the feature pixels fall on other pixels, off the
-image, and the trees take other paths.
+Boxes come from dlib's HOG detector (upsample 1; 0 for photos over 1000 px, to keep the test quick), the boxes the
+model was trained on, plus random perturbations (scale 0.7–1.4, shifts, some partly outside the image) so that the
+feature pixels fall on other pixels, off the image, and the trees take other paths.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ Evaluation (§3.2), per face box (left, top, right, bottom; inclusive right/bott
    ``initial_shape`` to the current shape, keep its 2×2 linear part as float32 ``A``; the 800 feature pixels are
    ``A·delta + current[anchor]`` (float32) mapped to the image (intensity 0 outside it); each of the 500 depth-4
    trees walks ``left if f[idx1] − f[idx2] > thresh`` and its leaf (10 float32 values) is added to the shape, in
-   tree order (float32 addition is not associative, so the order is kept with a sequential cumulative sum).
+   tree order (float32 addition is not associative, so the sum is done sequentially in that order).
 
-Vectorised over faces and trees; Python loops only over cascades and tree levels.
+Vectorised over faces and trees: all 15 splits of all 500 trees are compared at once, each tree's 15 decision bits
+select its leaf through a 2^15-entry table; the only Python loop is over the 15 cascades.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate.errors import ModelError
 from facegate.packs.dlib_serial import DlibReader
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,6 @@ def default_model_path() -> Path:
 
     Raises ``ModelError`` when the package is not installed.
     """
-    from facegate.errors import ModelError
-
     try:
         import face_recognition_models
     except ImportError:
@@ -155,24 +155,6 @@ def _floats(mantissa: np.ndarray, exponent: np.ndarray) -> np.ndarray:
     for special, replacement in _SPECIAL_EXPONENTS.items():
         value = np.where(exponent == special, replacement, value)
     return value
-
-
-def _similarity_linear(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2×2 linear part (scale·rotation) of the least-squares similarity src → dst (Umeyama 1991, no reflection).
-
-    ``src`` P×2, ``dst`` …×P×2 (float64). Closed form of Umeyama's SVD solution in 2-D: with Σ the cross-covariance
-    mean((dst − μ_dst)(src − μ_src)ᵀ) and σ² the variance of src, c·R = [[a, −b], [b, a]] where
-    a = (Σ00 + Σ11)/σ², b = (Σ10 − Σ01)/σ² (the best rotation maximises trace(RᵀΣ); this equals dlib's
-    ``find_similarity_transform``, geometry/point_transforms.h, including its det Σ < 0 branch).
-    """
-    s = src - src.mean(axis=-2, keepdims=True)
-    d = dst - dst.mean(axis=-2, keepdims=True)
-    var = (s * s).sum(axis=(-1, -2)) / src.shape[-2]
-    cov = np.einsum("...pi,...pj->...ij", d, np.broadcast_to(s, d.shape)) / src.shape[-2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(var > 0, (cov[..., 0, 0] + cov[..., 1, 1]) / var, 1.0)
-        b = np.where(var > 0, (cov[..., 1, 0] - cov[..., 0, 1]) / var, 0.0)
-    return np.stack([np.stack([a, -b], -1), np.stack([b, a], -1)], -2)
 
 
 @dataclass(frozen=True)
@@ -309,8 +291,6 @@ class ShapePredictor5:
 
     def __init__(self, model: ShapePredictorModel, name: str = MODEL_FILE_NAME) -> None:
         if model.num_parts != self.NUM_PARTS:
-            from facegate.errors import ModelError
-
             raise ModelError(f"{name}: has {model.num_parts} landmarks, expected {self.NUM_PARTS} (wrong model file)")
         self.model = model
         self.name = name
@@ -318,8 +298,6 @@ class ShapePredictor5:
         depth = int(np.log2(s + 1))
         if depth > 4:
             # The packed-decision table below has 2^splits entries; dlib's shipped models use depth 4.
-            from facegate.errors import ModelError
-
             raise ModelError(f"{name}: trees of depth {depth} are not supported (expected ≤ 4)")
         self._num_trees = t
         # All 15·500 split comparisons of a cascade are done with one gather; idx and thresholds flattened per
@@ -347,7 +325,13 @@ class ShapePredictor5:
         return cls(model, str(path))
 
     def _shape_similarity(self, current: np.ndarray) -> np.ndarray:
-        """N×2×2 float64 linear part of the similarity initial_shape → current (see ``_similarity_linear``)."""
+        """N×2×2 float64 linear part (scale·rotation) of the least-squares similarity initial_shape → current.
+
+        Umeyama 1991 as dlib's ``find_similarity_transform`` (geometry/point_transforms.h), in its 2-D closed form:
+        with Σ = mean((cur − μ_cur)(init − μ_init)ᵀ) and σ² the variance of init, c·R = [[a, −b], [b, a]] with
+        a = (Σ00 + Σ11)/σ², b = (Σ10 − Σ01)/σ² (the rotation maximising trace(RᵀΣ), also when det Σ < 0). It agrees
+        with dlib's SVD route to ~1e-16, far below the float32 rounding applied next.
+        """
         cur = current.astype(np.float64)
         d = cur - cur.mean(axis=1, keepdims=True)
         cov = np.matmul(d.transpose(0, 2, 1), self._src_centred) / len(self._src_centred)  # N×2×2
