@@ -312,6 +312,19 @@ def test_truncated_or_missing_model_is_refused(spec: DetectorSpec, tmp_path: Pat
         RetinaFaceDetector(WEIGHTS, spec.model_copy(update={"kind": "yunet"}))
 
 
+def test_graph_that_cannot_run_at_the_input_size_is_refused(spec: DetectorSpec) -> None:
+    import onnx
+
+    model = onnx.load_from_string(WEIGHTS)
+    for dim, value in zip(model.graph.input[0].type.tensor_type.shape.dim, (1, 3, 640, 640), strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = value  # the same network, frozen to 640×640 like a fixed-size export
+    fixed = model.SerializeToString()
+    assert len(RetinaFaceDetector(fixed, spec, threads=1).detect([np.zeros((480, 640, 3), np.uint8)])) == 1
+    with pytest.raises(ModelError, match="input_size"):
+        RetinaFaceDetector(fixed, spec.model_copy(update={"input_size": (320, 320)}), threads=1)
+
+
 def test_shared_onnx_file_is_the_same_model(spec: DetectorSpec) -> None:
     path = need_shared("models", "detection", "retinaface_mv1_0.25.onnx")
     assert path.read_bytes() == WEIGHTS

@@ -162,7 +162,14 @@ class RetinaFaceDetector:
         self.providers = self.session.get_providers()
         # A trial run proves the anchors line up with our priors (and warms the session up).
         blank = np.zeros((1, 3, self.input_height, self.input_width), np.float32)
-        loc, conf, lms = self.session.run(None, {self.input_name: blank})
+        try:
+            loc, conf, lms = self.session.run(None, {self.input_name: blank})
+        except Exception as exc:  # ORT raises private exception types (e.g. a graph with a fixed input size)
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(
+                f"{_MODEL_NAME}: the graph does not run at input_size {spec.input_size}: {first_line[:300]}; "
+                "check the pack's detector input_size"
+            ) from None
         decode_retinaface(loc[0], conf[0], lms[0], self.input_width, self.input_height, 1.0, 1.0)
         log.info(
             "detector=retinaface input=%dx%d max_batch=%d providers=%s",
