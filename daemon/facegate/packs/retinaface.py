@@ -54,7 +54,8 @@ STEPS: tuple[int, ...] = (8, 16, 32)
 #: Centre and size variances of the box coder (``cfg_mnet_025['variance']``).
 VARIANCE_CENTRE = 0.1
 VARIANCE_SIZE = 0.2
-#: Candidates kept (best score first) before NMS; ``detect.py``'s ``pre_nms_topk`` default in yakhyo's repo.
+#: Candidates kept (best score first) before NMS: the ``top_k`` default (5000) of biubug6/Pytorch_Retinaface
+#: ``detect.py``, the code yakhyo/retinaface-pytorch derives from. Only reached with very low score thresholds.
 PRE_NMS_TOP_K = 5000
 
 _MODEL_NAME = "RetinaFace detector"
@@ -105,7 +106,8 @@ def decode_retinaface(
     priors = retinaface_priors(int(width), int(height))
     loc = np.asarray(loc, dtype=np.float32).reshape(-1, 4)
     landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, 10)
-    conf = np.asarray(conf, dtype=np.float32).reshape(len(loc), -1)
+    conf = np.asarray(conf, dtype=np.float32)
+    conf = conf.reshape(-1, conf.shape[-1] if conf.ndim else 1)
     if not (len(loc) == len(conf) == len(landmarks) == len(priors)) or conf.shape[1] != 2:
         raise ModelError(
             f"{_MODEL_NAME}: outputs have {len(loc)}/{len(conf)}/{len(landmarks)} anchors (conf width "
