@@ -129,11 +129,13 @@ def throughput(args: argparse.Namespace) -> list[dict]:
         frames = read_frames(path, args.max_frames)
         results = [bench_facegate(frames, 1, args.threads), bench_facegate(frames, 4, args.threads)]
         peer = None if args.skip_peer else bench_peer(frames)
-        for r in results + ([peer] if peer else []):
+        every = results + ([peer] if peer else [])
+        for r in every:
             r["clip"] = name
             r["fps"] = r["frames"] / r["wall_s"]
             r["faces_per_s"] = r["faces"] / r["wall_s"]
             r["cpu_ms_per_frame"] = 1000 * r["cpu_s"] / r["frames"]
+        for r in every:
             if peer and r is not peer:
                 r["fps_ratio"] = r["fps"] / peer["fps"]
                 r["cpu_ratio"] = peer["cpu_s"] / r["cpu_s"]

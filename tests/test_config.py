@@ -125,6 +125,7 @@ def test_every_error_has_its_key_path_and_line():
     ("doors:\n  - id: d\n    schedule: {timezone: UTC, windows: [{days: [mon], start: '18:00', end: '08:00'}]}\n",
      "must be after start"),
     ("cameras: {id: a}\n", "Input should be a valid list"),
+    ("liveness: {enabled: true, frames: 9}\n", "must be ≤ decision.n"),
     ("- just\n- a list\n", "top level must be a mapping"),
 ])
 def test_bad_values_are_named(text, expected):

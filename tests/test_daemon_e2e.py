@@ -176,11 +176,23 @@ def _grants(events: list[dict]) -> list[dict]:
 def test_enrolled_performer_is_granted_with_a_valid_signature(gallery, broker, tmp_path):
     sub = Subscriber(broker, f"{PREFIX}/#").start()
     cfg = _base(gallery, [_camera("stage", STAGE, "front", start_s=2.6, stop_s=7.0, loop=True)],
-                [{"id": "front", "allowed_groups": ["staff"], "cooldown_s": 0}], broker)
+                [{"id": "front", "allowed_groups": ["staff"], "cooldown_s": 0}], broker, repeat_after_s=1)
     daemon = Daemon(tmp_path, cfg).start()
     try:  # looped so that a slow (shared) CPU still sees enough frames; stopped once a grant is out
         assert daemon.wait_log("event=ready", 90), daemon.log()[-3000:]
         sub.wait_for(lambda s: _grants(s.events()), 90)
+        # SIGHUP with a broken config: refused, the running one kept
+        good_config = daemon.config.read_text()
+        daemon.config.write_text(good_config.replace("k: 3", "k: 30"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_log("event=reload_refused", 20), daemon.log()[-3000:]
+        # SIGHUP with the door now for guests only: Miranda (staff) is refused from then on
+        daemon.config.write_text(good_config.replace("- staff", "- guests"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_log("event=config_reloaded", 20), daemon.log()[-3000:]
+        reloaded = datetime.now(UTC)
+        assert sub.wait_for(lambda s: any(e["reason"] == "not_in_group" for e in s.events()), 60), \
+            daemon.log()[-3000:]
         code, took = daemon.terminate()
     finally:
         daemon.kill()
@@ -197,6 +209,7 @@ def test_enrolled_performer_is_granted_with_a_valid_signature(gallery, broker, t
     assert not verify_payload({**g, "person_name": "Somebody Else"}, _key())
     assert parse_rfc3339(g["captured_at"]) <= parse_rfc3339(g["decided_at"]) < parse_rfc3339(g["expires_at"])
     assert all(e["person_name"] in (MIRANDA, None) for e in grants)
+    assert all(parse_rfc3339(e["decided_at"]) < reloaded for e in grants)  # the reloaded rules took effect
     audit_ids = [r["event_id"] for r in daemon.audited()]
     assert {e["event_id"] for e in published} <= set(audit_ids)
     assert [e["event_id"] for e in daemon.events()] == audit_ids  # stdout lines = audit log, in order

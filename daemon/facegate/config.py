@@ -277,6 +277,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        if self.liveness.enabled and self.liveness.frames > self.decision.n:
+            raise ValueError(f"liveness: frames ({self.liveness.frames}) must be ≤ decision.n ({self.decision.n}): "
+                             "the live scores are fused over the voting window")
         _unique("cameras", [c.id for c in self.cameras])
         _unique("doors", [d.id for d in self.doors])
         doors = {d.id: d for d in self.doors}

@@ -92,7 +92,10 @@ def cameras_from_args(specs: list[str], loop: bool = False, first: int = 1) -> l
 
 
 def policy_from(cfg: DecisionConfig, liveness_threshold: float | None, liveness_frames: int) -> DecisionPolicy:
-    """The decision engine's plain parameters from the config section."""
+    """The decision engine's plain parameters from the config section (``liveness_frames`` is capped at ``n``
+    when liveness is off, where it is unused)."""
+    if liveness_threshold is None:
+        liveness_frames = min(liveness_frames, cfg.n)
     return DecisionPolicy(
         k=cfg.k, n=cfg.n, margin=cfg.margin, max_frame_age_s=cfg.max_frame_age_s, unknown_after_s=cfg.unknown_after_s,
         liveness_threshold=liveness_threshold, liveness_frames=liveness_frames, repeat_after_s=cfg.repeat_after_s,
@@ -401,7 +404,7 @@ class Service:
                                              self.engine.policy.liveness_frames)
             self.engine.threshold = (new.decision.threshold if new.decision.threshold is not None
                                      else self.pipeline.threshold)
-            self.rules.doors = rules_doors
+            self.rules.update_doors(rules_doors)  # keeps the grant history: a reload reopens no cooldown
             self.engine.camera_doors = camera_doors(new, cameras)
             self.emitter.grant_ttl_s = new.decision.grant_ttl_s
         changed = self.capture.replace(cameras)
