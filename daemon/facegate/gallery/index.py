@@ -319,6 +319,11 @@ class GalleryIndex:
             log.warning("gallery_index_ignored reason=unreadable error=%s", exc)
             return None
 
+    def stored_vectors(self, template_ids: np.ndarray) -> np.ndarray:
+        """The vectors the graph holds for these labels (N×D float32; L2-normalised by hnswlib for cosine)."""
+        with self._lock:
+            return np.asarray(self._index.get_items([int(t) for t in template_ids]), np.float32).reshape(-1, self.dim)
+
     def labels(self) -> np.ndarray:
         """Every label in the graph, deleted ones included (int64)."""
         with self._lock:
