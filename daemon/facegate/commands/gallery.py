@@ -123,7 +123,11 @@ def _enroll(args: argparse.Namespace) -> int:
         "enrolled": len(outcomes) - len(refused), "refused": len(refused),
         "results": [o.to_json() for o in outcomes],
     })
-    return 1 if refused else 0
+    if refused:
+        print(f"facegate: error: {len(refused)} of {len(outcomes)} photos refused (reasons above; "
+              "the JSON report on stdout lists every file)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _identify(args: argparse.Namespace) -> int:

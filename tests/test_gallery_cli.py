@@ -1,0 +1,129 @@
+"""End-to-end: `facegate enroll/identify/gallery` on ../shared/data/enroll_examples/knn_examples (real models)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_util import Result, assert_user_error, run_cli
+from conftest import need_shared
+
+pytestmark = pytest.mark.slow
+
+
+def knn() -> Path:
+    return need_shared("data", "enroll_examples", "knn_examples")
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+    """A gallery holding knn_examples/train, enrolled through `facegate enroll --from-dir`."""
+    folder = tmp_path_factory.mktemp("gallery") / "g"
+    result = run_cli("enroll", "--gallery", str(folder), "--from-dir", str(knn() / "train"), "--group", "staff")
+    return folder, result
+
+
+def decisions(result: Result) -> dict[str, list[str]]:
+    assert result.code == 0, result.stderr
+    return {Path(r["image"]).name: [f["decision"] for f in r["faces"]] for r in result.json()}
+
+
+def test_enrol_from_dir(enrolled: tuple[Path, Result]) -> None:
+    folder, result = enrolled
+    assert result.code == 0, result.stderr
+    report = result.json()
+    assert report["enrolled"] == 9 and report["refused"] == 0
+    assert "enrolling" in result.stderr  # the tqdm progress bar
+    for row in report["results"]:
+        assert row["quality"]["faces"] == 1 and row["quality"]["inter_eye_px"] >= 40
+        assert len(row["quality"]["image_sha256"]) == 64
+    listed = run_cli("gallery", "list", env={"FACEGATE_GALLERY": str(folder)})  # default location from the env
+    assert listed.code == 0, listed.stderr
+    people = {i["name"]: i for i in listed.json()["identities_list"]}
+    assert set(people) == {"alex_lacamoire", "biden", "kit_harington", "obama", "rose_leslie"}
+    assert people["obama"]["templates"] == 2 and people["obama"]["groups"] == ["staff"]
+    shown = run_cli("gallery", "show", "biden", "--gallery", str(folder))
+    assert shown.code == 0 and len(shown.json()["template_info"]) == 2
+
+
+def test_identify_test_images(enrolled: tuple[Path, Result]) -> None:
+    folder, _ = enrolled
+    test = knn() / "test"
+    found = decisions(run_cli("identify", "--gallery", str(folder), *sorted(str(p) for p in test.iterdir())))
+    assert found["alex_lacamoire1.jpg"] == ["alex_lacamoire"]
+    assert found["johnsnow_test1.jpg"] == ["kit_harington"]
+    assert found["obama1.jpg"] == ["obama"]
+    assert sorted(found["kit_with_rose.jpg"]) == ["kit_harington", "rose_leslie"]
+    # Obama and Biden are recognised; the girl (not enrolled) must come back unknown.
+    assert sorted(found["obama_and_biden.jpg"]) == ["biden", "obama", "unknown"]
+
+
+def test_refusals_say_why(enrolled: tuple[Path, Result], tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    shutil.copytree(enrolled[0], folder)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a complete jpeg")
+    multi = need_shared("data", "enroll_examples", "multi")
+    result = run_cli("enroll", "--gallery", str(folder), "--name", "someone", str(corrupt),
+                     str(multi / "coffee.png"), str(multi / "two_people.jpg"),
+                     str(knn() / "test" / "obama1.jpg"), str(tmp_path / "missing.jpg"))
+    assert_user_error(result, "5 of 5 photos refused")
+    reasons = {Path(r["file"]).name: r["reason"] for r in result.json()["results"]}
+    assert "cannot decode" in reasons["corrupt.jpg"]
+    assert reasons["coffee.png"] == "no face found"
+    assert reasons["two_people.jpg"].startswith("2 faces found")
+    assert "matches identity 'obama'" in reasons["obama1.jpg"] and "--force" in reasons["obama1.jpg"]
+    assert "cannot read the file" in reasons["missing.jpg"]
+    assert result.stderr.count("facegate: refused ") == 5
+    forced = run_cli("enroll", "--gallery", str(folder), "--name", "obama_lookalike", "--force",
+                     str(knn() / "test" / "obama1.jpg"))
+    assert forced.code == 0, forced.stderr
+    again = run_cli("enroll", "--gallery", str(folder), "--name", "obama", str(knn() / "train" / "obama" / "obama.jpg"))
+    assert again.json()["results"][0]["reason"] == "this image is already enrolled for this identity"
+
+
+def test_usage_errors_need_no_models(enrolled: tuple[Path, Result], tmp_path: Path) -> None:
+    folder = enrolled[0]
+    assert_user_error(run_cli("enroll", "--gallery", str(folder), "--from-dir", str(tmp_path / "nope")),
+                      "no such directory", code=2)
+    (tmp_path / "empty").mkdir()
+    assert_user_error(run_cli("enroll", "--gallery", str(folder), "--from-dir", str(tmp_path / "empty")),
+                      "no sub-folder with images", code=2)
+    assert_user_error(run_cli("enroll", "--gallery", str(folder), "x.jpg"), "either --name", code=2)
+    assert_user_error(run_cli("gallery", "remove", "nobody", "--gallery", str(folder)), "no identity 'nobody'")
+    assert_user_error(run_cli("gallery", "list", "--gallery", str(tmp_path / "none")), "no gallery here yet")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    assert_user_error(run_cli("identify", "--gallery", str(folder), str(bad)), "bad.jpg", "cannot decode")
+    wrong = tmp_path / "arcface.jsonl"
+    wrong.write_text(json.dumps({"format": "facegate-gallery", "version": 1, "pack": "buffalo", "dim": 512,
+                                 "metric": "cosine"}) + "\n" + json.dumps(
+        {"name": "x", "groups": [], "templates": [{"embedding": [0.1] * 512}]}) + "\n")
+    assert_user_error(run_cli("gallery", "import", str(wrong), "--gallery", str(folder)), "cannot be imported",
+                      "buffalo")
+
+
+def test_export_import_and_erasure(enrolled: tuple[Path, Result], tmp_path: Path) -> None:
+    folder = tmp_path / "g"
+    shutil.copytree(enrolled[0], folder)
+    export = tmp_path / "backup.jsonl"
+    out = run_cli("gallery", "export", str(export), "--gallery", str(folder))
+    assert out.code == 0 and out.json()["templates"] == 9, out.stderr
+    copy = tmp_path / "copy"
+    imported = run_cli("gallery", "import", str(export), "--gallery", str(copy))
+    assert imported.code == 0 and imported.json() == {"file": str(export), "identities": 5, "templates": 9}
+    rows = [json.loads(line) for line in export.read_text().splitlines()[1:]]
+    obama = [np.asarray(t["embedding"], "<f4").tobytes() for r in rows if r["name"] == "obama" for t in r["templates"]]
+    assert len(obama) == 2
+
+    assert run_cli("gallery", "remove", "obama", "--gallery", str(folder)).code == 0
+    compact = run_cli("gallery", "compact", "--gallery", str(folder))
+    assert compact.code == 0 and compact.json()["identities"] == 4, compact.stderr
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        assert not any(needle in data for needle in obama), f"{path.name} still holds Obama's template"
+    found = decisions(run_cli("identify", "--gallery", str(folder), str(knn() / "test" / "obama1.jpg")))
+    assert found["obama1.jpg"] == ["unknown"]
