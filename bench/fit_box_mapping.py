@@ -19,7 +19,8 @@ It prints the constants and the agreement on a held-out half and on LFW at its n
 
 * IoU of the mapped rect with the HOG rect (median, p10, p90);
 * the shape predictor's 5 points on the mapped rect vs on the HOG rect (dlib's own predictor), mean point
-  distance over the inter-ocular distance (median, p90) — what the mapping is for.
+  distance over the inter-ocular distance (median, p90) — what the mapping is for;
+* with ``--descriptors N``: the distance between dlib's descriptors via the mapped rect and via the HOG rect.
 
 dlib-bin is used here as the reference only. Run: ``python bench/fit_box_mapping.py [--images 800]``
 (≈ 3 min on 2 cores).
@@ -161,6 +162,21 @@ def landmark_error(p: Pairs, rects: np.ndarray, predictor) -> np.ndarray:
     return errors
 
 
+def descriptor_distance(p: Pairs, rects: np.ndarray, predictor, net, limit: int) -> np.ndarray:
+    """Per face (first ``limit``): Euclidean distance between dlib's descriptor via the mapped rect and via the
+    HOG rect (dlib's own pipeline: shape predictor → 150×150 chip → ResNet), in dlib's descriptor space."""
+    import dlib
+
+    out = []
+    for i in range(min(limit, len(rects))):
+        rgb = np.ascontiguousarray(load_scaled(p.paths[i], p.factors[i])[..., ::-1])
+        l, t, r, b = (int(v) for v in p.hog[i])
+        ref = np.array(net.compute_face_descriptor(rgb, predictor(rgb, dlib.rectangle(l, t, r - 1, b - 1))))
+        got = np.array(net.compute_face_descriptor(rgb, predictor(rgb, dlib.rectangle(*(int(v) for v in rects[i])))))
+        out.append(np.linalg.norm(got - ref))
+    return np.array(out)
+
+
 def main() -> None:
     import dlib
     import face_recognition_models
@@ -168,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=800, help="LFW images to try (default 800)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--descriptors", type=int, default=0,
+                        help="also compare dlib descriptors on the first N native-scale faces (≈ 0.25 s per face)")
     args = parser.parse_args()
     from retinaface.weights import WEIGHTS
 
@@ -196,6 +214,12 @@ def main() -> None:
             print(f"{model:<12}{set_name:<26}{np.median(iou):>11.4f}{np.percentile(iou, 10):>7.3f}"
                   f"{np.percentile(iou, 90):>7.3f}{np.median(err):>12.4f}{np.percentile(err, 90):>7.3f}")
     print("\nsp err = mean distance of dlib's 5 points (mapped rect vs HOG rect) / inter-ocular distance")
+    if args.descriptors:
+        net = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+        print(f"\ndescriptor distance to dlib's own pipeline (HOG rect), first {args.descriptors} native-scale faces:")
+        for model in ("raw", "width-only", "box", "landmarks"):
+            d = descriptor_distance(native, mapped_rects(native, c_all, model), predictor, net, args.descriptors)
+            print(f"{model:<12} median {np.median(d):.4f}  p90 {np.percentile(d, 90):.4f}  max {d.max():.4f}")
 
 
 if __name__ == "__main__":
