@@ -13,9 +13,9 @@ Data (``--data synthetic``, the worst case of ../shared/notes/peers.md): isotrop
 128-d (σ = 0.1 per dimension), 5 templates per identity (σ = 0.02 around the centre), queries = a random
 identity's centre plus the same template noise. Squared L2 space as in the built-in dlib pack.
 
-Real embeddings (``--real FILE.npz`` with ``embeddings`` N×D float32 and ``labels`` N): the first image of each
-label with ≥ 2 images is held out as a query, the rest is the gallery. No cached real embeddings ship with the
-repository; the script says so when the file is absent.
+Real embeddings (``--real lfw``: the 8,607 LFW images of ../shared/data/lfw through the built-in pack, via the
+evaluation embedding cache; or ``--real FILE.npz`` with ``embeddings`` N×D float32 and ``labels`` N): the first
+image of each person with ≥ 2 images is held out as a query, the rest is the gallery.
 
 Run (long: 1M with M=48 builds for many minutes on 2 cores)::
 
@@ -186,23 +186,50 @@ def run_case(
     return results
 
 
-def load_real(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    if not path.is_file():
-        print(f"\nreal embeddings: no cached file at {path}; real-embedding case not run "
-              "(create it with the evaluation tools: an npz holding 'embeddings' N×D float32 and 'labels' N)")
-        return None
-    blob = np.load(path, allow_pickle=False)
-    emb = np.asarray(blob["embeddings"], np.float32)
-    labels = np.asarray(blob["labels"])
+def split_real(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out the first image of every label with ≥ 2 images as a query; the rest is the gallery."""
     _, inverse = np.unique(labels, return_inverse=True)
+    counts = np.bincount(inverse)
     first = np.zeros(len(emb), bool)
     seen: set[int] = set()
-    counts = np.bincount(inverse)
     for i, lab in enumerate(inverse):
-        if counts[lab] >= 2 and lab not in seen:
+        if counts[lab] >= 2 and int(lab) not in seen:
             first[i] = True
             seen.add(int(lab))
     return emb[~first], inverse[~first], emb[first], inverse[first]
+
+
+def load_real(spec: str) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None:
+    """``lfw``: the LFW images of ../shared/data/lfw embedded with the built-in pack through the evaluation
+    embedding cache (instant when `facegate eval` has filled it, else computed and cached); a path: an npz with
+    ``embeddings`` N×D float32 and ``labels`` N; ``none``: skip."""
+    if spec == "none":
+        print("\nreal embeddings: not requested (--real lfw embeds ../shared/data/lfw with the built-in pack)")
+        return None
+    if spec == "lfw":
+        shared = Path(os.environ.get("FACEGATE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+        root = shared / "data" / "lfw" / "lfw-deepfunneled"
+        if not root.is_dir():
+            print(f"\nreal embeddings: {root} is absent; real-embedding case not run")
+            return None
+        from facegate.evaluation.embeddings_cache import EmbeddingCache, default_cache_path, embed_files
+        from facegate.pipeline import FacePipeline
+
+        files = sorted(root.glob("*/*.jpg"))
+        cache = EmbeddingCache(default_cache_path())
+        t0 = time.perf_counter()
+        embedded = embed_files(FacePipeline.load("default", with_liveness=False), files, cache)
+        cache.close()
+        print(f"\nreal embeddings: {len(files)} LFW images embedded/loaded in {time.perf_counter() - t0:.0f} s "
+              f"({embedded.fallback_count} without a detected face used the central-box fallback)")
+        labels = np.array([f.parent.name for f in files])
+        return "real-lfw", split_real(np.asarray(embedded.embeddings, np.float32), labels)
+    path = Path(spec)
+    if not path.is_file():
+        print(f"\nreal embeddings: no file at {path}; real-embedding case not run")
+        return None
+    blob = np.load(path, allow_pickle=False)
+    return f"real-{path.name}", split_real(np.asarray(blob["embeddings"], np.float32), np.asarray(blob["labels"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64, 96, 128, 160])
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--real", type=Path, default=Path(os.environ.get(
-        "FACEGATE_LFW_EMBEDDINGS", Path.home() / ".cache/facegate/lfw_embeddings_default.npz")))
+    parser.add_argument("--real", default="none", help="'lfw' (embed ../shared/data/lfw, cached), an npz path, "
+                        "or 'none'")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args(argv)
 
@@ -230,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         del data, ids, queries
     real = load_real(args.real)
     if real is not None:
-        report["cases"].append(run_case(f"real-{args.real.name}", *real[:2], real[2], args))
+        name, (data, ids, queries, _) = real
+        report["cases"].append(run_case(name, data, ids, queries, args))
     report["load_average_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -200,3 +200,25 @@ def test_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
     (folder / "gallery.db").write_bytes(b"this is not an sqlite database" * 100)
     with pytest.raises(GalleryError, match="cannot open the gallery database"):
         Gallery(folder)
+
+
+def test_refresh_follows_another_process(tmp_path: Path) -> None:
+    """A long-running reader (the daemon) picks up enrolments, removals and group changes made by another
+    writer (the CLI) on refresh(), without a rebuild."""
+    folder = tmp_path / "g"
+    daemon = Gallery(folder)
+    cli = Gallery(folder)
+    assert daemon.refresh() is False  # nothing bound yet
+    centres, _, _ = fill(cli, DLIB, n_ids=6)
+    assert daemon.search(centres[0], k=1) == [[]]
+    assert daemon.refresh() is True
+    assert daemon.search(centres[0], k=1)[0][0].name == "person000"
+    cli.remove("person000")
+    cli.store.set_groups("person001", ["night-shift"])
+    assert daemon.search(centres[0], k=1)[0][0].name == "person000"  # not yet refreshed
+    assert daemon.refresh() is True
+    assert all(m.name != "person000" for m in daemon.search(centres[0], k=6)[0])
+    assert daemon.search(centres[1], k=1)[0][0].groups == ("night-shift",)
+    assert daemon.refresh() is False
+    cli.close()
+    daemon.close()

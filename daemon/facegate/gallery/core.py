@@ -111,15 +111,30 @@ class Gallery:
         self._index = index
         self._dirty = True
 
-    def refresh(self) -> None:
-        """Bring the index up to date after another process changed ``gallery.db`` (e.g. on SIGHUP)."""
+    def refresh(self) -> bool:
+        """Bring the index up to date after another process changed ``gallery.db`` (e.g. the daemon on SIGHUP):
+        templates added there are added here, removed ones are marked deleted, names and groups are reloaded.
+        Searches continue meanwhile. Returns True when something changed."""
         with self._write_lock:
             bound = self.store.binding()
             if bound is None:
-                return
-            self.pack = bound
-            if self._index is None or self._index.generation != self.store.generation:
-                self._rebuild(bound, self.store.counts()[1])
+                return False
+            if self._index is None:
+                self.pack = bound
+                self._open_index(bound)
+                return True
+            generation = self.store.generation
+            if self._index.generation == generation:
+                return False
+            tids, _ = self.store.template_ids()
+            live = self._index.live_labels()
+            self._index.remove(np.setdiff1d(live, tids))
+            for new_tids, new_iids, vecs in self.store.embeddings(np.setdiff1d(tids, live)):
+                self._index.add(new_tids, new_iids, vecs)
+            self._index.set_names(self._names(), generation)
+            self._dirty = True
+            log.info("gallery_refresh generation=%d templates=%d", generation, len(tids))
+            return True
 
     # -- reads ------------------------------------------------------------------------------------------------
     @property

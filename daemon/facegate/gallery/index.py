@@ -319,6 +319,19 @@ class GalleryIndex:
             log.warning("gallery_index_ignored reason=unreadable error=%s", exc)
             return None
 
+    def live_labels(self) -> np.ndarray:
+        """Labels (template ids) that searches can return, int64 ascending."""
+        with self._lock:
+            return np.flatnonzero(self._owner >= 0).astype(np.int64)
+
+    def set_names(self, names: dict[int, tuple[str, tuple[str, ...]]], generation: int | None = None) -> None:
+        """Replace the identity id → (name, groups) map (after another process renamed or regrouped)."""
+        with self._lock:
+            self._meta = dict(names)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
+
     def stored_vectors(self, template_ids: np.ndarray) -> np.ndarray:
         """The vectors the graph holds for these labels (N×D float32; L2-normalised by hnswlib for cosine)."""
         with self._lock:

@@ -305,6 +305,7 @@ class Store:
         with self.transaction() as cur:
             cur.execute("UPDATE identities SET groups=?, updated_at=? WHERE id=?",
                         (json.dumps(sorted(set(groups))), utc_now(), ident.id))
+            self._bump(cur)  # the index's name/group labels must be reloaded
 
     def remove(self, name_or_id: str | int) -> tuple[Identity, np.ndarray, int]:
         """Delete an identity and its templates. Returns (the identity, its template ids, new generation)."""
