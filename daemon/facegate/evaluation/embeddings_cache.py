@@ -8,13 +8,14 @@ path derives its landmarks from the box; other packs get the ArcFace 5-point tem
 images are counted and reported, never silently dropped — dropping them would flatter the accuracy.
 
 Cache: one SQLite file (default ``<facegate cache>/eval/embeddings.sqlite``, see ``facegate.packs.cache
-.cache_root``) with two tables. ``detections`` holds every detected face of an image, keyed by (detector
-fingerprint, image sha256); ``embeddings`` holds the chosen face's embedding, keyed by (pipeline fingerprint, image
-sha256). The detector fingerprint hashes the detector's manifest entry and the source of its decoder, NMS and
-letterbox; the pipeline fingerprint hashes the manifest (without its operating point), the source of
-``facegate.pipeline`` and ``facegate.packs`` and the face-choice rule. A changed model file or pipeline code thus
-never reuses stale results, and a change that only touches landmarks/alignment/embedding re-runs only those
-(detection at 640×640 is ~90 % of the time).
+.cache_root``) with two tables. ``detections`` holds every detected face of an image and ``embeddings`` the chosen
+face's embedding, each keyed by (fingerprint, image sha256). A fingerprint is ``<key>.<generation>``: the key hashes
+what configures the stage (the detector's manifest entry; the whole manifest without its operating point plus the
+face-choice rule plus the detection fingerprint), and the generation is **validated by recomputation**: before a
+run reuses a generation, ``CANARIES`` of the run's images cached under it are detected/embedded again and must
+agree (boxes within 1e-3 px, embeddings within 1e-4). Any change of model file, preprocessing, box mapping,
+landmarks or alignment that changes outputs therefore starts a new generation, while refactors that change no
+output keep the cache — which matters because detection at 640×640 is ~90 % of the time.
 """
 
 from __future__ import annotations
@@ -61,34 +62,27 @@ def default_cache_path() -> Path:
     return cache_root() / "eval" / "embeddings.sqlite"
 
 
-def pipeline_fingerprint(pipeline) -> str:
-    """sha256 (hex, 16 chars) over the manifest minus its operating point, the pipeline/packs source and the rule."""
-    import facegate.packs
-    import facegate.pipeline
+#: Cached images recomputed to validate a cache generation before reusing it.
+CANARIES = 3
 
+
+def _digest(*parts: str) -> str:
     digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def detector_key(pipeline) -> str:
+    """Key of the detection stage: sha256 (16 hex) of the detector's manifest entry."""
+    return _digest(json.dumps(pipeline.manifest.detector.model_dump(mode="json"), sort_keys=True))
+
+
+def pipeline_key(pipeline, detection_fingerprint: str) -> str:
+    """Key of the embedding stage: manifest (no operating point), face-choice rule and the detection fingerprint."""
     manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path"})
-    digest.update(json.dumps(manifest, sort_keys=True).encode())
-    sources = [Path(facegate.pipeline.__file__), *sorted(Path(facegate.packs.__file__).parent.glob("*.py"))]
-    for source in sources:
-        digest.update(source.name.encode())
-        digest.update(source.read_bytes())
-    digest.update(RULE_VERSION.encode())
-    return digest.hexdigest()[:16]
-
-
-def detector_fingerprint(pipeline) -> str:
-    """sha256 (hex, 16 chars) over the detector's manifest entry and the source of its module, NMS and imaging."""
-    import facegate.imaging
-    import facegate.packs.nms
-
-    digest = hashlib.sha256()
-    digest.update(json.dumps(pipeline.manifest.detector.model_dump(mode="json"), sort_keys=True).encode())
-    module = sys.modules[type(pipeline.detector).__module__]
-    for source in (Path(module.__file__), Path(facegate.packs.nms.__file__), Path(facegate.imaging.__file__)):
-        digest.update(source.name.encode())
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    return _digest(json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint)
 
 
 def fallback_detection(width: int, height: int) -> Detections:
@@ -214,6 +208,12 @@ class EmbeddingCache:
         )
         self.db.commit()
 
+    def generations(self, table: str, key: str) -> list[str]:
+        """Fingerprints ``key.N`` stored in ``table`` (``embeddings`` or ``detections``), newest first."""
+        rows = self.db.execute(f"SELECT DISTINCT fingerprint FROM {table} WHERE fingerprint LIKE ?", (key + ".%",))
+        found = [r[0] for r in rows if r[0].rsplit(".", 1)[-1].isdigit()]
+        return sorted(found, key=lambda f: int(f.rsplit(".", 1)[-1]), reverse=True)
+
     def close(self) -> None:
         self.db.close()
 
@@ -226,6 +226,54 @@ def _read(path: Path) -> tuple[str, bytes]:
     except OSError as exc:
         raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from None
     return hashlib.sha256(data).hexdigest(), data
+
+
+def _resolve(cache: EmbeddingCache, table: str, key: str, shas: Sequence[str], agree) -> str:
+    """The newest generation of ``key`` whose canaries ``agree``, or a new generation when none does."""
+    existing = cache.generations(table, key)
+    for fingerprint in existing:
+        rows = (cache.get_detections if table == "detections" else cache.get)(fingerprint, shas)
+        if not rows:
+            continue
+        canaries = dict(sorted(rows.items())[:CANARIES])
+        if agree(canaries):
+            log.info("event=eval_cache_reuse table=%s fingerprint=%s canaries=%d", table, fingerprint, len(canaries))
+            return fingerprint
+        log.info("event=eval_cache_stale table=%s fingerprint=%s", table, fingerprint)
+    generation = 1 + max((int(f.rsplit(".", 1)[-1]) for f in existing), default=-1)
+    return f"{key}.{generation}"
+
+
+def _decode(sha: str, by_sha: dict, blobs: dict) -> np.ndarray:
+    return decode_image(blobs[by_sha[sha]], str(by_sha[sha]))
+
+
+def _detections_agree(pipeline, rows: dict[str, Detections], by_sha: dict, blobs: dict) -> bool:
+    fresh = pipeline.detect([_decode(sha, by_sha, blobs) for sha in rows])
+    for old, new in zip(rows.values(), fresh, strict=True):
+        if len(old) != len(new) or not (np.allclose(old.boxes, new.boxes, atol=1e-3)
+                                        and np.allclose(old.landmarks, new.landmarks, atol=1e-3)
+                                        and np.allclose(old.scores, new.scores, atol=1e-4)):
+            return False
+    return True
+
+
+def _embeddings_agree(pipeline, rows: dict, detected: dict[str, Detections], by_sha: dict, blobs: dict) -> bool:
+    images, chosen, stored = [], [], []
+    for sha, (method, _faces, _box, emb) in rows.items():
+        image = _decode(sha, by_sha, blobs)
+        h, w = image.shape[:2]
+        dets = detected.get(sha)
+        if dets is None:
+            return False
+        k = pick_central(dets, w, h)
+        if (k >= 0) != (method == METHOD_DETECTED):
+            return False
+        images.append(image)
+        chosen.append(dets[k] if k >= 0 else fallback_detection(w, h))
+        stored.append(emb)
+    fresh = pipeline.embed_many(images, chosen)
+    return all(np.allclose(new[0], old, atol=1e-4) for new, old in zip(fresh, stored, strict=True))
 
 
 def embed_files(
@@ -241,20 +289,27 @@ def embed_files(
     from tqdm import tqdm
 
     paths = [Path(p) for p in paths]
-    fingerprint = pipeline_fingerprint(pipeline) if cache is not None else ""
-    det_fingerprint = detector_fingerprint(pipeline) if cache is not None else ""
     shas = []
     blobs: dict[Path, bytes] = {}
     for path in paths:
         sha, data = _read(path)
         shas.append(sha)
         blobs[path] = data
-    known = cache.get(fingerprint, shas) if cache is not None else {}
+    by_sha = {sha: path for sha, path in zip(shas, paths, strict=True)}
+    known: dict = {}
+    detected: dict[str, Detections] = {}
+    fingerprint = det_fingerprint = ""
+    if cache is not None:
+        det_fingerprint = _resolve(cache, "detections", detector_key(pipeline), shas,
+                                   lambda rows: _detections_agree(pipeline, rows, by_sha, blobs))
+        detected = cache.get_detections(det_fingerprint, shas)
+        fingerprint = _resolve(cache, "embeddings", pipeline_key(pipeline, det_fingerprint), shas,
+                               lambda rows: _embeddings_agree(pipeline, rows, detected, by_sha, blobs))
+        known = cache.get(fingerprint, shas)
     todo = [i for i, sha in enumerate(shas) if sha not in known]
     todo = list({shas[i]: i for i in reversed(todo)}.values())[::-1]  # one per distinct image
-    detected = cache.get_detections(det_fingerprint, [shas[i] for i in todo]) if cache is not None else {}
-    log.info("event=embed_files images=%d cached=%d to_embed=%d detections_cached=%d", len(paths),
-             len(paths) - len(todo), len(todo), len(detected))
+    log.info("event=embed_files images=%d cached=%d to_embed=%d detections_cached=%d fingerprint=%s", len(paths),
+             len(paths) - len(todo), len(todo), sum(shas[i] in detected for i in todo), fingerprint)
     bar = tqdm(total=len(todo), desc="embedding", unit="img", file=sys.stderr, disable=not progress or not todo)
     try:
         for start in range(0, len(todo), batch):
