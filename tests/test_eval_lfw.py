@@ -64,6 +64,15 @@ def test_lfw_slice_accuracy_floor_and_cache(pipeline, lfw_dir, cache_path, tmp_p
     assert again["accuracy"] == report["accuracy"] and again["auc"] == report["auc"]
     rows = cache.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
     assert rows == report["images"]["images"]
+    # A cached embedding that no longer matches what the pipeline computes (here: corrupted on purpose, as a
+    # changed alignment would) fails the canary check, so a new generation is computed instead of reusing it.
+    (fingerprint,) = cache.db.execute("SELECT DISTINCT fingerprint FROM embeddings").fetchone()
+    cache.db.execute("UPDATE embeddings SET embedding = ? WHERE fingerprint = ?", (bytes(128 * 4), fingerprint))
+    cache.db.commit()
+    third = evaluate_lfw(pipeline, lfw_dir, lfw_dir / "pairs.txt", cache=cache, **kwargs)
+    assert third["accuracy"] == report["accuracy"]
+    generations = {f for (f,) in cache.db.execute("SELECT DISTINCT fingerprint FROM embeddings")}
+    assert generations == {fingerprint, fingerprint[:-1] + "1"}
     cache.close()
 
 
