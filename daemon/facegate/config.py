@@ -244,7 +244,8 @@ class InferenceConfig(_Section):
     providers: list[str] | None = Field(
         None, description="Execution providers in order, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
         "None = CUDA when available, then CPU")
-    threads: int | None = Field(None, ge=1, description="Intra-op threads per session; None = ONNX Runtime decides")
+    threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per session; None = half the CPUs (the rest decode video)")
     max_batch: int = Field(8, ge=1, description="Most frames (one per camera) run through detection at once")
 
 
