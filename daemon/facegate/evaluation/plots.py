@@ -89,7 +89,7 @@ def det_plot(
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("FPIR (non-mated searches returning a candidate)")
-    ax.set_ylabel("FNIR (mated searches without the mate at rank 1 ≥ T)")
+    ax.set_ylabel("FNIR (mate not rank 1 within the threshold)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
