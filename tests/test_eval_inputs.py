@@ -80,6 +80,13 @@ def test_pair_files_reports_missing_images(tmp_path: Path) -> None:
         lfw.pair_files(tmp_path, pairs)
 
 
+def test_limit_folds_needs_two(tmp_path: Path) -> None:
+    (tmp_path / "A").mkdir()
+    # Refused before any model is loaded or image embedded (hence no pipeline here).
+    with pytest.raises(UsageError, match="--limit-folds 1: the k-fold protocol needs at least 2 folds"):
+        lfw.evaluate_lfw(None, tmp_path, _pairs_file(tmp_path, GOOD), limit_folds=1)
+
+
 def test_resolve_root(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no such folder"):
         lfw.resolve_root(tmp_path / "missing")

@@ -89,6 +89,16 @@ def test_openset_slice(pipeline, lfw_dir, cache_path, tmp_path) -> None:
     pairs = report["all_pairs_1to1"]
     assert pairs["impostor"] == 62 * 61 // 2 - pairs["genuine"]
     assert (tmp_path / "openset_det.png").read_bytes()[:8] == PNG
+    # Bias view on the same (now cached) embeddings, synthetic groups by first letter.
+    groups = tmp_path / "groups.csv"
+    names = sorted(p.name for p in (lfw_dir / "lfw-deepfunneled").iterdir())[:30]
+    groups.write_text("".join(f"{n},{'A-Ad' if n < 'Ad' else 'Ad-Z'}\n" for n in names))
+    cache = EmbeddingCache(cache_path)
+    grouped = evaluate_openset(pipeline, lfw_dir, cache=cache, max_identities=30, groups_csv=groups, progress=False)
+    cache.close()
+    by_group = grouped["by_group"]["groups"]
+    assert sum(g["mated"] for g in by_group.values()) == 32 and sum(g["nonmated"] for g in by_group.values()) == 17
+    assert grouped["by_group"]["unassigned_searches"] == 0
 
 
 def test_cli_lfw_with_groups(lfw_dir, cache_path, tmp_path) -> None:
