@@ -15,7 +15,9 @@ face-choice rule plus the detection fingerprint), and the generation is **valida
 run reuses a generation, ``CANARIES`` of the run's images cached under it are detected/embedded again and must
 agree (boxes within 1e-3 px, embeddings within 1e-4). Any change of model file, preprocessing, box mapping,
 landmarks or alignment that changes outputs therefore starts a new generation, while refactors that change no
-output keep the cache — which matters because detection at 640×640 is ~90 % of the time.
+output keep the cache — which matters because detection at 640×640 is ~90 % of the time. Limit: a change that
+alters only rare cases (the no-face fallback, multi-face images) may pass the canary check; use a new cache file
+after such a change.
 """
 
 from __future__ import annotations
