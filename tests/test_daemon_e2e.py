@@ -379,7 +379,9 @@ def test_missing_model_is_named(tmp_path):
 def test_dead_camera_does_not_stop_the_others_and_no_broker_still_audits(gallery, tmp_path):
     dead = {"id": "dead", "url": f"rtsp://127.0.0.1:{free_port()}/nothing", "door": "front", "open_timeout_s": 1,
             "backoff_initial_s": 0.2, "backoff_max_s": 1}
-    cfg = _base(gallery, [dead, _camera("crowd", CROWD, "front")], [{"id": "front"}])
+    own_gallery = tmp_path / "gallery"
+    shutil.copytree(gallery, own_gallery)
+    cfg = _base(own_gallery, [dead, _camera("crowd", CROWD, "front", loop=True)], [{"id": "front"}])
     cfg["service"] = {"ready_timeout_s": 3, "state_dir": str(tmp_path / "state")}
     daemon = Daemon(tmp_path, cfg).start()
     try:
@@ -387,7 +389,12 @@ def test_dead_camera_does_not_stop_the_others_and_no_broker_still_audits(gallery
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not daemon.events():
             time.sleep(0.2)
-        time.sleep(1.0)
+        # enrol a third person while the daemon runs; SIGHUP makes it re-read the gallery
+        photo = DATA / "enroll_examples" / "single" / "alex-lacamoire.png"
+        enrol = _facegate("enroll", "--gallery", str(own_gallery), "--name", "Alex Lacamoire", str(photo))
+        assert enrol.returncode == 0, enrol.stderr
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_log("event=gallery_reloaded identities=3", 20), daemon.log()[-3000:]
         code, took = daemon.terminate()
     finally:
         daemon.kill()
