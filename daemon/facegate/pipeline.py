@@ -96,7 +96,7 @@ class FacePipeline:
 
     def analyse(self, images: Sequence[np.ndarray], liveness: bool = False) -> list[Detections]:
         """Detect and embed every face of every image; returns Detections with ``data["embeddings"]`` (N×D float32)
-        and, when ``liveness`` and the pack has PAD models, ``data["live_scores"]`` (N float32 in [0, 1])."""
+        and, when ``liveness`` and the pack has PAD models, ``data["liveness"]`` (N float32 in [0, 1])."""
         dets_list = self.detect(images)
         embeddings = self.embed_many(images, dets_list)
         out = []
@@ -104,7 +104,7 @@ class FacePipeline:
             data = dict(dets.data)
             data["embeddings"] = emb
             if liveness and self.liveness is not None:
-                data["live_scores"] = (
+                data["liveness"] = (
                     self.liveness.score(image, dets) if len(dets) else np.zeros(0, np.float32)
                 )
             out.append(Detections(dets.boxes, dets.scores, dets.landmarks, data))
