@@ -12,7 +12,7 @@ needs rank-1 ≥ 90 % (≤ 3 misses) on the same reasoning.
 from __future__ import annotations
 
 import json
-import time
+import logging
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ def cache_path(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("evalcache") / "embeddings.sqlite"
 
 
-def test_lfw_slice_accuracy_floor_and_cache(pipeline, lfw_dir, cache_path, tmp_path) -> None:
+def test_lfw_slice_accuracy_floor_and_cache(pipeline, lfw_dir, cache_path, tmp_path, caplog) -> None:
     cache = EmbeddingCache(cache_path)
     kwargs = dict(limit_folds=2, max_pairs_per_fold=20, progress=False)
     report = evaluate_lfw(pipeline, lfw_dir, lfw_dir / "pairs.txt", cache=cache, out_dir=tmp_path, **kwargs)
@@ -58,9 +58,11 @@ def test_lfw_slice_accuracy_floor_and_cache(pipeline, lfw_dir, cache_path, tmp_p
     assert (tmp_path / "lfw_roc.png").read_bytes()[:8] == PNG
     assert json.loads((tmp_path / "lfw_report.json").read_text())["accuracy"] == report["accuracy"]
     # Second run: every embedding comes from the cache, so nothing is detected or embedded again.
-    start = time.monotonic()
-    again = evaluate_lfw(pipeline, lfw_dir, lfw_dir / "pairs.txt", cache=cache, **kwargs)
-    assert time.monotonic() - start < 5.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="facegate.evaluation.embeddings_cache"):
+        again = evaluate_lfw(pipeline, lfw_dir, lfw_dir / "pairs.txt", cache=cache, **kwargs)
+    assert "event=eval_cache_reuse table=embeddings" in caplog.text
+    assert f"cached={report['images']['images']} to_embed=0" in caplog.text
     assert again["accuracy"] == report["accuracy"] and again["auc"] == report["auc"]
     rows = cache.db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
     assert rows == report["images"]["images"]
