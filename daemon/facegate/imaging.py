@@ -7,29 +7,17 @@ images to three channels.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facegate.errors import ImageError
+from facegate.fileio import sha256_file as file_sha256  # noqa: F401 (re-exported for callers)
 
 #: Largest image accepted, in pixels (width × height). Bigger images are refused rather than risking memory
 #: exhaustion on a decompression bomb; 100 MP covers every camera and phone in use.
 MAX_IMAGE_PIXELS = 100_000_000
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Return the hex sha256 of a file's bytes.
-
-    Raises ``ImageError``-free ``OSError`` subclasses untouched; callers wrap them with the right error type.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image_size_from_header(data: bytes) -> tuple[int, int] | None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from facegate.errors import ModelError
+from facegate.fileio import write_atomic
 from facegate.packs.dlib_serial import DlibReader
 
 log = logging.getLogger(__name__)
@@ -595,32 +594,11 @@ def convert_dlib_resnet(dat_path: str | Path, onnx_path: str | Path) -> str:
     data = model.SerializeToString(deterministic=True)
     onnx_path = Path(onnx_path)
     try:
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
+        write_atomic(onnx_path, data)
     except OSError as exc:
         raise ModelError(
             f"{onnx_path}: cannot write the converted model ({exc.strerror}); check that its folder is writable"
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, onnx_path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"{onnx_path}: cannot write the converted model ({exc.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(onnx_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
     digest = hashlib.sha256(data).hexdigest()
     log.info("dlib_resnet converted src=%s dst=%s sha256=%s bytes=%d", dat_path, onnx_path, digest, len(data))
     return digest
