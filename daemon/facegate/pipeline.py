@@ -81,12 +81,24 @@ class FacePipeline:
         """Embeddings of aligned chips: N×D float32 (normalised only if the manifest says so)."""
         return self.recogniser.embed_chips(chips)
 
-    def embed(self, image: np.ndarray, dets: Detections) -> np.ndarray:
-        """Align and embed the faces ``dets`` of one image: N×D float32."""
+    def embed(self, image: np.ndarray, dets: Detections, jitters: int = 0) -> np.ndarray:
+        """Align and embed the faces ``dets`` of one image: N×D float32. ``jitters`` ≥ 2 averages that many
+        perturbed copies per face (``packs/jitter.py``; enrolment/evaluation only, it costs ``jitters``× time)."""
+        count = self._jitter_count(jitters)
+        if count:
+            return self._embed_jittered([image], [dets], count)[0]
         return self.embed_chips(self.align(image, dets))
 
-    def embed_many(self, images: Sequence[np.ndarray], dets_list: Sequence[Detections]) -> list[np.ndarray]:
-        """Embeddings for the given faces of several images, all faces run as one batch."""
+    def embed_many(
+        self, images: Sequence[np.ndarray], dets_list: Sequence[Detections], jitters: int = 0,
+    ) -> list[np.ndarray]:
+        """Embeddings for the given faces of several images, all faces (and all their jittered copies) run as one
+        batch. ``jitters`` 0 or 1: the plain descriptor; ≥ 2: the mean descriptor of that many copies (chip,
+        mirror, dlib ``jitter_image`` perturbations; ``packs/jitter.py``). Raises ``UsageError`` when the pack's
+        recogniser has no jitter support or ``jitters`` is negative."""
+        count = self._jitter_count(jitters)
+        if count:
+            return self._embed_jittered(images, dets_list, count)
         chips = [self.align(img, d) for img, d in zip(images, dets_list, strict=True)]
         counts = [len(c) for c in chips]
         if sum(counts) == 0:
@@ -94,11 +106,38 @@ class FacePipeline:
         flat = self.embed_chips(np.concatenate([c for c in chips if len(c)]))
         return np.split(flat, np.cumsum(counts)[:-1])
 
-    def analyse(self, images: Sequence[np.ndarray], liveness: bool = False) -> list[Detections]:
+    def _jitter_count(self, jitters: int) -> int:
+        from facegate.errors import UsageError
+        from facegate.packs.jitter import effective_count
+
+        try:
+            count = effective_count(jitters)
+        except ValueError as exc:
+            raise UsageError(f"--jitters {jitters!r}: {exc}") from None
+        if count and not hasattr(self.recogniser, "jittered_chips"):
+            raise UsageError(f"pack {self.manifest.name}: jitter is implemented for the dlib recogniser only; "
+                             "use --jitters 0")
+        return count
+
+    def _embed_jittered(
+        self, images: Sequence[np.ndarray], dets_list: Sequence[Detections], count: int,
+    ) -> list[np.ndarray]:
+        from facegate.packs.jitter import mean_descriptors
+
+        chips = [self.recogniser.jittered_chips(img, d, count) for img, d in zip(images, dets_list, strict=True)]
+        counts = [len(c) for c in chips]
+        if sum(counts) == 0:
+            return [np.zeros((0, self.embedding_size), np.float32) for _ in counts]
+        flat = np.concatenate([c for c in chips if len(c)])
+        descriptors = self.embed_chips(flat.reshape((-1,) + flat.shape[2:]))
+        return np.split(mean_descriptors(descriptors, count), np.cumsum(counts)[:-1])
+
+    def analyse(self, images: Sequence[np.ndarray], liveness: bool = False, jitters: int = 0) -> list[Detections]:
         """Detect and embed every face of every image; returns Detections with ``data["embeddings"]`` (N×D float32)
-        and, when ``liveness`` and the pack has PAD models, ``data["liveness"]`` (N float32 in [0, 1])."""
+        and, when ``liveness`` and the pack has PAD models, ``data["liveness"]`` (N float32 in [0, 1]).
+        ``jitters`` as in ``embed_many`` (default 0: the plain descriptor, as the real-time probe path uses)."""
         dets_list = self.detect(images)
-        embeddings = self.embed_many(images, dets_list)
+        embeddings = self.embed_many(images, dets_list, jitters)
         out = []
         for image, dets, emb in zip(images, dets_list, embeddings, strict=True):
             data = dict(dets.data)

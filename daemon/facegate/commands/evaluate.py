@@ -26,6 +26,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument("--jitters", type=int, default=0, metavar="N",
+                        help="embed each image as the mean of N jittered copies (chip, mirror, dlib jitter_image "
+                        "perturbations; dlib recogniser only; N× the embedding time). Default 0: plain")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +75,8 @@ def _setup(args: argparse.Namespace):
 
     if args.batch < 1:
         raise UsageError(f"--batch {args.batch}: must be ≥ 1")
+    if args.jitters < 0:
+        raise UsageError(f"--jitters {args.jitters}: must be ≥ 0 (0 = plain descriptor)")
     if args.groups is not None:
         from facegate.evaluation.bias import load_groups
 
@@ -92,7 +97,7 @@ def _lfw(args: argparse.Namespace) -> int:
         report = evaluate_lfw(pipeline, args.root, args.pairs, cache=cache, limit_folds=args.limit_folds,
                               max_pairs_per_fold=args.max_pairs_per_fold, out_dir=args.out,
                               groups_csv=args.groups, progress=not args.no_progress, batch=args.batch,
-                              plot=not args.no_plot)
+                              plot=not args.no_plot, jitters=args.jitters)
     finally:
         cache.close()
     print_json(report)
@@ -111,7 +116,7 @@ def _openset(args: argparse.Namespace) -> int:
     try:
         report = evaluate_openset(pipeline, args.root, cache=cache, max_identities=args.max_identities,
                                   out_dir=args.out, groups_csv=args.groups, progress=not args.no_progress,
-                                  batch=args.batch, plot=not args.no_plot)
+                                  batch=args.batch, plot=not args.no_plot, jitters=args.jitters)
     finally:
         cache.close()
     print_json(report)

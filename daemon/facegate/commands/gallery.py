@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="enrol even when the face matches a different identity (duplicate check)")
     enroll.add_argument("--pack", default=None, help="model pack (default: the gallery's, or 'default')")
     enroll.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    enroll.add_argument("--jitters", type=int, default=0, metavar="N",
+                        help="template = mean descriptor of N jittered copies of the face (chip, mirror, dlib "
+                        "jitter_image perturbations; dlib pack only; N× slower). Default 0: plain")
     enroll.set_defaults(handler=_enroll)
 
     ident = sub.add_parser("identify", help="1:N search: who is in these photos (JSON per face)",
@@ -108,7 +111,7 @@ def _enroll(args: argparse.Namespace) -> int:
     people = scan_folder(args.from_dir) if args.from_dir else [(args.name, [Path(p) for p in args.images])]
     with Gallery(args.gallery or default_gallery()) as gallery:
         pipeline = _load_pipeline(args, gallery.pack.name if gallery.pack else None)
-        enroller = Enroller(gallery, pipeline, force=args.force)
+        enroller = Enroller(gallery, pipeline, force=args.force, jitters=args.jitters)
         total = sum(len(files) for _, files in people)
         outcomes = []
         with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr,

@@ -81,10 +81,18 @@ def detector_key(pipeline) -> str:
     return _digest(json.dumps(pipeline.manifest.detector.model_dump(mode="json"), sort_keys=True))
 
 
-def pipeline_key(pipeline, detection_fingerprint: str) -> str:
-    """Key of the embedding stage: manifest (no operating point), face-choice rule and the detection fingerprint."""
+def pipeline_key(pipeline, detection_fingerprint: str, jitters: int = 0) -> str:
+    """Key of the embedding stage: manifest (no operating point), face-choice rule and the detection fingerprint,
+    plus the jitter count, seed and recipe when ``jitters`` ≥ 2 (plain keys are unchanged, so jittered and plain
+    embeddings are never mixed)."""
+    from facegate.packs.jitter import describe, effective_count
+
     manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path"})
-    return _digest(json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint)
+    parts = [json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint]
+    count = effective_count(jitters)
+    if count:
+        parts.append(describe(count))
+    return _digest(*parts)
 
 
 def fallback_detection(width: int, height: int) -> Detections:
@@ -260,7 +268,8 @@ def _detections_agree(pipeline, rows: dict[str, Detections], by_sha: dict, blobs
     return True
 
 
-def _embeddings_agree(pipeline, rows: dict, detected: dict[str, Detections], by_sha: dict, blobs: dict) -> bool:
+def _embeddings_agree(pipeline, rows: dict, detected: dict[str, Detections], by_sha: dict, blobs: dict,
+                      jitters: int = 0) -> bool:
     images, chosen, stored = [], [], []
     for sha, (method, _faces, _box, emb) in rows.items():
         image = _decode(sha, by_sha, blobs)
@@ -274,19 +283,21 @@ def _embeddings_agree(pipeline, rows: dict, detected: dict[str, Detections], by_
         images.append(image)
         chosen.append(dets[k] if k >= 0 else fallback_detection(w, h))
         stored.append(emb)
-    fresh = pipeline.embed_many(images, chosen)
+    fresh = pipeline.embed_many(images, chosen, jitters) if jitters else pipeline.embed_many(images, chosen)
     return all(np.allclose(new[0], old, atol=1e-4) for new, old in zip(fresh, stored, strict=True))
 
 
 def embed_files(
     pipeline, paths: Sequence[Path], cache: EmbeddingCache | None = None, batch: int = 32, progress: bool = True,
+    jitters: int = 0,
 ) -> EmbeddedSet:
     """Embed one face per image file (see module docstring for the face choice and the fallback).
 
     ``paths``: image files (any size; decoded to BGR). Images already in ``cache`` are not decoded again.
     Detection (``pipeline.detect``) and embedding of the chosen faces (``pipeline.embed_many``, the two halves of
     ``pipeline.analyse``) run ``batch`` images at a time. A tqdm bar goes to
-    stderr when ``progress``. Raises ``ImageError`` naming a missing or corrupt file.
+    stderr when ``progress``. ``jitters`` ≥ 2 embeds each face as the mean of that many jittered copies
+    (``FacePipeline.embed_many``; cached under its own key). Raises ``ImageError`` naming a missing or corrupt file.
     """
     from tqdm import tqdm
 
@@ -305,8 +316,8 @@ def embed_files(
         det_fingerprint = _resolve(cache, "detections", detector_key(pipeline), shas,
                                    lambda rows: _detections_agree(pipeline, rows, by_sha, blobs))
         detected = cache.get_detections(det_fingerprint, shas)
-        fingerprint = _resolve(cache, "embeddings", pipeline_key(pipeline, det_fingerprint), shas,
-                               lambda rows: _embeddings_agree(pipeline, rows, detected, by_sha, blobs))
+        fingerprint = _resolve(cache, "embeddings", pipeline_key(pipeline, det_fingerprint, jitters), shas,
+                               lambda rows: _embeddings_agree(pipeline, rows, detected, by_sha, blobs, jitters))
         known = cache.get(fingerprint, shas)
     todo = [i for i, sha in enumerate(shas) if sha not in known]
     todo = list({shas[i]: i for i in reversed(todo)}.values())[::-1]  # one per distinct image
@@ -332,7 +343,8 @@ def embed_files(
                 chosen.append(dets[k] if k >= 0 else fallback_detection(w, h))
                 methods.append(METHOD_DETECTED if k >= 0 else METHOD_FALLBACK)
                 faces.append(len(dets))
-            embeddings = pipeline.embed_many(images, chosen)
+            embeddings = (pipeline.embed_many(images, chosen, jitters) if jitters
+                          else pipeline.embed_many(images, chosen))
             new = [(shas[i], method, n, d.boxes[0], e[0])
                    for i, method, n, d, e in zip(idx, methods, faces, chosen, embeddings, strict=True)]
             for sha, method, n, box, emb in new:

@@ -176,16 +176,18 @@ def verification_report(
 def evaluate_lfw(
     pipeline, root: str | Path, pairs_path: str | Path, cache=None, limit_folds: int | None = None,
     max_pairs_per_fold: int | None = None, out_dir: str | Path | None = None, groups_csv: str | Path | None = None,
-    progress: bool = True, batch: int = 32, plot: bool = True,
+    progress: bool = True, batch: int = 32, plot: bool = True, jitters: int = 0,
 ) -> dict:
     """Run LFW View 2 verification with ``pipeline`` (a ``FacePipeline``) and return the JSON report (a dict).
 
     ``limit_folds`` keeps the first k folds; ``max_pairs_per_fold`` keeps the first n matched and first n
     mismatched pairs of each fold (for quick runs and tests). With ``out_dir`` the report is written to
     ``lfw_report.json`` and (``plot``) the ROC to ``lfw_roc.png`` there. ``groups_csv`` adds the bias view
-    (``facegate.evaluation.bias``). Raises ``UsageError`` for bad paths or pairs files.
+    (``facegate.evaluation.bias``). ``jitters`` ≥ 2 embeds every image as the mean of that many jittered copies
+    (``facegate.packs.jitter``). Raises ``UsageError`` for bad paths or pairs files.
     """
     from facegate.evaluation.embeddings_cache import embed_files
+    from facegate.packs.jitter import describe, effective_count
 
     root = resolve_root(root)
     pairs = parse_pairs(pairs_path)
@@ -202,7 +204,7 @@ def evaluate_lfw(
                 kept.append(p)
         pairs = kept
     files, index = pair_files(root, pairs)
-    embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress)
+    embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress, jitters=jitters)
     emb = embedded.embeddings
     scores = m.pair_scores(emb[index[:, 0]], emb[index[:, 1]], pipeline.metric)
     same = np.array([p.same for p in pairs])
@@ -216,6 +218,7 @@ def evaluate_lfw(
         "root": str(root),
         "pairs_file": str(pairs_path),
         "images": embedded.summary(),
+        "embedding": describe(effective_count(jitters)),
     }
     report.update(verification_report(scores, same, folds, pipeline.metric, pipeline.threshold))
     if groups_csv is not None:

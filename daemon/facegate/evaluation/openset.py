@@ -109,20 +109,22 @@ def all_pairs_report(emb: np.ndarray, labels: np.ndarray, metric: str, extra_nat
 def evaluate_openset(
     pipeline, root: str | Path, cache=None, max_identities: int | None = None, out_dir: str | Path | None = None,
     groups_csv: str | Path | None = None, progress: bool = True, batch: int = 32, plot: bool = True,
-    extra_thresholds: list[float] | None = None,
+    extra_thresholds: list[float] | None = None, jitters: int = 0,
 ) -> dict:
     """Run the open-set protocol with ``pipeline`` (a ``FacePipeline``) and return the JSON report (a dict).
 
     With ``out_dir``: ``openset_report.json`` and (``plot``) ``openset_det.png`` there. ``extra_thresholds``
-    (native units) are added to the all-pairs table beside the pack's own. Raises ``UsageError`` for a bad root.
+    (native units) are added to the all-pairs table beside the pack's own. ``jitters`` ≥ 2 embeds every image
+    as the mean of that many jittered copies (``facegate.packs.jitter``). Raises ``UsageError`` for a bad root.
     """
     from facegate.evaluation.embeddings_cache import embed_files
+    from facegate.packs.jitter import describe, effective_count
 
     root = resolve_root(root)
     people = list_identities(root, max_identities)
     split = split_protocol(people)
     files = [p for _, p in split["gallery"]] + [p for _, _, p in split["mated"]] + [p for _, p in split["nonmated"]]
-    embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress)
+    embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress, jitters=jitters)
     emb = embedded.embeddings
     g, k = len(split["gallery"]), len(split["mated"])
     mated_ids = np.array([row for row, _, _ in split["mated"]], dtype=np.int64)
@@ -136,6 +138,7 @@ def evaluate_openset(
         "root": str(root),
         "identities": {"gallery": g, "nonmated": len(split["nonmated"])},
         "images": embedded.summary(),
+        "embedding": describe(effective_count(jitters)),
     }
     report.update(openset_report(searches, pipeline.metric, pipeline.threshold))
     labels = np.array([n for n, _ in split["gallery"]] + [n for _, n, _ in split["mated"]]

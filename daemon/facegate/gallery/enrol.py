@@ -137,7 +137,15 @@ class Enroller:
     """Enrols photos into ``gallery`` with ``pipeline`` (a ``facegate.pipeline.FacePipeline``)."""
 
     def __init__(self, gallery: Gallery, pipeline: Any, limits: QualityLimits | None = None,
-                 force: bool = False) -> None:
+                 force: bool = False, jitters: int = 0) -> None:
+        """``jitters`` ≥ 2: each template is the mean descriptor of that many jittered copies of the face
+        (``facegate.packs.jitter``; dlib recogniser only; raises ``UsageError`` for a negative count)."""
+        from facegate.packs.jitter import effective_count
+
+        try:
+            self.jitters = effective_count(jitters)
+        except ValueError as exc:
+            raise UsageError(f"--jitters {jitters!r}: {exc}") from None
         self.gallery = gallery
         self.pipeline = pipeline
         self.pack = pack_binding(pipeline)
@@ -178,10 +186,13 @@ class Enroller:
             return Outcome(str(path), name, False, "this image is already enrolled for this identity")
         try:
             image = load_image(path)
-            dets = self.pipeline.analyse([image])[0]
+            dets = (self.pipeline.analyse([image], jitters=self.jitters) if self.jitters
+                    else self.pipeline.analyse([image]))[0]
         except FacegateError as exc:
             return Outcome(str(path), name, False, str(exc))
         reason, quality = assess(image, dets, self.limits)
+        if self.jitters:
+            quality["jitters"] = self.jitters
         if reason:
             return Outcome(str(path), name, False, reason, quality)
         embedding = dets.data["embeddings"][:1]

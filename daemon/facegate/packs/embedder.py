@@ -71,6 +71,18 @@ class DlibRecogniser:
         chips_bgr = extract_dlib_chips(image, points, size=150, padding=0.25)
         return np.ascontiguousarray(chips_bgr[..., ::-1])
 
+    def jittered_chips(self, image: np.ndarray, dets: Detections, count: int, seed: int | None = None) -> np.ndarray:
+        """``count`` jittered chips per face (copy 0 = ``align``'s chip, copy 1 its mirror, then dlib
+        ``jitter_image`` perturbations; ``packs/jitter.py``): N×count×150×150×3 uint8 **RGB**. ``image`` is BGR;
+        ``seed`` defaults to ``jitter.JITTER_SEED``."""
+        from facegate.packs.jitter import JITTER_SEED, jittered_dlib_chips
+
+        if len(dets) == 0:
+            return np.zeros((0, count, 150, 150, 3), np.uint8)
+        points = self.landmarks(image, dets)
+        chips_bgr = jittered_dlib_chips(image, points, count, JITTER_SEED if seed is None else seed)
+        return np.ascontiguousarray(chips_bgr[..., ::-1])
+
     def embed_chips(self, chips: np.ndarray, max_batch: int = 64) -> np.ndarray:
         """Descriptors for N×150×150×3 uint8 RGB chips: N×128 float32 (raw, not normalised)."""
         if len(chips) == 0:
