@@ -6,7 +6,8 @@ descriptor (not re-normalised). Each copy comes from ``jitter_image`` (dlib/imag
 dlib 20.0.1; ../shared/notes/dlib-models.md §2.5):
 
 * ``rect`` = the chip rectangle shrunk by 3 px: (3, 3)–(146, 146), 144 px wide and high;
-* translation (dx, dy) = uniform(−0.02, 0.02) × 144 px per axis, converted to a whole-pixel ``point`` (rounded);
+* translation (dx, dy) = uniform(−0.02, 0.02) × 144 px per axis, made whole pixels by dlib's ``point``
+  conversion, floor(v + 0.5);
 * object height ``h`` = uniform(0.97, 0.99999); crop side ``box = long(144 / h)`` px (truncated: 144…148);
 * crop rectangle = ``centered_rect(centre(rect) + (dx, dy), box, box)`` with dlib's integer ``centre`` (75, 75);
 * rotation = uniform(−3°, 3°) about the crop centre;
@@ -30,7 +31,12 @@ averaging 100 such copies (99.13 % without).
 3. *One resampling, not two.* dlib samples the chip from the image and then resamples the chip. facegate composes
    the jitter into the chip's rectangle (source-image centre, side and angle) and extracts each copy straight from
    the image with the same chip extractor (``packs/align.py``, dlib's ``extract_image_chip`` incl. its pyramid and
-   truncation), so copies are not blurred twice. For an identity jitter the two agree exactly.
+   truncation), so copies are not blurred twice. Against dlib re-sampling the chip with the same rectangles the
+   copies differ by ≈ 0.6 grey levels on average (tests/test_jitter.py).
+
+Measured agreement: from the same 5 landmarks, facegate's 30-copy mean descriptor lay 0.022–0.030 (L2) from
+``dlib.face_recognition_model_v1.compute_face_descriptor(img, shape, 30)`` on 3 LFW faces, whose plain descriptors
+lay 0.10–0.12 from it (dlib's own draws differ from call to call by up to 0.017, notes §2.5).
 """
 
 from __future__ import annotations
@@ -84,9 +90,8 @@ def jitter_params(count: int, seed: int = JITTER_SEED, size: int = DLIB_CHIP_SIZ
     # One row of 5 uniforms per random copy, drawn in order (prefix-stable across counts).
     u = rng.random((max(count - 2, 0), 5))
     inner = size - 2 * SHRINK_PX  # shrink_rect(get_rect(chip), 3): width = height = size − 6
-    # dpoint → point conversion rounds half away from zero (dlib/geometry/vector.h).
-    shift = (TRANSLATE_AMOUNT * (2 * u[:, :2] - 1)) * inner
-    shift = np.sign(shift) * np.floor(np.abs(shift) + 0.5)
+    # dpoint → point conversion: floor(v + 0.5) (vector_assign_helper in dlib/geometry/vector.h).
+    shift = np.floor((TRANSLATE_AMOUNT * (2 * u[:, :2] - 1)) * inner + 0.5)
     height = MIN_OBJECT_HEIGHT + (MAX_OBJECT_HEIGHT - MIN_OBJECT_HEIGHT) * u[:, 2]
     side = np.floor(inner / height)  # const long box_size = rect.height()/rand_scale_perturb
     angle = np.deg2rad(MAX_ROTATION_DEGREES * (2 * u[:, 3] - 1))
