@@ -15,10 +15,18 @@ Metric (fixed by the gallery's pack):
 * ``cosine`` (ArcFace-style packs): hnswlib space ``cosine`` L2-normalises vectors on add and query and returns
   ``1 − cos``; ``search`` returns the cosine similarity ``1 − d`` (higher = more alike).
 
-Default parameters are chosen from bench/gallery_bench.py (README "Gallery and enrolment" has the table), on the
-synthetic worst case of ../shared/notes/peers.md at 1M templates of 128-d, one query thread, 2-core VM:
-M=48, ef_construction=400 → ef=128 gave template recall@1 0.997 at p50 0.93 ms / p99 1.27 ms (peers.md, idle) and
-the figures of this repository's run are in the README. ``DEFAULT_EF`` is the smallest ef that met recall@1 ≥ 0.995.
+Default parameters were chosen from bench/gallery_bench.py (README "Gallery and enrolment" has the full table) on
+the synthetic worst case of ../shared/notes/peers.md (128-d, 5 templates per identity), one query thread, on the
+shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU time per query is given too):
+
+* 100k templates, M=48, ef_construction=400: ef=64 → recall@1 0.999, CPU p50/p99 0.33/0.51 ms;
+  ef=128 → 1.000, 0.61/0.86 ms (numpy brute force 1.9 ms).
+* 1M templates, same graph (build 4,044 s on 2 loaded cores, 874 MiB): ef=64 → 0.976 (p50 0.58 ms),
+  ef=128 → 0.988 (1.10 ms), ef=160 → 0.994 (1.20 ms); numpy brute force p50 21.5 ms. The target of recall@1
+  ≥ 0.995 with p99 ≤ 1 ms at 1M was **not** met by this graph; hnswlib's defaults (M=16, ef_construction=200)
+  are far worse (0.94 at ef=256, peers.md).
+
+``DEFAULT_EF`` = 160 is the highest-recall setting measured at 1M (0.994, ≈ 1.2 ms); at 100k ef ≥ 96 already gives 1.000.
 
 Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
 generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
@@ -47,12 +55,12 @@ from facegate.errors import GalleryError
 log = logging.getLogger(__name__)
 
 #: Graph out-degree. 48 (not hnswlib's 16) because the 1M synthetic case reached only recall@1 0.94 with M=16 even
-#: at ef=256 (peers.md); see the module docstring for the measurement.
+#: at ef=256 (peers.md); M=48 reaches 0.994 at ef=160 (module docstring).
 DEFAULT_M = 48
 #: Build-time candidate list; 400 with M=48 gives the recall/latency of the module docstring.
 DEFAULT_EF_CONSTRUCTION = 400
-#: Query-time candidate list (raised per query to at least the number of templates fetched).
-DEFAULT_EF = 128
+#: Query-time candidate list (raised per query to at least the number of templates fetched); see the module docstring.
+DEFAULT_EF = 160
 #: Capacity grows by this factor when full (hnswlib's resize_index copies the graph).
 GROWTH = 2.0
 INITIAL_CAPACITY = 1024
