@@ -26,7 +26,8 @@ shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU 
   ≥ 0.995 with p99 ≤ 1 ms at 1M was **not** met by this graph; hnswlib's defaults (M=16, ef_construction=200)
   are far worse (0.94 at ef=256, peers.md).
 
-``DEFAULT_EF`` = 160 is the highest-recall setting measured at 1M (0.994, ≈ 1.2 ms); at 100k ef ≥ 96 already gives 1.000.
+``DEFAULT_EF`` = 160 is the highest-recall setting measured at 1M (0.994, ≈ 1.2 ms); at 100k ef ≥ 96 already
+gives 1.000.
 
 Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
 generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
