@@ -127,3 +127,16 @@ def test_export_import_and_erasure(enrolled: tuple[Path, Result], tmp_path: Path
         assert not any(needle in data for needle in obama), f"{path.name} still holds Obama's template"
     found = decisions(run_cli("identify", "--gallery", str(folder), str(knn() / "test" / "obama1.jpg")))
     assert found["obama1.jpg"] == ["unknown"]
+
+
+def test_default_gallery_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from facegate.commands.gallery import default_gallery
+
+    monkeypatch.setenv("FACEGATE_GALLERY", str(tmp_path / "explicit"))
+    assert default_gallery() == tmp_path / "explicit"
+    monkeypatch.delenv("FACEGATE_GALLERY")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_gallery() == tmp_path / "data" / "facegate" / "gallery"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_gallery() == tmp_path / "home" / ".local" / "share" / "facegate" / "gallery"
