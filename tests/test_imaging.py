@@ -90,3 +90,13 @@ def test_letterbox_scale_and_padding():
     canvas, scale = letterbox(image, 64, 64)
     assert canvas.shape == (64, 64, 3) and scale == pytest.approx(0.32)
     assert (canvas[:32] == 9).all() and (canvas[33:] == 0).all()
+
+
+def test_device_and_oversized_files_are_refused_without_reading(tmp_path):
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/zero")  # reading it would never end
+    sparse = tmp_path / "huge_sparse.jpg"
+    with open(sparse, "wb") as handle:
+        handle.truncate(300 * 1024 * 1024)  # sparse: no disk used, but 300 MiB if read
+    with pytest.raises(ImageError, match="byte limit"):
+        load_image(sparse)

@@ -118,3 +118,37 @@ def test_unknown_pack_and_invalid_manifest(isolated, tmp_path):
     listing = run_cli("models", "list", env=isolated)
     assert listing.code == 0
     assert next(r for r in listing.json() if r["pack"] == "typo")["state"] == "invalid"
+
+
+def test_copied_manifest_with_the_same_name_gets_its_own_cache_folder(isolated, tmp_path):
+    """An integrator's edited copy keeps `name: default`; preparing it must not overwrite the real pack's cache."""
+    copy = tmp_path / "elsewhere" / "mine.yaml"
+    copy.parent.mkdir()
+    raw = yaml.safe_load(Path(DEFAULT.manifest_path).read_text())
+    raw["detector"]["score_threshold"] = 0.9
+    copy.write_text(yaml.safe_dump(raw))
+    original = prepare_pack(DEFAULT)
+    mine = prepare_pack(load_manifest(copy))
+    assert mine.directory != original.directory and mine.directory.name.startswith("default@")
+    assert pack_state(DEFAULT) == "prepared"
+
+
+def test_prepare_loads_the_graphs_and_reports_a_mismatching_model(isolated, tmp_path):
+    """A detector manifest pointing at a recogniser passes the checksum but cannot work: prepare must say so."""
+    recogniser = Path(__file__).resolve().parents[2] / "shared" / "models" / "recognition" / "MobileFaceNet.onnx"
+    if not recogniser.exists():
+        pytest.skip(f"needs {recogniser} (the shared models folder), which is absent on this machine")
+    digest = hashlib.sha256(recogniser.read_bytes()).hexdigest()
+    _write_pack(tmp_path / "manifests", "wronggraph",
+                lambda raw: raw["detector"].update(source={"file": str(recogniser)}, sha256=digest))
+    single = run_cli("models", "prepare", "--pack", "wronggraph", env=isolated)
+    assert_user_error(single, "MobileFaceNet.onnx", code=1)
+    everything = run_cli("models", "prepare", env=isolated)
+    assert everything.code == 1 and "Traceback" not in everything.stderr
+    states = {p["pack"]: p["state"] for p in everything.json()["packs"]}
+    assert states["wronggraph"] == "invalid" and states["default"] == "prepared"
+
+
+def test_threads_must_be_positive():
+    result = run_cli("detect", "x.jpg", "--threads", "0")
+    assert result.code == 2 and "must be at least 1" in result.stderr and "Traceback" not in result.stderr

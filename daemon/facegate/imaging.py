@@ -7,6 +7,7 @@ images to three channels.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,10 @@ from facegate.fileio import sha256_file as file_sha256  # noqa: F401 (re-exporte
 #: Largest image accepted, in pixels (width × height). Bigger images are refused rather than risking memory
 #: exhaustion on a decompression bomb; 100 MP covers every camera and phone in use.
 MAX_IMAGE_PIXELS = 100_000_000
+
+#: Largest image file read, in bytes: a 100 MP JPEG or PNG is far below this; anything bigger is refused before
+#: reading so that a huge or endless file (e.g. /dev/zero) cannot exhaust memory.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 def _image_size_from_header(data: bytes) -> tuple[int, int] | None:
@@ -57,7 +62,10 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE
             "resize it before use"
         )
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV asserts on some malformed or oversized inputs instead of returning None
+        image = None
     if image is None or image.size == 0:
         raise ImageError(f"{name}: cannot decode the image (corrupt or not an image); give a JPEG or PNG photo")
     if image.shape[0] * image.shape[1] > max_pixels:
@@ -74,6 +82,16 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarr
     """
     path = Path(path)
     try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file (a device, pipe or socket); give a JPEG or PNG photo")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ImageError(
+                f"{path}: file is {info.st_size:,} bytes, more than the {MAX_IMAGE_BYTES:,}-byte limit for an "
+                "image; give a smaller photo"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file; check the path") from None

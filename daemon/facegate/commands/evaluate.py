@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facegate.commands import print_json
+from facegate.commands import positive_int, print_json
 
 LFW_EXAMPLE = (
     "Example: facegate eval lfw --root ../shared/data/lfw/lfw-deepfunneled --pairs ../shared/data/lfw/pairs.txt "
@@ -23,7 +23,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", type=Path, default=None, metavar="CSV",
                         help="bias view: CSV of identity,group lines; reports rates per group")
     parser.add_argument("--batch", type=int, default=32, help="images per detector/embedder batch (default 32)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (≥ 1)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     parser.add_argument("--jitters", type=int, default=0, metavar="N",

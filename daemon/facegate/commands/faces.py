@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.commands import print_json
+from facegate.commands import positive_int, print_json
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", default="default", help="model pack name or manifest path (default: default)")
     parser.add_argument("--annotate", metavar="OUT.png",
                         help="draw boxes and landmarks; with several images, OUT gets the image's stem appended")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (≥ 1)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser("embed", help="find faces and print their embeddings (templates) as JSON",
                            epilog="Example: facegate embed photo.jpg --pack default")
     _common(embed)
+    embed.add_argument("--jitters", type=int, default=0,
+                       help="average N perturbed copies of each face (dlib jitter_image; N× slower; 0 = off)")
     embed.set_defaults(handler=lambda a: _run(a, embed=True))
 
 
@@ -61,7 +63,7 @@ def _run(args: argparse.Namespace, embed: bool) -> int:
 
     images = [load_image(p) for p in args.images]  # fail on a bad file before loading models
     pipeline = FacePipeline.load(args.pack, threads=args.threads, with_liveness=False)
-    results = pipeline.analyse(images) if embed else pipeline.detect(images)
+    results = pipeline.analyse(images, jitters=args.jitters) if embed else pipeline.detect(images)
     out = []
     for path, image, dets in zip(args.images, images, results, strict=True):
         faces = dets.to_json()

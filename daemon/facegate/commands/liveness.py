@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from facegate.commands import positive_int
+
 #: Pack used when ``--pack`` is not given: the built-in pack's detector (RetinaFace) with the MiniFASNet pair.
 DEFAULT_LIVENESS_PACK = "retinaface-mobilefacenet"
 
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default: {DEFAULT_LIVENESS_PACK})")
     parser.add_argument("--threshold", type=float, default=None,
                         help="live-probability threshold in [0, 1] (default: the pack's liveness.threshold)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (≥ 1)")
     parser.set_defaults(handler=_run)
 
 

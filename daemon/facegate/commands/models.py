@@ -32,24 +32,43 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    """Verify, build and then load every model of each pack (so a graph that does not match its manifest is
+    reported here, not at the daemon's start). With ``--pack`` the first failure is the error; without it every
+    pack is tried, failures are listed in the JSON and the exit code is 1."""
+    import sys
+
+    from facegate.errors import FacegateError
     from facegate.packs.cache import cache_root, prepare_pack
     from facegate.packs.manifest import list_manifests, load_manifest
+    from facegate.pipeline import FacePipeline
 
     names = args.pack or sorted(list_manifests())
     results = []
+    failed = 0
     for name in names:
-        manifest = load_manifest(name)
-        prepared = prepare_pack(manifest, force=args.force)
+        try:
+            manifest = load_manifest(name)
+            prepared = prepare_pack(manifest, force=args.force)
+            FacePipeline(prepared, threads=1)  # loads and checks every graph against the manifest
+        except FacegateError as exc:
+            if args.pack:
+                raise
+            failed += 1
+            print(f"facegate: error: pack {name!r}: {exc}", file=sys.stderr)
+            results.append({"pack": name, "state": "invalid", "error": str(exc)})
+            continue
         results.append({
-            "pack": manifest.name,
+            "pack": name,
+            "name": manifest.name,
             "state": "prepared",
+            "directory": str(prepared.directory),
             "detector": str(prepared.detector),
             "landmarks": str(prepared.landmarks) if prepared.landmarks else None,
             "recogniser": str(prepared.recogniser),
             "liveness": [str(p) for p in prepared.liveness],
         })
     print_json({"cache": str(cache_root()), "packs": results})
-    return 0
+    return 1 if failed else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -71,6 +90,7 @@ def _list(args: argparse.Namespace) -> int:
             licences["liveness"] = "; ".join(sorted({m.licence for m in manifest.liveness.models}))
         rows.append({
             "pack": name,
+            "name": manifest.name,
             "manifest": str(path),
             "state": pack_state(manifest),
             "detector": manifest.detector.kind,

@@ -19,7 +19,7 @@ from pathlib import Path
 from facegate import __version__
 from facegate.errors import ChecksumError, ModelError
 from facegate.fileio import sha256_file, write_atomic
-from facegate.packs.manifest import ModelFile, PackManifest, read_source_bytes, source_path
+from facegate.packs.manifest import ModelFile, PackManifest, list_manifests, read_source_bytes, source_path
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,16 @@ def cache_root() -> Path:
     return Path(xdg) / "facegate"
 
 
-def pack_dir(name: str) -> Path:
-    return cache_root() / "packs" / name
+def pack_dir(manifest: PackManifest) -> Path:
+    """The pack's cache folder: ``packs/<name>`` for the manifest that ``--pack <name>`` resolves to, and
+    ``packs/<name>@<8 hex of its path>`` for any other file with the same ``name`` (e.g. an integrator's edited copy
+    loaded by path), so that two different manifests never overwrite each other's prepared files."""
+    folder = cache_root() / "packs"
+    registered = list_manifests().get(manifest.name)
+    own = Path(manifest.manifest_path).resolve() if manifest.manifest_path else None
+    if own is None or (registered is not None and registered.resolve() == own):
+        return folder / manifest.name
+    return folder / f"{manifest.name}@{sha256_bytes(str(own).encode())[:8]}"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -94,7 +102,7 @@ def prepare_pack(manifest: PackManifest, force: bool = False) -> PreparedPack:
     Idempotent: files already built and matching their recorded sha256 are kept unless ``force``.
     Raises ``ChecksumError`` / ``ModelError`` naming the file when a source is missing or corrupt.
     """
-    folder = pack_dir(manifest.name)
+    folder = pack_dir(manifest)
     folder.mkdir(parents=True, exist_ok=True)
     detector = _materialise(manifest.detector, manifest, "detector", folder / "detector.onnx")
     landmarks = None
@@ -153,7 +161,7 @@ def _read_state(folder: Path) -> dict | None:
 
 def pack_state(manifest: PackManifest) -> str:
     """'prepared', 'not prepared' or 'stale' (manifest changed or a built file no longer matches)."""
-    state = _read_state(pack_dir(manifest.name))
+    state = _read_state(pack_dir(manifest))
     if state is None:
         return "not prepared"
     if state.get("manifest_digest") != _manifest_digest(manifest):
@@ -174,9 +182,9 @@ def ensure_prepared(manifest: PackManifest) -> PreparedPack:
     state = pack_state(manifest)
     if state != "prepared":
         log.warning("model pack %r is %s: preparing it in %s (first use; run `facegate models prepare` to do "
-                    "this ahead of time)", manifest.name, state, pack_dir(manifest.name))
+                    "this ahead of time)", manifest.name, state, pack_dir(manifest))
     try:
         return prepare_pack(manifest)
     except OSError as exc:
-        raise ModelError(f"cannot write the model cache {pack_dir(manifest.name)}: {exc}; set FACEGATE_CACHE_DIR "
+        raise ModelError(f"cannot write the model cache {pack_dir(manifest)}: {exc}; set FACEGATE_CACHE_DIR "
                          "to a writable folder") from None

@@ -153,10 +153,11 @@ class RetinaFaceDetector:
         self.input_width, self.input_height = (int(v) for v in spec.input_size)
         if self.input_width < 32 or self.input_height < 32:
             raise ModelError(f"{_MODEL_NAME}: input_size {spec.input_size} is too small; use at least 32×32 px")
+        self.name = _MODEL_NAME if isinstance(model, bytes) else f"{_MODEL_NAME} ({model})"
         self.session = make_session(model, _MODEL_NAME, providers, threads)
         check_io(
             self.session,
-            _MODEL_NAME,
+            self.name,
             inputs=[(None, 4, "tensor(float)")],
             outputs=[("loc", 3, "tensor(float)"), ("conf", 3, "tensor(float)"), ("landmarks", 3, "tensor(float)")],
         )
@@ -172,7 +173,7 @@ class RetinaFaceDetector:
         except Exception as exc:  # ORT raises private exception types (e.g. a graph with a fixed input size)
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(
-                f"{_MODEL_NAME}: the graph does not run at input_size {spec.input_size}: {first_line[:300]}; "
+                f"{self.name}: the graph does not run at input_size {spec.input_size}: {first_line[:300]}; "
                 "check the pack's detector input_size"
             ) from None
         decode_retinaface(loc[0], conf[0], lms[0], self.input_width, self.input_height, 1.0, 1.0)
