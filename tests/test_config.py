@@ -244,3 +244,96 @@ def test_cameras_from_command_line(tmp_path):
     assert cams[0].describe() == "rtsp://u:***@h/s" and cams[3].loop
     with pytest.raises(VideoError, match="no such video file"):
         cameras_from_args([str(tmp_path / "nope.mp4")])
+
+
+def test_binary_config_file_is_a_config_error_not_a_traceback(tmp_path):
+    binary = tmp_path / "facegate.yaml"
+    binary.write_bytes(b"cameras:\n  - id: a\n\xff\xfe\x00\x89PNG\r\n")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_config(binary)
+    config, issues = check_file(binary)
+    assert config is None and len(issues) == 1 and issues[0].line == 3
+    for args in (["config", "check", str(binary)], ["run", "--config", str(binary)]):
+        run = subprocess.run([sys.executable, "-m", "facegate.cli", *args], capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 2 and "not a UTF-8 text file" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_several_mistakes_are_all_reported_in_one_pass():
+    # a field error in a section skips that section's and the top level's validators; they still get reported
+    issues = _issues("""
+        cameras:
+          - {id: a, usb: 0, fps_limit: -1}
+          - {id: a, usb: 1}
+        decision: {k: 9, n: 5, margin: -1}
+        doors:
+          - {id: d, cooldown_s: -3}
+          - id: d
+            schedule: {timezone: Mars/Olympus_Mons, windows: [{days: [mon], start: "08:00", end: "09:00"}]}
+        mqtt: {prot: 1883}
+        """)
+    text = "\n".join(issues)
+    for expected in ("line 3: cameras[0].fps_limit:", "line 5: decision.margin:", "line 7: doors[0].cooldown_s:",
+                     "line 10: mqtt.prot: unknown key", "line 5: decision: k (9) must be ≤ n (5)",
+                     "line 2: cameras: duplicate id(s) a", "line 6: doors: duplicate id(s) d",
+                     "line 9: doors[1].schedule.timezone: unknown time zone 'Mars/Olympus_Mons'"):
+        assert expected in text, text
+    assert len(issues) == 8, issues
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "facegate.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_check_runs_every_start_up_check_of_run(tmp_path):
+    (tmp_path / "plainfile").write_text("x")
+    key = tmp_path / "key"
+    key.write_text("k" * 40)
+    key.chmod(0o644)
+    cfg = _write(tmp_path, """
+        liveness: {enabled: true}
+        audit: {path: plainfile/audit.jsonl}
+        gallery: {path: plainfile/gallery}
+        service: {state_dir: state}
+        signing: {key_file: key}
+        """)
+    config, issues = check_file(cfg)
+    got = {i.path: i for i in issues}
+    assert set(got) == {"cameras", "liveness.enabled", "audit.path", "gallery.path", "signing.key_file"}, issues
+    assert "no cameras" in got["cameras"].message
+    assert "has no liveness model" in got["liveness.enabled"].message and got["liveness.enabled"].line == 2
+    assert "parent is not a folder" in got["audit.path"].message and got["audit.path"].line == 3
+    assert "parent is not a folder" in got["gallery.path"].message
+    assert "readable or writable by other users" in got["signing.key_file"].message
+    # --camera on the command line supplies the camera, as for `facegate run`
+    _, issues = check_file(cfg, cameras_from_args(["0"]))
+    assert "cameras" not in {i.path for i in issues}
+    run = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(cfg)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.count("facegate: error:") == 5, run.stderr
+    # `facegate run` refuses the same file with the same messages, before loading anything
+    run = subprocess.run([sys.executable, "-m", "facegate.cli", "run", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    for i in issues:
+        assert i.message in run.stderr
+    key.chmod(0o600)
+    (tmp_path / "plainfile").unlink()
+    cfg.write_text("cameras: [{id: a, usb: 0}]\naudit: {path: plainfile/audit.jsonl}\nsigning: {key_file: key}\n"
+                   "gallery: {path: g}\nservice: {state_dir: state}\n")
+    assert check_file(cfg)[1] == []
+
+
+def test_shipped_files_name_real_paths_and_commands():
+    # the commented alternative in example.yaml resolves, like a real key, against config/
+    line = next(x for x in EXAMPLE.read_text().splitlines() if x.strip().startswith("# file:"))
+    commented = line.split("# file:")[1].split("#")[0].strip()
+    shared = (EXAMPLE.parent / commented).resolve()
+    assert shared == (REPO.parent / "shared" / "data" / "videos" / "stage_clip_640x360.mp4").resolve()
+    demo = DEMO.read_text()
+    assert "facegate enroll" in demo and "facegate gallery …" not in demo
+    config = load_config(DEMO)
+    assert config.cameras[0].file == str(shared)
+    assert config.gallery.refresh_s == 2.0

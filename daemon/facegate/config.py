@@ -228,6 +228,9 @@ class GalleryConfig(_Section):
     path: str | None = Field(
         None, description="Gallery folder; None = the one `facegate enroll` uses by default ($FACEGATE_GALLERY, else "
         "$XDG_DATA_HOME/facegate/gallery)")
+    refresh_s: float = Field(
+        2.0, ge=0, description="The running daemon re-reads the gallery this often (seconds), so an enrolment or "
+        "an erasure (`facegate gallery remove`) takes effect within about this long; 0 = only on SIGHUP")
 
 
 class LivenessConfig(_Section):
@@ -389,7 +392,51 @@ def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list
     try:
         return Config.model_validate(raw), []
     except ValidationError as exc:
-        return None, _issues(exc, root)
+        issues = _issues(exc, root)
+    # a section with a field error skips its cross-field validators: run those that work on raw values, so a file
+    # with several mistakes gets them all in one pass
+    known = " | ".join(i.message for i in issues)
+    for loc, message in _raw_checks(raw):
+        if message not in known:
+            issues.append(ConfigIssue(_loc_path(loc), _node_line(root, loc), message))
+    return None, issues
+
+
+def _raw_checks(raw: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Cross-field checks on the raw YAML values (k ≤ n, unique camera/door ids, time zones that exist); used
+    only when validation failed, to report what the skipped validators would have found."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    dec = raw.get("decision")
+    if isinstance(dec, dict):
+        k, n = dec.get("k", 3), dec.get("n", 5)
+        if type(k) is int and type(n) is int and k > n:
+            out.append((("decision",), f"k ({k}) must be ≤ n ({n})"))
+    for section in ("cameras", "doors"):
+        items = raw.get(section)
+        if isinstance(items, list):
+            ids = [x["id"] for x in items if isinstance(x, dict) and isinstance(x.get("id"), str)]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                out.append(((section,), f"duplicate id(s) {', '.join(dupes)}"))
+    doors = raw.get("doors")
+    for i, door in enumerate(doors if isinstance(doors, list) else []):
+        schedule = door.get("schedule") if isinstance(door, dict) else None
+        tz = schedule.get("timezone") if isinstance(schedule, dict) else None
+        if isinstance(tz, str) and re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", tz):
+            problem = _tz_problem(tz)
+            if problem:
+                out.append((("doors", i, "schedule", "timezone"), problem))
+    return out
+
+
+def _tz_problem(name: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return f"unknown time zone {name!r} (not in the tz database)"
+    return None
 
 
 def load_config(path: str | Path) -> Config:
@@ -398,14 +445,28 @@ def load_config(path: str | Path) -> Config:
     Raises ``ConfigError`` listing every problem with its key path and line.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    text, issue = read_text(path)
+    if issue is not None:
+        raise ConfigError(f"{path}: {issue.message}")
     config, issues = parse_config(text, str(path))
     if config is None:
         raise ConfigError(f"{path}: {len(issues)} problem(s):\n" + "\n".join(f"  {path}:{i}" for i in issues))
     return resolve_paths(config, path.parent)
+
+
+def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
+    """The config file as text, or ("", issue) when it cannot be read or is not UTF-8 text (e.g. a binary file
+    given by mistake)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return "", ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return "", ConfigIssue("", line, f"not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); "
+                               "a config file is YAML text, see config/example.yaml")
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
@@ -430,45 +491,102 @@ def resolve_paths(config: Config, base: Path) -> Config:
         "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
         "audit": AuditConfig(path=fix(config.audit.path)),
         "signing": SigningConfig(key_file=fix(config.signing.key_file)),
-        "gallery": GalleryConfig(path=fix(config.gallery.path)),
+        "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
         "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
     })
 
 
-def check_environment(config: Config) -> list[ConfigIssue]:
-    """Checks that need the file system (run after validation, on a resolved config): time zones exist, the
-    pack is known, files named by the config are readable, the password variable is set.
+def default_state_dir(config: Config) -> Path:
+    """Folder for default files (not created here): ``service.state_dir``, else systemd's ``$STATE_DIRECTORY``
+    (first entry), else ``$XDG_STATE_HOME/facegate`` (``~/.local/state/facegate``)."""
+    if config.service.state_dir:
+        return Path(config.service.state_dir)
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "facegate"
 
-    Cameras are not probed here (a camera offline at start-up must not stop the others). Returns the issues found.
+
+def default_gallery() -> Path:
+    """The gallery ``facegate enroll`` uses by default: ``$FACEGATE_GALLERY``, else
+    ``$XDG_DATA_HOME/facegate/gallery`` (``~/.local/share/facegate/gallery``)."""
+    if os.environ.get("FACEGATE_GALLERY"):
+        return Path(os.environ["FACEGATE_GALLERY"])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "facegate" / "gallery"
+
+
+def creatable(path: Path, folder: bool) -> str | None:
+    """Why ``path`` (a file, or a folder when ``folder``) cannot be used or created by this process, else None."""
+    if path.exists():
+        if folder != path.is_dir():
+            return f"{path} exists and is {'not a folder' if folder else 'a folder, not a file'}"
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            return f"{path} is not writable by this user"
+        return None
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"cannot create {path}: parent is not a folder ({parent} is a file)"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"cannot create {path}: {parent} is not writable by this user"
+            return None
+    return None
+
+
+def check_environment(config: Config, extra_cameras: list[CameraConfig] | None = None) -> list[ConfigIssue]:
+    """Every check ``facegate run`` makes before it starts (run on a validated, resolved config; ``extra_cameras``
+    are the command line's ``--camera`` ones): at least one camera and unique ids, video files exist, time zones
+    exist, the pack is known (with a liveness model when ``liveness.enabled``), the audit log, state folder and
+    gallery can be created, the signing key is a readable file that others cannot read, TLS and password files
+    are readable and the password variable is set.
+
+    Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
     """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from facegate.packs.manifest import load_manifest
+    from facegate.runtime.events import load_signing_key
 
     issues: list[ConfigIssue] = []
+    cameras = list(config.cameras) + list(extra_cameras or [])
+    if not cameras:
+        issues.append(ConfigIssue("cameras", None, "no cameras: add cameras: to the config or give --camera "
+                                                   "URL_OR_FILE"))
+    ids = [c.id for c in cameras]
+    if len(set(ids)) != len(ids):
+        issues.append(ConfigIssue("cameras", None, f"camera ids must be unique, got {', '.join(ids)}"))
     for i, door in enumerate(config.doors):
-        if door.schedule is not None:
-            try:
-                ZoneInfo(door.schedule.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None,
-                                          f"unknown time zone {door.schedule.timezone!r} (not in the tz database)"))
+        if door.schedule is not None and (problem := _tz_problem(door.schedule.timezone)):
+            issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None, problem))
     for i, cam in enumerate(config.cameras):
         if cam.file is not None and not Path(cam.file).is_file():
             issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist"))
-    files = [("signing.key_file", config.signing.key_file), ("mqtt.password_file", config.mqtt.password_file)]
+    state = default_state_dir(config)
+    for key, path, folder in (("service.state_dir", state, True),
+                              ("audit.path", Path(config.audit.path or state / "audit.jsonl"), False),
+                              ("gallery.path", Path(config.gallery.path or default_gallery()), True)):
+        if problem := creatable(path, folder):
+            issues.append(ConfigIssue(key, None, problem))
+    key_file = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
+    if config.signing.key_file or key_file.exists():  # a missing default key is created on first run
+        try:
+            load_signing_key(key_file)
+        except ConfigError as exc:
+            issues.append(ConfigIssue("signing.key_file", None, str(exc)))
+    files = [("mqtt.password_file", config.mqtt.password_file)]
     if config.mqtt.tls is not None:
         files += [(f"mqtt.tls.{k}", getattr(config.mqtt.tls, k)) for k in ("ca", "cert", "key")]
     for key, value in files:
-        if value is not None and not os.access(value, os.R_OK):
+        if value is not None and not (os.path.isfile(value) and os.access(value, os.R_OK)):
             issues.append(ConfigIssue(key, None, f"file {value} does not exist or is not readable"))
     if config.mqtt.password_env and config.mqtt.password_env not in os.environ:
         issues.append(ConfigIssue("mqtt.password_env", None,
                                   f"environment variable {config.mqtt.password_env} is not set"))
     try:
-        load_manifest(config.pack)
+        manifest = load_manifest(config.pack)
     except ConfigError as exc:
         issues.append(ConfigIssue("pack", None, str(exc)))
+    else:
+        if config.liveness.enabled and manifest.liveness is None:
+            issues.append(ConfigIssue("liveness.enabled", None, f"pack {manifest.name!r} has no liveness model; "
+                                      "choose a pack with one or set liveness.enabled: false"))
     return issues
 
 
@@ -476,14 +594,19 @@ def _parse_path(path: str) -> tuple[Any, ...]:
     return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
 
 
-def check_file(path: str | Path) -> tuple[Config | None, list[ConfigIssue]]:
-    """Everything ``facegate config check`` reports: validation issues, then (if it validates) environment issues,
-    each with its key path and YAML line. Returns (resolved config or None, issues)."""
+def check_file(path: str | Path | None,
+               extra_cameras: list[CameraConfig] | None = None) -> tuple[Config | None, list[ConfigIssue]]:
+    """Everything ``facegate run --config path`` would refuse (``facegate config check``): validation issues
+    (plus the cross-field checks that can run on raw values), then, if it validates, ``check_environment``; each
+    with its key path and YAML line. ``path`` None checks the built-in defaults. Returns (resolved config or None,
+    issues)."""
+    if path is None:
+        config = Config()
+        return config, check_environment(config, extra_cameras)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [ConfigIssue("", None, f"cannot read {path}: {exc.strerror or exc}")]
+    text, issue = read_text(path)
+    if issue is not None:
+        return None, [issue]
     config, issues = parse_config(text, str(path))
     if config is None:
         return None, issues
@@ -492,5 +615,6 @@ def check_file(path: str | Path) -> tuple[Config | None, list[ConfigIssue]]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:  # parse_config already accepted it
         root = None
-    env = [ConfigIssue(i.path, _node_line(root, _parse_path(i.path)), i.message) for i in check_environment(config)]
+    env = [ConfigIssue(i.path, _node_line(root, _parse_path(i.path)), i.message)
+           for i in check_environment(config, extra_cameras)]
     return config, env

@@ -35,36 +35,52 @@ def register(sub: argparse._SubParsersAction) -> None:
                             epilog="Example: facegate config check config/example.yaml")
     verbs = config.add_subparsers(dest="verb", metavar="VERB")
     check = verbs.add_parser(
-        "check", help="validate a config file: every error with its key path and line; exit 2 when invalid",
+        "check", help="everything `facegate run` would refuse, with key paths and lines; exit 2 when invalid",
+        description="Validate a config file and run every start-up check of `facegate run` (pack, liveness model, "
+        "files and folders, signing key, time zones, cameras) without opening cameras, models or the broker. "
+        "Prints every problem found, each with its key path and YAML line.",
         epilog="Example: facegate config check /etc/facegate/facegate.yaml")
     check.add_argument("file", type=Path)
+    check.add_argument("--camera", action="append", default=[], metavar="URL_OR_FILE",
+                       help="cameras that `facegate run` would get on its command line (as there)")
     check.set_defaults(handler=_check)
     config.set_defaults(handler=lambda args: (config.print_help(sys.stderr), 2)[1])
 
 
-def _check(args: argparse.Namespace) -> int:
+def _checked(path: Path | None, specs: list[str], loop: bool = False):
+    """``check_file`` with the ``--camera`` specs numbered after the config's own cameras, as ``run`` does.
+    Returns (config or None, extra cameras, issues)."""
     from facegate.config import check_file
+    from facegate.runtime.service import cameras_from_args
 
-    config, issues = check_file(args.file)
+    config, issues = check_file(path)
+    if not specs:
+        return config, [], issues
+    extra = cameras_from_args(specs, loop=loop, first=len(config.cameras) + 1 if config else 1)
+    config, issues = check_file(path, extra)
+    return config, extra, issues
+
+
+def _check(args: argparse.Namespace) -> int:
+    config, extra, issues = _checked(args.file, args.camera)
     for issue in issues:
         print(f"facegate: error: {args.file}:{issue}", file=sys.stderr)
     print_json({"file": str(args.file), "valid": not issues,
                 "errors": [{"path": i.path, "line": i.line, "message": i.message} for i in issues],
-                "cameras": [c.id for c in config.cameras] if config else None,
+                "cameras": [c.id for c in [*config.cameras, *extra]] if config else None,
                 "doors": [d.id for d in config.doors] if config else None})
     return 2 if issues else 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from facegate.config import Config, check_environment, load_config
     from facegate.errors import ConfigError
-    from facegate.runtime.service import Service, cameras_from_args
+    from facegate.runtime.service import Service
 
     if not args.debug:  # the daemon logs its life at info level (journald keeps it)
         logging.getLogger("facegate").setLevel(logging.INFO)
-    config = load_config(args.config) if args.config else Config()
-    issues = check_environment(config)
-    if issues:
-        raise ConfigError(f"{args.config or 'built-in config'}: " + "; ".join(str(i) for i in issues))
-    extra = cameras_from_args(args.camera, loop=args.loop, first=len(config.cameras) + 1)
+    config, extra, issues = _checked(args.config, args.camera, args.loop)
+    if issues or config is None:
+        where = args.config or "built-in config"
+        raise ConfigError(f"{where}: {len(issues)} problem(s) (`facegate config check` lists the same):\n"
+                          + "\n".join(f"  {where}:{i}" for i in issues))
     return Service(config, config_path=args.config, extra_cameras=extra).run()

@@ -18,6 +18,7 @@ or dies later, never stops the others.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -32,7 +33,7 @@ from facegate.config import CameraConfig
 
 log = logging.getLogger(__name__)
 
-State = Literal["starting", "opening", "reading", "backoff", "ended", "stopped"]
+State = Literal["starting", "opening", "reading", "backoff", "missing", "ended", "stopped"]
 
 #: How often the watchdog looks at the readers (s).
 WATCHDOG_PERIOD_S = 0.5
@@ -110,6 +111,18 @@ class FrameSlots:
         """Wake a waiting consumer (used at shutdown)."""
         with self._cond:
             self._cond.notify_all()
+
+
+def missing_device(cam: CameraConfig) -> str | None:
+    """The device node of a ``usb``/``device`` camera when it does not exist (``/dev/videoN`` for USB index N, the
+    V4L2 naming on Linux), else None."""
+    if cam.device is not None:
+        node = cam.device
+    elif cam.usb is not None and os.path.isdir("/dev"):
+        node = f"/dev/video{cam.usb}"
+    else:
+        return None
+    return None if os.path.exists(node) else node
 
 
 def open_source(cam: CameraConfig) -> cv2.VideoCapture:
@@ -203,6 +216,19 @@ class Camera:
         cfg = self.config
         delay = cfg.backoff_initial_s
         while self._current(gen):
+            node = missing_device(cfg)
+            if node is not None:
+                # no such device: say so at once (no open attempt, no retry storm), then look again slowly in
+                # case it is plugged in later
+                if self.stats.state != "missing":
+                    self.stats.failures += 1
+                    self.stats.last_error = f"no such video device {node}"
+                    log.error("camera=%s event=device_missing device=%s note=other_cameras_continue fix='check "
+                              "the device path (ls /dev/video*) or plug the camera in'", self.id, node)
+                self._set_state(gen, "missing")
+                if self._stop.wait(cfg.backoff_max_s):
+                    break
+                continue
             self._set_state(gen, "opening")
             try:
                 cap = open_source(cfg)
@@ -368,6 +394,10 @@ class CaptureStage:
     def all_ended(self) -> bool:
         """True when every camera is a non-looping file that reached its end."""
         return bool(self.cameras) and all(c.ended for c in self.cameras.values())
+
+    def missing(self) -> list[str]:
+        """Ids of cameras whose device node does not exist (state ``missing``)."""
+        return [cid for cid, c in self.cameras.items() if c.stats.state == "missing"]
 
     def delivering(self) -> list[str]:
         """Ids of cameras that delivered at least one frame."""

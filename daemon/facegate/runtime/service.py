@@ -9,8 +9,12 @@ access rules and decision engine → MQTT broker (when configured; the first con
 While running, the main thread pings the systemd watchdog (``WATCHDOG=1`` every ``WATCHDOG_USEC``/2) only while
 the inference thread is alive and not stuck, handles SIGTERM/SIGINT (stop within ``service.stop_timeout_s`` plus
 the MQTT flush) and SIGHUP (re-read the gallery and the config file: decision thresholds, doors and cameras take
-effect at once; pack, MQTT, audit and signing changes need a restart and are logged as such). When every camera
-is a non-looping file that has ended, the service drains the last frames and exits 0 (demo and tests).
+effect at once; pack, MQTT, audit and signing changes need a restart and are logged as such; a file that fails
+any check ``facegate config check`` makes is refused whole, each problem logged with its key, and the running
+config kept). Every ``gallery.refresh_s`` seconds the main thread also follows the gallery incrementally, so an
+enrolment or an erasure by ``facegate enroll``/``facegate gallery remove`` takes effect without a signal. When
+every camera is a non-looping file that has ended, the service drains the last frames and exits 0 (demo and
+tests).
 
 Every decision goes through ``EventEmitter`` (audit log first, fsync'd, then MQTT) and, with
 ``service.stdout_events``, one JSON line on stdout. Without a broker, a warning says that no door can be driven.
@@ -30,7 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from facegate.config import CameraConfig, Config, DecisionConfig, load_config
+from facegate.config import (
+    CameraConfig,
+    Config,
+    DecisionConfig,
+    check_file,
+    default_gallery,
+    default_state_dir,
+)
 from facegate.errors import ConfigError, FacegateError, VideoError
 from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage
@@ -48,14 +59,8 @@ STUCK_CYCLE_S = 30.0
 
 
 def state_dir(config: Config) -> Path:
-    """Folder for default files: ``service.state_dir``, else systemd's ``$STATE_DIRECTORY`` (first entry), else
-    ``$XDG_STATE_HOME/facegate`` (``~/.local/state/facegate``). Created when missing."""
-    if config.service.state_dir:
-        path = Path(config.service.state_dir)
-    elif os.environ.get("STATE_DIRECTORY"):
-        path = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    else:
-        path = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "facegate"
+    """Folder for default files (``config.default_state_dir``), created when missing. Raises ``ConfigError``."""
+    path = default_state_dir(config)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -73,14 +78,6 @@ def inference_threads() -> int:
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 2
     return max(1, cpus // 2)
-
-
-def default_gallery() -> Path:
-    """The gallery ``facegate enroll`` uses by default: ``$FACEGATE_GALLERY``, else
-    ``$XDG_DATA_HOME/facegate/gallery`` (``~/.local/share/facegate/gallery``)."""
-    if os.environ.get("FACEGATE_GALLERY"):
-        return Path(os.environ["FACEGATE_GALLERY"])
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "facegate" / "gallery"
 
 
 def cameras_from_args(specs: list[str], loop: bool = False, first: int = 1) -> list[CameraConfig]:
@@ -220,6 +217,7 @@ class Service:
                  stats["templates"])
         if not stats["identities"]:
             log.warning("event=gallery_empty folder=%s note=every_face_will_be_unknown", stats["folder"])
+        self._identities = self._identity_names()
 
         self.rules = AccessRules(doors_from(cfg))
         if not cfg.doors:
@@ -261,6 +259,29 @@ class Service:
         )
         self.publisher.start(m.connect_timeout_s, require=True)
 
+    def _identity_names(self) -> dict[Any, str]:
+        return {i.id: i.name for i in self.gallery.identities()}
+
+    def refresh_gallery(self) -> bool:
+        """Follow enrolments and erasures made by other processes (``Gallery.refresh``: incremental, searches
+        continue meanwhile, the index has its own lock). Logs each identity added or removed. Returns True when
+        the gallery changed; a failure is logged and retried at the next period."""
+        try:
+            if not self.gallery.refresh():
+                return False
+            now = self._identity_names()
+        except Exception as exc:  # a locked or damaged gallery must not stop the daemon; said loudly
+            log.error("event=gallery_refresh_failed error=%r note=retrying", str(exc))
+            return False
+        before = self._identities
+        for iid in sorted(set(now) - set(before)):
+            log.info("event=gallery_identity_added id=%s name=%r", iid, now[iid])
+        for iid in sorted(set(before) - set(now)):
+            log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
+        self._identities = now
+        log.info("event=gallery_reloaded identities=%d", len(now))
+        return True
+
     def _search(self, embeddings: Any) -> list[list[tuple]]:
         return [[(m.identity_id, m.name, m.groups, m.score) for m in row] for row in self.gallery.search(embeddings, 5)]
 
@@ -270,8 +291,9 @@ class Service:
         deadline = time.monotonic() + self.config.service.ready_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             live = self.capture.delivering()
-            if len(live) == len(self.cameras):
-                return live
+            missing = self.capture.missing()
+            if len(live) + len(missing) == len(self.cameras):  # a device that does not exist: no point waiting
+                break
             time.sleep(0.05)
         live = self.capture.delivering()
         dead = {cid: c.stats.last_error or c.stats.state for cid, c in self.capture.cameras.items() if cid not in live}
@@ -364,7 +386,8 @@ class Service:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         ping_every = usec / 2e6 if usec else None
         last_ping = 0.0
-        last_stats = time.monotonic()
+        last_stats = last_refresh = time.monotonic()
+        refresh_s = self.config.gallery.refresh_s
         idle_checks = 0  # two idle looks 0.2 s apart: a frame taken but not yet marked busy is not missed
         while not self._stop.wait(0.2):
             now = time.monotonic()
@@ -378,6 +401,9 @@ class Service:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
+            elif refresh_s and now - last_refresh >= refresh_s:
+                last_refresh = now
+                self.refresh_gallery()
             if now - last_stats >= 30.0:
                 last_stats = now
                 self.log_stats()
@@ -409,10 +435,15 @@ class Service:
         running one kept."""
         self._notify("RELOADING=1")
         try:
-            self.gallery.refresh()
-            log.info("event=gallery_reloaded identities=%s", self.gallery.stats()["identities"])
+            self.refresh_gallery()
             if self.config_path is not None:
-                self._apply(load_config(self.config_path))
+                new, issues = check_file(self.config_path, self.extra_cameras)
+                if issues or new is None:
+                    for issue in issues:
+                        log.error("event=reload_refused key=%s line=%s error=%r note=running_config_kept",
+                                  issue.path or "<top>", issue.line, issue.message)
+                    return
+                self._apply(new)
         except FacegateError as exc:
             log.error("event=reload_refused error=%r note=running_config_kept", str(exc))
         except Exception:
