@@ -82,7 +82,9 @@ def test_refusals_say_why(enrolled: tuple[Path, Result], tmp_path: Path) -> None
                      str(knn() / "test" / "obama1.jpg"))
     assert forced.code == 0, forced.stderr
     again = run_cli("enroll", "--gallery", str(folder), "--name", "obama", str(knn() / "train" / "obama" / "obama.jpg"))
-    assert again.json()["results"][0]["reason"] == "this image is already enrolled for this identity"
+    assert again.code == 0, again.stderr  # a repeat is skipped, not refused
+    assert again.json()["results"][0]["status"] == "skipped" and again.json()["skipped"] == 1
+    assert "skipped" in again.stderr and "already enrolled" in again.stderr
 
 
 def test_usage_errors_need_no_models(enrolled: tuple[Path, Result], tmp_path: Path) -> None:
@@ -114,7 +116,8 @@ def test_export_import_and_erasure(enrolled: tuple[Path, Result], tmp_path: Path
     assert out.code == 0 and out.json()["templates"] == 9, out.stderr
     copy = tmp_path / "copy"
     imported = run_cli("gallery", "import", str(export), "--gallery", str(copy))
-    assert imported.code == 0 and imported.json() == {"file": str(export), "identities": 5, "templates": 9}
+    assert imported.code == 0 and imported.json() == {"file": str(export), "identities": 5, "templates": 9,
+                                                      "skipped": 0}
     rows = [json.loads(line) for line in export.read_text().splitlines()[1:]]
     obama = [np.asarray(t["embedding"], "<f4").tobytes() for r in rows if r["name"] == "obama" for t in r["templates"]]
     assert len(obama) == 2

@@ -32,7 +32,7 @@ def _open(args: argparse.Namespace, must_exist: bool = True):
     from facegate.gallery import Gallery
 
     folder = args.gallery or default_gallery()
-    if must_exist and not (folder / "gallery.db").is_file():
+    if must_exist and not (folder / "gallery.db").is_file() and not (folder / "index.json").exists():
         raise GalleryError(f"{folder}: no gallery here yet; enrol someone first (`facegate enroll`) or give "
                            "--gallery DIR")
     return Gallery(folder)
@@ -86,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("identity", help="identity name (or numeric id)")
         if name in ("export", "import"):
             p.add_argument("file", type=Path, help="JSON-lines export file")
+        if name == "export":
+            p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
         p.set_defaults(handler=globals()[f"_gallery_{name}"])
 
 
@@ -94,6 +96,26 @@ def _load_pipeline(args: argparse.Namespace, gallery_pack: str | None):
 
     pack = args.pack or gallery_pack or "default"
     return FacePipeline.load(pack, threads=args.threads, with_liveness=False)
+
+
+def _check_names(args: argparse.Namespace, people: list[tuple[str, list[Path]]]) -> None:
+    """Usage errors (exit 2) for a bad --name, --group or person folder name, before any model loads."""
+    from facegate.gallery.validate import group_problem, name_problem
+
+    for group in args.group:
+        problem = group_problem(group)
+        if problem:
+            raise UsageError(f"--group: {problem}")
+    for name, files in people:
+        problem = name_problem(name)
+        if problem:
+            where = f"--from-dir folder {str(files[0].parent)!r}" if args.from_dir else "--name"
+            raise UsageError(f"{where}: {problem}")
+
+
+def _shown(text: str) -> str:
+    """``text`` for a terminal line: as is when printable, else its escaped ``repr``."""
+    return text if text.isprintable() else repr(text)
 
 
 def _enroll(args: argparse.Namespace) -> int:
@@ -109,23 +131,44 @@ def _enroll(args: argparse.Namespace) -> int:
     if args.from_dir and args.images:
         raise UsageError("--from-dir takes no IMAGE arguments")
     people = scan_folder(args.from_dir) if args.from_dir else [(args.name, [Path(p) for p in args.images])]
+    _check_names(args, people)
+    people = [(name.strip(), files) for name, files in people]
+    outcomes = []
+    interrupted = False
+    total = sum(len(files) for _, files in people)
     with Gallery(args.gallery or default_gallery()) as gallery:
-        pipeline = _load_pipeline(args, gallery.pack.name if gallery.pack else None)
-        enroller = Enroller(gallery, pipeline, force=args.force, jitters=args.jitters)
-        total = sum(len(files) for _, files in people)
-        outcomes = []
-        with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr,
-                  disable=total < 2) as bar:
-            for name, files in people:
-                outcomes += enroller.enrol(name, files, args.group, progress=bar.update)
-    refused = [o for o in outcomes if not o.enrolled]
+        pack_name = gallery.pack.name if gallery.pack else None
+        try:
+            pipeline = _load_pipeline(args, pack_name)
+            enroller = Enroller(gallery, pipeline, force=args.force, jitters=args.jitters)
+            pack_name = enroller.pack.name
+            with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr,
+                      disable=total < 2) as bar:
+                for name, files in people:
+                    for outcome in enroller.enrol_iter(name, files, args.group, progress=bar.update):
+                        outcomes.append(outcome)
+        except KeyboardInterrupt:
+            # Each photo is its own transaction: everything in `outcomes` is committed, the photo being
+            # processed was rolled back. Closing the gallery (below) saves the index.
+            interrupted = True
+    refused = [o for o in outcomes if o.status == "refused"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    for o in skipped:
+        print(f"facegate: skipped {_shown(o.file)} ({o.identity!r}): already enrolled", file=sys.stderr)
     for o in refused:
-        print(f"facegate: refused {o.file} ({o.identity}): {o.reason}", file=sys.stderr)
-    print_json({
-        "gallery": str(gallery.folder), "pack": enroller.pack.name,
-        "enrolled": len(outcomes) - len(refused), "refused": len(refused),
+        print(f"facegate: refused {_shown(o.file)} ({o.identity!r}): {_shown(str(o.reason))}", file=sys.stderr)
+    report = {
+        "gallery": str(gallery.folder), "pack": pack_name,
+        "enrolled": len(outcomes) - len(refused) - len(skipped), "skipped": len(skipped), "refused": len(refused),
         "results": [o.to_json() for o in outcomes],
-    })
+    }
+    if interrupted:
+        report["interrupted"] = True
+        print_json(report)
+        print(f"facegate: interrupted after {len(outcomes)} of {total} photos; the report above lists what was "
+              "committed — run the same command again to continue (enrolled photos are skipped)", file=sys.stderr)
+        return 130
+    print_json(report)
     if refused:
         print(f"facegate: error: {len(refused)} of {len(outcomes)} photos refused (reasons above; "
               "the JSON report on stdout lists every file)", file=sys.stderr)
@@ -163,13 +206,15 @@ def _gallery_remove(args: argparse.Namespace) -> int:
     with _open(args) as gallery:
         ident = gallery.remove(args.identity)
         print_json({"removed": ident.name, "identity_id": ident.id, "templates": ident.templates,
-                    "note": "run `facegate gallery compact` to rewrite the files without the erased data"})
+                    "note": "a running daemon stops recognising this identity within its gallery refresh interval "
+                            "(config gallery.refresh_s, default 2 s); run `facegate gallery compact` to erase the "
+                            "bytes from the database and index files"})
     return 0
 
 
 def _gallery_export(args: argparse.Namespace) -> int:
     with _open(args) as gallery:
-        print_json({"file": str(args.file), **gallery.export(args.file)})
+        print_json({"file": str(args.file), **gallery.export(args.file, force=args.force)})
     return 0
 
 

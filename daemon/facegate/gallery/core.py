@@ -10,8 +10,10 @@ writers in one process cannot interleave; searches run concurrently and only wai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -22,7 +24,8 @@ import numpy as np
 
 from facegate.errors import GalleryError
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, Match, remove_stale_files
-from facegate.gallery.store import Identity, PackBinding, Store
+from facegate.gallery.store import FILE_MODE, Identity, PackBinding, Store
+from facegate.gallery.validate import groups_problem, name_problem
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +197,14 @@ class Gallery:
         """Add templates (N×D float32 of ``pack``) to identity ``name``, creating it if new.
 
         Quality gates and the duplicate check are the caller's (``facegate.gallery.enrol``). Returns
-        (identity id, template ids). Raises ``GalleryError`` for an empty name, a wrong shape or another pack.
+        (identity id, template ids; -1 for a template skipped because the identity already holds it, see
+        ``Store.add``). Raises ``GalleryError`` for an invalid name or group (``facegate.gallery.validate``), a
+        wrong shape, non-finite values or another pack.
         """
+        problem = name_problem(name) or groups_problem(list(groups))
+        if problem:
+            raise GalleryError(f"{problem}; give a valid --name/--group")
         name = name.strip()
-        if not name:
-            raise GalleryError("identity name is empty; give --name NAME")
         emb = np.asarray(embeddings, np.float32)
         if emb.ndim != 2 or emb.shape[1] != pack.dim or not len(emb):
             raise GalleryError(f"{name}: expected N×{pack.dim} embeddings of pack {pack.name}, got {emb.shape}")
@@ -212,10 +218,11 @@ class Gallery:
             assert self._index is not None
             identity_id, tids, generation = self.store.add(name, emb, bound, list(groups), image_sha256, quality)
             ident = self.store.identity(identity_id)
-            self._index.add(tids, identity_id, emb, names={identity_id: (ident.name, tuple(ident.groups))},
+            new = tids >= 0
+            self._index.add(tids[new], identity_id, emb[new], names={identity_id: (ident.name, tuple(ident.groups))},
                             generation=generation)
             self._dirty = True
-        log.info("gallery_enrol identity=%s templates=%d", name, len(tids))
+        log.info("gallery_enrol identity=%r templates=%d skipped=%d", name, int(new.sum()), int((~new).sum()))
         return identity_id, tids
 
     def remove(self, name_or_id: str | int) -> Identity:
@@ -242,14 +249,21 @@ class Gallery:
         return {"index_items_dropped": dropped, **self.stats()}
 
     # -- export / import --------------------------------------------------------------------------------------
-    def export(self, path: str | Path) -> dict[str, int]:
+    def export(self, path: str | Path, force: bool = False) -> dict[str, int]:
         """Write a portable JSON-lines file: a header line (format, pack) then one line per identity with its
-        templates (embeddings as float lists, source sha256, quality). Written atomically."""
+        templates (embeddings as float lists, source sha256, quality). Written atomically, mode 0600 (biometric
+        data). Raises ``GalleryError`` when ``path`` exists (unless ``force``) or cannot be written."""
         path = Path(path)
+        if path.exists() and not force:
+            raise GalleryError(f"{path}: the file already exists; give another file name or --force to overwrite it")
+        if path.is_dir():
+            raise GalleryError(f"{path}: is a directory; give a file name")
         tmp = path.with_name(f".{path.name}.tmp")
         n_ids = n_templates = 0
         try:
-            with open(tmp, "w", encoding="utf-8") as out:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            os.fchmod(fd, FILE_MODE)  # an old temporary may have had other bits
+            with open(fd, "w", encoding="utf-8") as out:
                 header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
                           "pack": self.pack.name if self.pack else None,
                           "dim": self.pack.dim if self.pack else None, "metric": self.metric}
@@ -258,15 +272,26 @@ class Gallery:
                     out.write(json.dumps(row) + "\n")
                     n_ids += 1
                     n_templates += len(row["templates"])
+                out.flush()
+                os.fsync(out.fileno())
             tmp.replace(path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise GalleryError(f"{path}: cannot write the export ({exc.strerror})") from None
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise GalleryError(f"{path}: cannot write the export ({exc.strerror or exc}); check that the folder "
+                               f"{path.parent} exists and is a writable directory") from None
         return {"identities": n_ids, "templates": n_templates}
 
     def import_file(self, path: str | Path) -> dict[str, int]:
-        """Read a file written by ``export``; refuses a file of another pack than this gallery's (GalleryError).
-        Identities already present get the imported templates added (same name = same person)."""
+        """Read a file written by ``export``; all or nothing (one SQLite transaction).
+
+        Every record is validated before anything is written: a malformed line, a bad name or group, an
+        embedding of the wrong size or with NaN/infinity raises ``GalleryError`` naming ``FILE:LINE`` and nothing
+        is imported. A file of another pack than this gallery's is refused. Identities already present get the
+        imported templates added (same name = same person); a template the identity already holds (same source
+        image sha256 or identical embedding) is skipped, so importing a file twice or into the gallery it came
+        from adds nothing. Returns ``{"identities", "templates" (added), "skipped"}``.
+        """
         path = Path(path)
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -278,10 +303,10 @@ class Gallery:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
             header = {}
-        if header.get("format") != EXPORT_FORMAT:
+        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
             raise GalleryError(f"{path}: not a facegate gallery export (first line must be its header)")
         if header.get("pack") is None:
-            return {"identities": 0, "templates": 0}
+            return {"identities": 0, "templates": 0, "skipped": 0}
         try:
             pack = PackBinding(str(header["pack"]), int(header["dim"]), str(header["metric"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -290,21 +315,42 @@ class Gallery:
         if bound is not None and bound != pack:
             raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into {self.folder}, "
                                f"which holds pack {bound.describe()}; import into another --gallery folder")
-        n_ids = n_templates = 0
-        for lineno, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                emb = np.array([t["embedding"] for t in row["templates"]], np.float32).reshape(-1, pack.dim)
-                shas = [t.get("image_sha256") for t in row["templates"]]
-                quals = [t.get("quality", {}) for t in row["templates"]]
-                name, groups = str(row["name"]), list(row.get("groups", []))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise GalleryError(f"{path}:{lineno}: malformed identity record ({exc}); nothing after it imported"
-                                   ) from None
-            if len(emb):
-                self.enrol(name, emb, pack, groups, shas, quals)
-                n_templates += len(emb)
-            n_ids += 1
-        return {"identities": n_ids, "templates": n_templates}
+        records = [_import_record(path, lineno, line, pack)
+                   for lineno, line in enumerate(lines[1:], start=2) if line.strip()]
+        with self._write_lock:
+            added, skipped, _ = self.store.add_many(pack, records)
+            self.refresh()  # adds the new templates (and names) to the index, or opens it
+        log.info("gallery_import file=%s identities=%d templates=%d skipped=%d", path, len(records), added, skipped)
+        return {"identities": len(records), "templates": added, "skipped": skipped}
+
+
+def _import_record(path: Path, lineno: int, line: str, pack: PackBinding) -> dict[str, Any]:
+    """Parse and validate one identity line of an export (see ``Gallery.import_file``)."""
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise TypeError("the line is not a JSON object")
+        templates = row["templates"]
+        if not isinstance(templates, list) or not all(isinstance(t, dict) for t in templates):
+            raise TypeError("'templates' is not a list of objects")
+        emb = np.array([t["embedding"] for t in templates], np.float64).reshape(-1, pack.dim)
+        shas = [t.get("image_sha256") for t in templates]
+        quals = [t.get("quality", {}) for t in templates]
+        name, groups = row["name"], row.get("groups", [])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise GalleryError(f"{where}: malformed identity record ({exc}); nothing was imported") from None
+    problem = name_problem(name) or groups_problem(groups)
+    if problem:
+        raise GalleryError(f"{where}: {problem}; nothing was imported")
+    if not np.isfinite(emb).all() or (np.abs(emb) > np.finfo(np.float32).max).any():
+        raise GalleryError(f"{where}: identity {name.strip()!r} has an embedding with NaN, infinity or a value out "
+                           "of float32 range; nothing was imported")
+    for sha in shas:
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                    and all(c in "0123456789abcdef" for c in sha)):
+            raise GalleryError(f"{where}: image_sha256 {sha!r} is not 64 lower-case hex digits; nothing was imported")
+    if not all(isinstance(q, dict) for q in quals):
+        raise GalleryError(f"{where}: a template's quality is not a JSON object; nothing was imported")
+    return {"name": name.strip(), "embeddings": emb.astype(np.float32), "groups": list(groups),
+            "image_sha256": shas, "quality": quals}

@@ -11,14 +11,15 @@ Gates (each refusal names its reason; limits in ``QualityLimits``):
    frontal face, growing with yaw);
 5. duplicate check: a face whose comparison score passes the pack's threshold against a *different* identity is
    refused unless ``force`` (one person must not be enrolled under two names); an image already enrolled for this
-   identity (same sha256) is refused as a repeat.
+   identity (same sha256) is skipped ("already enrolled", not a refusal), so re-running an interrupted enrolment
+   only adds what is missing. SQLite's UNIQUE (identity, image sha256) index makes this hold across processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 BLUR_CROP_PX = 112
+ALREADY_ENROLLED = "already enrolled: this image is already a template of this identity"
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,14 @@ class Outcome:
     reason: str | None = None
     quality: dict[str, Any] = field(default_factory=dict)
     template_id: int | None = None
+    skipped: bool = False  # already enrolled for this identity: neither added nor refused
+
+    @property
+    def status(self) -> str:
+        return "enrolled" if self.enrolled else "skipped" if self.skipped else "refused"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"file": self.file, "identity": self.identity,
-                               "status": "enrolled" if self.enrolled else "refused"}
+        out: dict[str, Any] = {"file": self.file, "identity": self.identity, "status": self.status}
         if self.reason:
             out["reason"] = self.reason
         if self.template_id is not None:
@@ -139,13 +145,18 @@ class Enroller:
     def __init__(self, gallery: Gallery, pipeline: Any, limits: QualityLimits | None = None,
                  force: bool = False, jitters: int = 0) -> None:
         """``jitters`` ≥ 2: each template is the mean descriptor of that many jittered copies of the face
-        (``facegate.packs.jitter``; dlib recogniser only; raises ``UsageError`` for a negative count)."""
+        (``facegate.packs.jitter``; raises ``UsageError`` for a negative count, or — before any photo is
+        processed — when the pack's recogniser has no jitter support, i.e. no ``jittered_chips``, as
+        ``FacePipeline.embed_many`` checks)."""
         from facegate.packs.jitter import effective_count
 
         try:
             self.jitters = effective_count(jitters)
         except ValueError as exc:
             raise UsageError(f"--jitters {jitters!r}: {exc}") from None
+        if self.jitters and not hasattr(getattr(pipeline, "recogniser", None), "jittered_chips"):
+            raise UsageError(f"--jitters {jitters}: pack {pipeline.manifest.name!r} has no jitter support (it is "
+                             "implemented for the dlib recogniser only); use --jitters 0")
         self.gallery = gallery
         self.pipeline = pipeline
         self.pack = pack_binding(pipeline)
@@ -161,8 +172,13 @@ class Enroller:
         Every file gets an ``Outcome`` (refusals carry the reason); one bad file never stops the others.
         ``progress(n)`` is called after each file.
         """
+        return list(self.enrol_iter(name, files, groups, progress))
+
+    def enrol_iter(self, name: str, files: Sequence[str | Path], groups: Iterable[str] = (),
+                   progress: Callable[[int], None] | None = None) -> Iterator[Outcome]:
+        """``enrol`` yielding each ``Outcome`` as soon as its photo is committed (or refused), so that a caller
+        interrupted (Ctrl-C) can report exactly what was stored."""
         groups = list(groups)
-        outcomes: list[Outcome] = []
         existing: set[str] = set()
         with contextlib.suppress(GalleryError):  # GalleryError: a new identity, nothing enrolled yet
             existing = {str(t["image_sha256"]) for t in self.gallery.identity(name).template_info}
@@ -170,12 +186,11 @@ class Enroller:
             outcome = self._one(name, Path(path), groups, existing)
             if outcome.enrolled and outcome.quality.get("image_sha256"):
                 existing.add(outcome.quality["image_sha256"])
-            outcomes.append(outcome)
-            log.info("enrol file=%s identity=%s status=%s reason=%s", path, name,
-                     "enrolled" if outcome.enrolled else "refused", outcome.reason)
+            log.info("enrol file=%r identity=%r status=%s reason=%s", str(path), name, outcome.status,
+                     outcome.reason)
             if progress:
                 progress(1)
-        return outcomes
+            yield outcome
 
     def _one(self, name: str, path: Path, groups: list[str], existing: set[str]) -> Outcome:
         try:
@@ -183,7 +198,7 @@ class Enroller:
         except OSError as exc:
             return Outcome(str(path), name, False, f"cannot read the file ({exc.strerror or exc})")
         if sha in existing:
-            return Outcome(str(path), name, False, "this image is already enrolled for this identity")
+            return Outcome(str(path), name, False, ALREADY_ENROLLED, skipped=True)
         try:
             image = load_image(path)
             dets = (self.pipeline.analyse([image], jitters=self.jitters) if self.jitters
@@ -206,6 +221,8 @@ class Enroller:
                                "if they really are different people", quality)
         stored = {k: v for k, v in quality.items() if k != "image_sha256"}
         _, tids = self.gallery.enrol(name, embedding, self.pack, groups, [sha], [stored])
+        if tids[0] < 0:  # another process enrolled this photo meanwhile (UNIQUE index)
+            return Outcome(str(path), name, False, ALREADY_ENROLLED, quality, skipped=True)
         return Outcome(str(path), name, True, None, quality, int(tids[0]))
 
 
@@ -247,17 +264,23 @@ def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: in
             continue
         dets = pipeline.analyse([image])[0]
         emb = dets.data.get("embeddings", np.zeros((0, pack.dim), np.float32))
-        found = gallery.search(emb, k=k) if len(dets) else []
+        finite = np.isfinite(emb).all(axis=1) if len(emb) else np.zeros(0, bool)
+        found = gallery.search(np.where(np.isfinite(emb), emb, 0.0), k=k) if len(dets) else []
         faces = []
-        for face, matches in zip(dets.to_json(), found, strict=True):
+        for i, (face, matches) in enumerate(zip(dets.to_json(), found, strict=True)):
+            # Fail closed: a non-finite probe or score is "unknown" and printed as null (JSON has no NaN).
+            matches = [m for m in matches if np.isfinite(m.score)] if finite[i] else []
             top = matches[0] if matches else None
             accepted = top is not None and better(pack.metric, top.score, pipeline.threshold)
-            faces.append({
+            row = {
                 "box": face["box"],
-                "detector_score": face["score"],
+                "detector_score": face["score"] if np.isfinite(face["score"]) else None,
                 "decision": top.name if accepted and top else "unknown",
                 "score": round(top.score, 5) if top else None,
                 "matches": [m.to_json() for m in matches],
-            })
+            }
+            if not finite[i]:
+                row["error"] = "the face's embedding is not finite (NaN or infinity); treated as unknown"
+            faces.append(row)
         results.append({"image": str(path), "metric": pack.metric, "threshold": pipeline.threshold, "faces": faces})
     return results

@@ -278,6 +278,7 @@ class GalleryIndex:
         path = folder / name
         with self._lock:
             self._index.save_index(str(path))
+            os.chmod(path, 0o600)  # biometric data: owner only, whatever the umask
             generation = self.generation
             meta = {
                 "format": INDEX_FORMAT, "gallery_id": gallery_id, "generation": generation, "pack": pack,
@@ -289,7 +290,7 @@ class GalleryIndex:
         meta["sha256"] = _sha256_file(path)
         meta["bytes"] = path.stat().st_size
         tmp = folder / f".{META_NAME}.{secrets.token_hex(4)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
             json.dump(meta, handle)
             handle.flush()
             os.fsync(handle.fileno())

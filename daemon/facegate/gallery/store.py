@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import secrets
 import sqlite3
 import threading
@@ -33,6 +35,9 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.gallery.validate import group_problem
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "gallery.db"
@@ -58,6 +63,30 @@ CREATE TABLE IF NOT EXISTS templates (
 );
 CREATE INDEX IF NOT EXISTS templates_identity ON templates(identity_id);
 """
+
+#: One template per (identity, source image): two concurrent enrolments of the same photo cannot both land.
+#: Partial (``WHERE image_sha256 IS NOT NULL``) because imported templates may have no known source image.
+_UNIQUE_INDEX = "templates_identity_image"
+_UNIQUE_SQL = (f"CREATE UNIQUE INDEX IF NOT EXISTS {_UNIQUE_INDEX} ON templates(identity_id, image_sha256) "
+               "WHERE image_sha256 IS NOT NULL")
+#: Private files: face templates are biometric data (GDPR art. 9), readable by the owner only whatever the umask.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_RESTORE = "restore the gallery from an export (`facegate gallery import FILE --gallery NEW_DIR`)"
+
+
+def private_dir(folder: Path) -> None:
+    """Create ``folder`` (and parents) and make it 0700, whatever the umask (raises OSError)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder.stat().st_mode & 0o777) != DIR_MODE:
+        os.chmod(folder, DIR_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Make an existing file 0600 (no-op when it is already); a file that has vanished is ignored."""
+    with contextlib.suppress(FileNotFoundError):
+        if (path.stat().st_mode & 0o777) != FILE_MODE:
+            os.chmod(path, FILE_MODE)
 
 
 def utc_now() -> str:
@@ -117,7 +146,11 @@ class Store:
         self.path = self.folder / DB_NAME
         self._lock = threading.RLock()
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            private_dir(self.folder)
+            self._refuse_lost_database()
+            # Create the file 0600 before SQLite does (it would use the umask); -wal/-shm inherit its mode.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            private_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -128,18 +161,126 @@ class Store:
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     cur.execute(statement)
                 if self._meta(cur, "gallery_id") is None:
+                    stored = cur.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+                    if stored:  # the meta table was lost; its pack binding cannot be guessed
+                        raise GalleryError(
+                            f"{self.folder}: the gallery database holds {stored} templates but its meta table "
+                            f"(pack, embedding size, metric) is missing or empty; {_RESTORE}")
                     self._set_meta(cur, "schema", str(SCHEMA_VERSION))
                     self._set_meta(cur, "gallery_id", secrets.token_hex(8))
                     self._set_meta(cur, "generation", "0")
-            schema = self.meta("schema")
-            if schema != str(SCHEMA_VERSION):
-                raise GalleryError(f"{self.path}: gallery schema {schema} is not {SCHEMA_VERSION}; "
-                                   "export it with the facegate version that wrote it and import it again")
-        except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"{self.path}: cannot open the gallery database ({exc}); "
-                               "restore it from an export or choose another --gallery folder") from None
-        except OSError as exc:
-            raise GalleryError(f"{self.folder}: cannot create the gallery folder ({exc.strerror})") from None
+                schema = self._meta(cur, "schema")
+                if schema != str(SCHEMA_VERSION):
+                    raise GalleryError(f"{self.path}: gallery schema {schema} is not {SCHEMA_VERSION}; "
+                                       "export it with the facegate version that wrote it and import it again")
+                self._migrate_unique(cur)
+            for suffix in ("-wal", "-shm"):
+                private_file(self.folder / (DB_NAME + suffix))
+            self.check()
+        except BaseException as exc:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise GalleryError(f"{self.path}: cannot open the gallery database ({exc}); "
+                                   "restore it from an export or choose another --gallery folder") from None
+            if isinstance(exc, OSError):
+                raise GalleryError(f"{self.folder}: cannot open or create the gallery folder "
+                                   f"({exc.strerror or exc})") from None
+            raise
+
+    def _refuse_lost_database(self) -> None:
+        """Refuse a folder whose index files survive but whose ``gallery.db`` is missing or 0 bytes (a crash or a
+        full disk): re-creating an empty gallery there would silently drop every enrolled person."""
+        try:
+            size: int | None = self.path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size:
+            return
+        leftovers = sorted(p.name for p in self.folder.iterdir()
+                           if p.name == "index.json" or (p.name.startswith("index-") and p.name.endswith(".hnsw")))
+        if leftovers:
+            state = "is missing" if size is None else "is empty (0 bytes)"
+            raise GalleryError(
+                f"{self.folder}: {DB_NAME} {state} but this folder held a gallery ({', '.join(leftovers[:3])}); "
+                f"refusing to start an empty gallery in its place — {_RESTORE}, restore the folder from a backup, "
+                "or give --gallery a new folder")
+
+    def _migrate_unique(self, cur: sqlite3.Cursor) -> None:
+        """Create the (identity, image sha256) UNIQUE index on galleries written before it existed, first
+        deleting duplicate rows (keeping the oldest template of each pair) that concurrent enrolments left."""
+        if cur.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?", (_UNIQUE_INDEX,)).fetchone():
+            return
+        cur.execute("DELETE FROM templates WHERE image_sha256 IS NOT NULL AND id NOT IN "
+                    "(SELECT MIN(id) FROM templates WHERE image_sha256 IS NOT NULL "
+                    "GROUP BY identity_id, image_sha256)")
+        if cur.rowcount > 0:
+            log.warning("gallery_duplicates_removed folder=%s templates=%d", self.folder, cur.rowcount)
+            self._bump(cur)
+        cur.execute(_UNIQUE_SQL)
+
+    def check(self, batch: int = 50_000) -> None:
+        """Verify every record the search depends on; raise ``GalleryError`` naming the gallery, the identity and
+        the template, and how to recover, for the first defect found. Fail closed: a corrupt template must not
+        be searched (a NaN distance compares false against every threshold) nor silently skipped.
+
+        Checks: meta ``dim``/``generation`` are integers and ``metric`` is known; every embedding blob is exactly
+        dim × 4 bytes and holds finite float32 values; every identity's groups are a JSON list of valid groups.
+        Cost: one pass over the blobs (≈ 0.5 s per million 128-d templates)."""
+        with self._lock:
+            db = self._db
+            for row_id, name, groups in db.execute("SELECT id, name, groups FROM identities"):
+                self._parse_groups(groups, name, row_id)
+            generation = self._meta(db.cursor(), "generation")
+            if generation is None or not generation.isdigit():
+                raise GalleryError(f"{self.folder}: meta generation {generation!r} is not a number; {_RESTORE}")
+            binding = self.binding()
+            if binding is None:
+                return
+            size = binding.dim * 4
+            bad = db.execute("SELECT t.id, i.name, length(t.embedding) FROM templates t "
+                             "LEFT JOIN identities i ON i.id = t.identity_id "
+                             "WHERE typeof(t.embedding) != 'blob' OR length(t.embedding) != ? LIMIT 1",
+                             (size,)).fetchone()
+            if bad:
+                raise GalleryError(
+                    f"{self.folder}: template {bad[0]} of identity {bad[1]!r} is {bad[2]} bytes, but the gallery's "
+                    f"pack {binding.describe()} needs {size} bytes (meta dim and stored templates disagree); "
+                    f"{self._repair_hint(bad[0])}")
+            cursor = db.execute("SELECT id, embedding FROM templates ORDER BY id")
+            while rows := cursor.fetchmany(batch):
+                vecs = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), binding.dim)
+                finite = np.isfinite(vecs).all(axis=1)
+                if not finite.all():
+                    tid = int(rows[int(np.argmin(finite))][0])
+                    who = db.execute("SELECT i.name FROM templates t LEFT JOIN identities i ON i.id = t.identity_id "
+                                     "WHERE t.id=?", (tid,)).fetchone()
+                    raise GalleryError(
+                        f"{self.folder}: template {tid} of identity {who[0] if who else None!r} holds NaN or "
+                        f"infinite values (corrupt data); the gallery refuses to open so that no search runs "
+                        f"against it — {self._repair_hint(tid)}")
+
+    def _repair_hint(self, template_id: int) -> str:
+        return (f"{_RESTORE}, or delete that template (`sqlite3 {self.path} "
+                f"\"DELETE FROM templates WHERE id={template_id}\"`) and re-enrol the person")
+
+    def _parse_groups(self, raw: object, name: object, identity_id: int) -> list[str]:
+        try:
+            groups = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            groups = None
+        if not isinstance(groups, list) or any(group_problem(g) for g in groups):
+            raise GalleryError(f"{self.folder}: identity {identity_id} ({name!r}) has corrupt groups {raw!r} "
+                               f"(not a JSON list of group names); {_RESTORE}, or set them with sqlite3: "
+                               f"UPDATE identities SET groups='[]' WHERE id={identity_id}")
+        return groups
+
+    def _parse_quality(self, raw: object) -> Any:
+        try:
+            return json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            return {"corrupt": str(raw)[:200]}  # display only: quality records never affect a decision
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     @contextmanager
@@ -191,20 +332,23 @@ class Store:
 
     # -- pack binding -----------------------------------------------------------------------------------------
     def binding(self) -> PackBinding | None:
-        """The bound pack, or None for a gallery that has never held a template."""
+        """The bound pack, or None for a gallery that has never held a template (``GalleryError`` when the
+        meta rows are corrupt)."""
         name = self.meta("pack")
         if name is None:
+            if self.counts()[1]:
+                raise GalleryError(f"{self.folder}: the gallery holds templates but its meta table names no pack "
+                                   f"(pack, embedding size, metric lost); {_RESTORE}")
             return None
-        return PackBinding(name, int(self.meta("dim") or 0), str(self.meta("metric")))
+        dim = self.meta("dim")
+        if dim is None or not dim.isdigit():
+            raise GalleryError(f"{self.folder}: meta dim {dim!r} is not an embedding size; {_RESTORE}")
+        return PackBinding(name, int(dim), str(self.meta("metric")))
 
     def bind(self, pack: PackBinding) -> PackBinding:
         """Bind an unbound gallery to ``pack``; raise ``GalleryError`` if it is bound to a different pack."""
         with self.transaction() as cur:
-            name = self._meta(cur, "pack")
-            if name is None:
-                self._set_meta(cur, "pack", pack.name)
-                self._set_meta(cur, "dim", str(pack.dim))
-                self._set_meta(cur, "metric", pack.metric)
+            if self._bind_in(cur, pack):
                 return pack
         bound = self.binding()
         assert bound is not None
@@ -215,10 +359,18 @@ class Store:
             )
         return bound
 
+    def _bind_in(self, cur: sqlite3.Cursor, pack: PackBinding) -> bool:
+        """Inside a transaction: bind an unbound gallery to ``pack``; True when it was unbound."""
+        if self._meta(cur, "pack") is not None:
+            return False
+        self._set_meta(cur, "pack", pack.name)
+        self._set_meta(cur, "dim", str(pack.dim))
+        self._set_meta(cur, "metric", pack.metric)
+        return True
+
     # -- identities -------------------------------------------------------------------------------------------
-    @staticmethod
-    def _identity(row: tuple) -> Identity:
-        return Identity(row[0], row[1], json.loads(row[2]), row[3], row[4], int(row[5]))
+    def _identity(self, row: tuple) -> Identity:
+        return Identity(row[0], row[1], self._parse_groups(row[2], row[1], row[0]), row[3], row[4], int(row[5]))
 
     _IDENTITY_SELECT = ("SELECT i.id, i.name, i.groups, i.created_at, i.updated_at, "
                         "(SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id) FROM identities i")
@@ -239,7 +391,7 @@ class Store:
                                    "see `facegate gallery list`")
             ident = self._identity(row)
             ident.template_info = [
-                {"id": t, "image_sha256": sha, "quality": json.loads(q), "created_at": c}
+                {"id": t, "image_sha256": sha, "quality": self._parse_quality(q), "created_at": c}
                 for t, sha, q, c in self._db.execute(
                     "SELECT id, image_sha256, quality, created_at FROM templates WHERE identity_id=? ORDER BY id",
                     (ident.id,),
@@ -255,7 +407,7 @@ class Store:
             marks = ",".join("?" * len(identity_ids))
             rows = self._db.execute(f"SELECT id, name, groups FROM identities WHERE id IN ({marks})",
                                     list(identity_ids)).fetchall()
-        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+        return {r[0]: (r[1], self._parse_groups(r[2], r[1], r[0])) for r in rows}
 
     # -- templates --------------------------------------------------------------------------------------------
     def add(
@@ -269,36 +421,65 @@ class Store:
     ) -> tuple[int, np.ndarray, int]:
         """Add templates (N×D float32) to identity ``name`` (created if new; ``groups`` are merged in).
 
-        Returns (identity id, template ids N int64, new generation). One transaction: all or nothing.
+        A template is skipped (its id is -1) when the identity already holds one from the same source image
+        (sha256; enforced by a UNIQUE index, so concurrent writers cannot both add it) or with the identical
+        embedding. Returns (identity id, template ids N int64 with -1 for skipped ones, new generation).
+        One transaction: all or nothing.
         """
+        with self.transaction() as cur:
+            identity_id, ids = self._add_in(cur, name, embeddings, pack, groups, image_sha256, quality, utc_now())
+            generation = self._bump(cur)
+        return identity_id, ids, generation
+
+    def add_many(self, pack: PackBinding, records: list[dict[str, Any]]) -> tuple[int, int, int]:
+        """Bind to ``pack`` if unbound and add every record (``name``, ``embeddings`` N×D, ``groups``,
+        ``image_sha256``, ``quality`` as for ``add``) in ONE transaction: a failure adds nothing.
+        Returns (templates added, templates skipped as already present, new generation)."""
+        added = skipped = 0
+        now = utc_now()
+        with self.transaction() as cur:
+            self._bind_in(cur, pack)
+            for rec in records:
+                _, ids = self._add_in(cur, rec["name"], rec["embeddings"], pack, rec.get("groups"),
+                                      rec.get("image_sha256"), rec.get("quality"), now)
+                added += int((ids >= 0).sum())
+                skipped += int((ids < 0).sum())
+            generation = self._bump(cur)
+        return added, skipped, generation
+
+    def _add_in(self, cur: sqlite3.Cursor, name: str, embeddings: np.ndarray, pack: PackBinding,
+                groups: list[str] | None, image_sha256: list[str | None] | None,
+                quality: list[dict[str, Any]] | None, now: str) -> tuple[int, np.ndarray]:
         n = len(embeddings)
         shas = image_sha256 or [None] * n
         quals = quality or [{}] * n
         if len(shas) != n or len(quals) != n:
             raise ValueError("Store.add: image_sha256 and quality need one entry per embedding")
-        now = utc_now()
-        with self.transaction() as cur:
-            row = cur.execute("SELECT id, groups FROM identities WHERE name=?", (name,)).fetchone()
-            if row is None:
-                cur.execute("INSERT INTO identities(name, groups, created_at, updated_at) VALUES(?,?,?,?)",
-                            (name, json.dumps(sorted(set(groups or []))), now, now))
-                identity_id = int(cur.lastrowid or 0)
-            else:
-                identity_id = int(row[0])
-                merged = sorted(set(json.loads(row[1])) | set(groups or []))
-                cur.execute("UPDATE identities SET groups=?, updated_at=? WHERE id=?",
-                            (json.dumps(merged), now, identity_id))
-            ids = np.empty(n, np.int64)
-            for i in range(n):
-                blob = np.ascontiguousarray(embeddings[i], dtype="<f4").tobytes()
-                cur.execute(
-                    "INSERT INTO templates(identity_id, embedding, pack, metric, image_sha256, quality, created_at) "
-                    "VALUES(?,?,?,?,?,?,?)",
-                    (identity_id, blob, pack.name, pack.metric, shas[i], json.dumps(quals[i]), now),
-                )
+        row = cur.execute("SELECT id, groups FROM identities WHERE name=?", (name,)).fetchone()
+        if row is None:
+            cur.execute("INSERT INTO identities(name, groups, created_at, updated_at) VALUES(?,?,?,?)",
+                        (name, json.dumps(sorted(set(groups or []))), now, now))
+            identity_id = int(cur.lastrowid or 0)
+        else:
+            identity_id = int(row[0])
+            merged = sorted(set(self._parse_groups(row[1], name, identity_id)) | set(groups or []))
+            cur.execute("UPDATE identities SET groups=?, updated_at=? WHERE id=?",
+                        (json.dumps(merged), now, identity_id))
+        ids = np.full(n, -1, np.int64)
+        for i in range(n):
+            blob = np.ascontiguousarray(embeddings[i], dtype="<f4").tobytes()
+            if cur.execute("SELECT 1 FROM templates WHERE identity_id=? AND embedding=?",
+                           (identity_id, blob)).fetchone():
+                continue
+            cur.execute(
+                "INSERT INTO templates(identity_id, embedding, pack, metric, image_sha256, quality, created_at) "
+                "VALUES(?,?,?,?,?,?,?) "
+                "ON CONFLICT(identity_id, image_sha256) WHERE image_sha256 IS NOT NULL DO NOTHING",
+                (identity_id, blob, pack.name, pack.metric, shas[i], json.dumps(quals[i]), now),
+            )
+            if cur.rowcount == 1:
                 ids[i] = int(cur.lastrowid or 0)
-            generation = self._bump(cur)
-        return identity_id, ids, generation
+        return identity_id, ids
 
     def set_groups(self, name: str, groups: list[str]) -> None:
         ident = self.identity(name)
@@ -348,7 +529,12 @@ class Store:
                     continue
                 tids = np.array([r[0] for r in rows], np.int64)
                 iids = np.array([r[1] for r in rows], np.int64)
-                vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dim)
+                blobs = [r[2] for r in rows]
+                if any(not isinstance(b, bytes) or len(b) != dim * 4 for b in blobs) or dim == 0:
+                    self.check()  # raises the GalleryError naming the template
+                vecs = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rows), dim)
+                if not np.isfinite(vecs).all():  # written by another process after this one opened
+                    self.check()
                 yield tids, iids, vecs.astype(np.float32)
 
     def export_rows(self) -> Iterator[dict[str, Any]]:
@@ -365,7 +551,7 @@ class Store:
                 "updated_at": ident.updated_at,
                 "templates": [
                     {"embedding": np.frombuffer(e, "<f4").astype(float).tolist(), "image_sha256": sha,
-                     "quality": json.loads(q), "created_at": c}
+                     "quality": self._parse_quality(q), "created_at": c}
                     for e, sha, q, c in rows
                 ],
             }
