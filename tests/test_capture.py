@@ -118,6 +118,28 @@ def test_dead_camera_does_not_stop_the_others():
     assert stage.delivering() == ["good"]
 
 
+def test_missing_device_is_reported_at_once_and_the_others_continue(tmp_path):
+    video = need_shared(STAGE)
+    node = "/dev/video7"
+    if os.path.exists(node):
+        pytest.skip(f"this machine has a {node}")
+    missing = CameraConfig(id="missing", device=node, backoff_initial_s=0.1, backoff_max_s=0.3)
+    good = CameraConfig(id="good", file=str(video), stop_s=1.0)
+    stage = CaptureStage([missing, good])
+    stage.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.0 and stage.missing() != ["missing"]:
+        time.sleep(0.01)
+    found_s = time.monotonic() - t0
+    frames = _collect(stage, 4.0, until=lambda _: stage.cameras["good"].ended)
+    still_missing = stage.missing()  # it kept looking without reopening: still missing once the file ended
+    stage.stop()
+    assert still_missing == ["missing"] and found_s < 0.5, found_s
+    st = stage.cameras["missing"].stats
+    assert st.last_error == f"no such video device {node}" and st.failures == 1 and st.opens == 0
+    assert {f.camera_id for f in frames} == {"good"} and stage.cameras["good"].ended
+
+
 def test_rtsp_reconnects_after_server_restart(rtsp_server):
     cam = CameraConfig(id="rtsp", url=rtsp_server.url, open_timeout_s=3, read_timeout_s=2, stall_timeout_s=5,
                        backoff_initial_s=0.2, backoff_max_s=1.0)

@@ -429,3 +429,71 @@ def test_systemd_unit_verifies():
         run = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "facegate.service" not in run.stderr, run.stderr
+
+
+# ------------------------------------------------------------------------------------------- erasure and reload
+def test_erasure_reaches_the_running_daemon_and_a_bad_reload_is_refused(gallery, tmp_path):
+    own_gallery = tmp_path / "gallery"
+    shutil.copytree(gallery, own_gallery)
+    ghost = {"id": "ghost", "device": "/dev/video7", "door": "front"}  # a device that does not exist
+    if Path(ghost["device"]).exists():
+        pytest.skip("this machine has a /dev/video7")
+    cams = [_camera("stage", STAGE, "front", start_s=2.6, stop_s=7.0, loop=True), ghost]
+    cfg = _base(own_gallery, cams, [{"id": "front", "cooldown_s": 0}], repeat_after_s=0.5)
+    daemon = Daemon(tmp_path, cfg).start()  # gallery.refresh_s: the default, 2 s
+    try:
+        assert daemon.wait_log("event=ready", 90), daemon.log()[-3000:]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _grants(daemon.events()):
+            time.sleep(0.1)
+        assert _grants(daemon.events()), daemon.log()[-3000:]
+        remove = _facegate("gallery", "remove", "--gallery", str(own_gallery), MIRANDA)
+        assert remove.returncode == 0, remove.stderr
+        removed = datetime.now(UTC)
+        assert daemon.wait_log(f"event=gallery_identity_removed id=1 name='{MIRANDA}'", 10), daemon.log()[-3000:]
+        # votes already cast may still count for max_frame_age_s (1.5 s); later ones cannot name him
+        settled = datetime.now(UTC).timestamp() + 1.6
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not [
+                e for e in daemon.events() if e["type"] == "unknown" and
+                parse_rfc3339(e["decided_at"]).timestamp() > settled]:
+            time.sleep(0.2)
+        # SIGHUP with a key file that does not exist: refused whole, naming the key; the daemon keeps running
+        daemon.config.write_text(daemon.config.read_text().replace(str(daemon.key), str(tmp_path / "gone.key")))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_log("event=reload_refused key=signing.key_file", 20), daemon.log()[-3000:]
+        code, _ = daemon.terminate()
+    finally:
+        daemon.kill()
+    log = daemon.log()
+    assert code == 0, log[-3000:]
+    assert "camera=ghost event=device_missing device=/dev/video7" in log
+    assert "event=camera_not_delivering camera=ghost" in log and "event=config_reloaded" not in log
+    events = daemon.events()
+    late = [e for e in events if parse_rfc3339(e["decided_at"]).timestamp() > settled]
+    assert late and all(e["type"] == "unknown" for e in late), (removed, late)
+    assert all(e["camera"] == "stage" for e in events)
+
+
+def test_missing_device_as_the_only_camera_exits_1_at_once(tmp_path):
+    if Path("/dev/video7").exists():
+        pytest.skip("this machine has a /dev/video7")
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "FACEGATE_GALLERY": str(tmp_path / "g")}
+    t0 = time.monotonic()
+    run = _facegate("run", "--camera", "/dev/video7", timeout=120, env=env)
+    took = time.monotonic() - t0
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "no such video device /dev/video7" in run.stderr and "Traceback" not in run.stderr
+    assert took < 25, took  # models load, then no 30 s wait for a camera that cannot appear
+
+
+def test_audit_path_under_a_file_is_named(tmp_path):
+    (tmp_path / "plain").write_text("x")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"cameras": [{"id": "a", "file": str(need_shared(STAGE))}],
+                                   "audit": {"path": str(tmp_path / "plain" / "audit.jsonl")},
+                                   "service": {"state_dir": str(tmp_path / "state")}}))
+    run = _facegate("run", "--config", str(cfg), timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "audit.path: cannot create" in run.stderr and "parent is not a folder" in run.stderr
+    assert "File exists" not in run.stderr
