@@ -143,3 +143,79 @@ def test_default_gallery_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_gallery() == tmp_path / "home" / ".local" / "share" / "facegate" / "gallery"
+
+
+def _resumable_dir(tmp_path: Path, copies: int) -> tuple[Path, int]:
+    """knn_examples/train plus ``copies`` re-encoded copies of obama.jpg in obama/ (new sha256, same face), so
+    that an enrolment run lasts long enough to be interrupted. Returns (folder, number of photos)."""
+    import cv2
+
+    root = tmp_path / "people"
+    shutil.copytree(knn() / "train", root)
+    image = cv2.imread(str(root / "obama" / "obama.jpg"))
+    for i in range(copies):
+        cv2.imwrite(str(root / "obama" / f"copy{i:02d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 60 + i])
+    return root, 9 + copies
+
+
+def _templates(folder: Path) -> int:
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{folder / 'gallery.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM templates").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:  # not created yet
+        return 0
+
+
+def test_ctrl_c_reports_partial_work_and_rerun_skips(tmp_path: Path) -> None:
+    """SIGINT mid `enroll --from-dir`: exit 130, the JSON report of what was committed, one stderr line; running
+    the same command again exits 0 and reports the committed photos as skipped (already enrolled)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    people, total = _resumable_dir(tmp_path, copies=30)
+    folder = tmp_path / "g"
+    args = [sys.executable, "-m", "facegate.cli", "enroll", "--gallery", str(folder), "--from-dir", str(people)]
+    # A shell's background job ignores SIGINT; restore the default so Python turns it into KeyboardInterrupt.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env=dict(os.environ),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    while _templates(folder) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the enrolment finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    report = json.loads(stdout)
+    assert report["interrupted"] is True and report["refused"] == 0
+    committed = _templates(folder)
+    assert 3 <= report["enrolled"] < total
+    assert report["enrolled"] <= committed <= report["enrolled"] + 1  # +1: the photo in flight at the signal
+    assert [line for line in stderr.splitlines() if line.startswith("facegate: interrupted")] != []
+    assert sum(line.startswith("facegate: interrupted") for line in stderr.splitlines()) == 1
+
+    again = run_cli("enroll", "--gallery", str(folder), "--from-dir", str(people))
+    assert again.code == 0, again.stderr
+    rerun = again.json()
+    assert rerun["refused"] == 0 and rerun["skipped"] == committed and rerun["enrolled"] == total - committed
+    assert {r["status"] for r in rerun["results"][:committed]} == {"skipped"}
+    assert "refused" not in again.stderr
+    assert _templates(folder) == total
+
+
+def test_jitters_without_support_is_one_usage_error(tmp_path: Path) -> None:
+    photos = [str(p) for p in sorted((knn() / "train" / "biden").iterdir())]
+    result = run_cli("enroll", "--gallery", str(tmp_path / "g"), "--pack", "yunet-mobilefacenet", "--jitters", "3",
+                     "--name", "biden", *photos)
+    assert_user_error(result, "--jitters 3", "no jitter support", "--jitters 0", code=2)
+    assert result.stderr.count("jitter support") == 1 and "refused" not in result.stderr
+    assert _templates(tmp_path / "g") == 0

@@ -84,3 +84,38 @@ def test_duplicate_check_and_force(pipeline, tmp_path: Path) -> None:
         forced = Enroller(gallery, pipeline, force=True).enrol("barack", [photo("single", "obama_small.jpg")])
         assert forced[0].enrolled, forced[0].reason
         assert {i.name: i.templates for i in gallery.identities()} == {"obama": 2, "barack": 1}
+
+
+class _NanEmbeddings:
+    """The real pipeline with a fault injected: the first face's embedding comes back NaN (as a broken model or a
+    numerically unstable input would give). Everything else is the real detector and recogniser."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def analyse(self, images, **kwargs):
+        out = self._real.analyse(images, **kwargs)
+        for dets in out:
+            if len(dets):
+                dets.data["embeddings"][0] = np.nan
+        return out
+
+
+def test_identify_never_prints_nan(pipeline, tmp_path: Path) -> None:
+    import json
+
+    from facegate.gallery.enrol import identify
+
+    with Gallery(tmp_path / "g") as gallery:
+        Enroller(gallery, pipeline).enrol("obama", [photo("knn_examples", "train", "obama", "obama.jpg")])
+        found = identify(gallery, _NanEmbeddings(pipeline), [photo("knn_examples", "test", "obama_and_biden.jpg")])
+    json.dumps(found, allow_nan=False)  # raises ValueError on any NaN/inf value
+    faces = found[0]["faces"]
+    assert len(faces) == 3
+    broken = [f for f in faces if "error" in f]
+    assert len(broken) == 1 and broken[0]["decision"] == "unknown" and broken[0]["score"] is None
+    assert broken[0]["matches"] == []
+    assert sorted(f["decision"] for f in faces if "error" not in f) in (["obama", "unknown"], ["unknown", "unknown"])
