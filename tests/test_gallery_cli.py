@@ -219,3 +219,23 @@ def test_jitters_without_support_is_one_usage_error(tmp_path: Path) -> None:
     assert_user_error(result, "--jitters 3", "no jitter support", "--jitters 0", code=2)
     assert result.stderr.count("jitter support") == 1 and "refused" not in result.stderr
     assert _templates(tmp_path / "g") == 0
+
+
+def test_two_concurrent_from_dir_runs_never_duplicate(tmp_path: Path) -> None:
+    """Two `facegate enroll --from-dir` on the same gallery at once: every photo lands once; what one run stored
+    the other reports as skipped (already enrolled), and both exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "g"
+    args = [sys.executable, "-m", "facegate.cli", "enroll", "--gallery", str(folder),
+            "--from-dir", str(knn() / "train")]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ)) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    reports = [json.loads(out) for out, _ in outs]
+    assert sum(r["enrolled"] for r in reports) == 9 and sum(r["skipped"] for r in reports) == 9
+    assert _templates(folder) == 9

@@ -227,7 +227,8 @@ class Store:
 
         Checks: meta ``dim``/``generation`` are integers and ``metric`` is known; every embedding blob is exactly
         dim × 4 bytes and holds finite float32 values; every identity's groups are a JSON list of valid groups.
-        Cost: one pass over the blobs (≈ 0.5 s per million 128-d templates)."""
+        Cost: one pass over the blobs, measured 0.40 s for 200,000 128-d templates (≈ 2 s per million) on the
+        shared 2-core development machine."""
         with self._lock:
             db = self._db
             for row_id, name, groups in db.execute("SELECT id, name, groups FROM identities"):
