@@ -242,8 +242,11 @@ def _bilinear(level: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     return value.reshape((size, size) + channels)
 
 
-def _extract_one(image: np.ndarray, rect: np.ndarray, angle: float, size: int) -> np.ndarray:
-    """dlib ``extract_image_chip`` for one chip_details (rect, angle, rows = cols = size) from an H×W×C image."""
+def extract_image_chip(image: np.ndarray, rect: np.ndarray, angle: float, size: int) -> np.ndarray:
+    """dlib ``extract_image_chip`` for one ``chip_details`` (dlib/image_transforms/interpolation.h): ``rect`` is
+    (left, top, right, bottom) px, inclusive, in the source image; ``angle`` radians; the chip is size×size.
+    ``image`` is H×W×C uint8 (any colour order, kept). Returns size×size×C uint8, bit-identical to dlib (the
+    pyramid, truncating bilinear sampling and black border of ../shared/notes/dlib-models.md §4.2)."""
     height, width = image.shape[:2]
     l, t, r, b = (float(v) for v in rect)
     if angle == 0 and r - l + 1 == size and b - t + 1 == size:
@@ -317,7 +320,7 @@ def extract_dlib_chips(
     rects, angles = _chip_details(points, size, padding)
     out = np.zeros((len(points), size, size) + image.shape[2:], np.uint8)
     for i in range(len(points)):
-        out[i] = _extract_one(image, rects[i], float(angles[i]), size)
+        out[i] = extract_image_chip(image, rects[i], float(angles[i]), size)
     return out
 
 

@@ -46,9 +46,9 @@ import numpy as np
 from facegate.packs.align import (
     DLIB_CHIP_PADDING,
     DLIB_CHIP_SIZE,
-    _extract_one,
     dlib_chip_transform,
     extract_dlib_chips,
+    extract_image_chip,
 )
 
 #: Seed of the perturbations (any fixed value works; this one is documented so results can be reproduced).
@@ -148,7 +148,7 @@ def jittered_dlib_chips(
             cx, cy = centres[i, k]
             half = extents[i, k] / 2
             rect = np.array([cx - half, cy - half, cx + half, cy + half])
-            chip = _extract_one(image, rect, float(angles[i, k]), size)
+            chip = extract_image_chip(image, rect, float(angles[i, k]), size)
             out[i, k + 2] = chip[:, ::-1] if flips[k] else chip
     return out
 
