@@ -75,18 +75,27 @@ FILE_MODE = 0o600
 _RESTORE = "restore the gallery from an export (`facegate gallery import FILE --gallery NEW_DIR`)"
 
 
+def _tighten(path: Path, mode: int) -> None:
+    """chmod ``path`` to ``mode`` unless it already is; a path owned by another user (a gallery shared with the
+    daemon's account) is left as it is with a warning rather than refused."""
+    try:
+        if (path.stat().st_mode & 0o777) != mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except PermissionError as exc:
+        log.warning("gallery_permissions_not_tightened path=%s mode=%o error=%s", path, mode, exc.strerror)
+
+
 def private_dir(folder: Path) -> None:
     """Create ``folder`` (and parents) and make it 0700, whatever the umask (raises OSError)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder.stat().st_mode & 0o777) != DIR_MODE:
-        os.chmod(folder, DIR_MODE)
+    _tighten(folder, DIR_MODE)
 
 
 def private_file(path: Path) -> None:
     """Make an existing file 0600 (no-op when it is already); a file that has vanished is ignored."""
-    with contextlib.suppress(FileNotFoundError):
-        if (path.stat().st_mode & 0o777) != FILE_MODE:
-            os.chmod(path, FILE_MODE)
+    _tighten(path, FILE_MODE)
 
 
 def utc_now() -> str:
@@ -149,7 +158,8 @@ class Store:
             private_dir(self.folder)
             self._refuse_lost_database()
             # Create the file 0600 before SQLite does (it would use the umask); -wal/-shm inherit its mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             private_file(self.path)
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
