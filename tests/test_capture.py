@@ -128,16 +128,30 @@ def test_missing_device_is_reported_at_once_and_the_others_continue(tmp_path):
     stage = CaptureStage([missing, good])
     stage.start()
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 2.0 and stage.missing() != ["missing"]:
+    while time.monotonic() - t0 < 2.0 and stage.unusable() != ["missing"]:
         time.sleep(0.01)
     found_s = time.monotonic() - t0
     frames = _collect(stage, 4.0, until=lambda _: stage.cameras["good"].ended)
-    still_missing = stage.missing()  # it kept looking without reopening: still missing once the file ended
+    still_missing = stage.unusable()  # it kept looking without reopening: still missing once the file ended
     stage.stop()
     assert still_missing == ["missing"] and found_s < 0.5, found_s
     st = stage.cameras["missing"].stats
     assert st.last_error == f"no such video device {node}" and st.failures == 1 and st.opens == 0
     assert {f.camera_id for f in frames} == {"good"} and stage.cameras["good"].ended
+
+
+def test_unreadable_file_is_given_up_at_once(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    stage = CaptureStage([CameraConfig(id="bad", file=str(text))])
+    stage.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5.0 and stage.unusable() != ["bad"]:
+        time.sleep(0.01)
+    took = time.monotonic() - t0
+    stage.stop()
+    assert stage.unusable() == ["bad"] and took < 2.0, took
+    assert stage.all_ended and "cannot open video file" in stage.cameras["bad"].stats.last_error
 
 
 def test_rtsp_reconnects_after_server_restart(rtsp_server):

@@ -127,6 +127,11 @@ def test_every_error_has_its_key_path_and_line():
     ("cameras: {id: a}\n", "Input should be a valid list"),
     ("liveness: {enabled: true, frames: 9}\n", "must be ≤ decision.n"),
     ("- just\n- a list\n", "top level must be a mapping"),
+    ("doors:\n  - id: d\n    schedule: {timezone: UTC, windows: [{days: [mon], start: 7:00, end: '19:00'}]}\n",
+     'write times in quotes, e.g. "07:00"'),
+    ("decision: {threshold: .nan}\n", "finite number"),
+    ("cameras:\n  - {id: a, usb: 0, stall_timeout_s: .inf}\n", "finite number"),
+    ("inference: {threads: 1000000}\n", "less than or equal to 256"),
 ])
 def test_bad_values_are_named(text, expected):
     issues = _issues(text)
@@ -319,6 +324,9 @@ def test_check_runs_every_start_up_check_of_run(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     for i in issues:
         assert i.message in run.stderr
+    cfg.write_text("cameras: [{id: a, usb: 0}]\ninference: {providers: [CPUExecutionProvidr]}\n")
+    (issue,) = check_file(cfg)[1]
+    assert issue.path == "inference.providers[0]" and "unknown execution provider 'CPUExecutionProvidr'" in str(issue)
     key.chmod(0o600)
     (tmp_path / "plainfile").unlink()
     cfg.write_text("cameras: [{id: a, usb: 0}]\naudit: {path: plainfile/audit.jsonl}\nsigning: {key_file: key}\n"

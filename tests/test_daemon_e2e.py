@@ -475,15 +475,21 @@ def test_erasure_reaches_the_running_daemon_and_a_bad_reload_is_refused(gallery,
     assert all(e["camera"] == "stage" for e in events)
 
 
-def test_missing_device_as_the_only_camera_exits_1_at_once(tmp_path):
-    if Path("/dev/video7").exists():
-        pytest.skip("this machine has a /dev/video7")
+@pytest.mark.parametrize("source", ["/dev/video7", "notes.mp4"])
+def test_unusable_only_camera_exits_1_at_once(tmp_path, source):
+    if source.startswith("/dev/") and Path(source).exists():
+        pytest.skip(f"this machine has a {source}")
+    if not source.startswith("/dev/"):
+        source = str(tmp_path / source)
+        Path(source).write_text("not a video\n")
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "FACEGATE_GALLERY": str(tmp_path / "g")}
     t0 = time.monotonic()
-    run = _facegate("run", "--camera", "/dev/video7", timeout=120, env=env)
+    run = _facegate("run", "--camera", source, timeout=120, env=env)
     took = time.monotonic() - t0
     assert run.returncode == 1, run.stderr[-3000:]
-    assert "no such video device /dev/video7" in run.stderr and "Traceback" not in run.stderr
+    assert "no camera delivered a frame" in run.stderr and "Traceback" not in run.stderr
+    assert (f"no such video device {source}" if source.startswith("/dev/") else
+            f"cannot open video file {source}") in run.stderr
     assert took < 25, took  # models load, then no 30 s wait for a camera that cannot appear
 
 

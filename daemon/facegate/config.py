@@ -32,7 +32,8 @@ _TOPIC_PREFIX = r"^[^#+\x00]+$"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are never meant: .inf as a timeout overflows threading waits, nan compares false everywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CameraConfig(_Section):
@@ -127,6 +128,22 @@ class TimeWindow(_Section):
         ..., min_length=1, description="Weekdays (mon…sun) this window applies to")
     start: dtime = Field(..., description="Opening time HH:MM (24 h), local to the door's time zone")
     end: dtime = Field(..., description="Closing time HH:MM (exclusive); 24:00 is written 23:59:59")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 7:00 as the base-60 integer 420, which pydantic would take as 00:07:00
+        if isinstance(value, int | float):
+            raise ValueError(f"write times in quotes, e.g. \"07:00\" (YAML reads an unquoted 7:00 as the "
+                             f"number {value})")
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: dtime) -> dtime:
+        if value.tzinfo is not None:
+            raise ValueError("a window time is local to the schedule's timezone; drop the UTC offset")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeWindow:
@@ -248,7 +265,7 @@ class InferenceConfig(_Section):
         None, description="Execution providers in order, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
         "None = CUDA when available, then CPU")
     threads: int | None = Field(
-        None, ge=1, description="Intra-op threads per session; None = half the CPUs (the rest decode video)")
+        None, ge=1, le=256, description="Intra-op threads per session; None = half the CPUs (the rest decode video)")
     max_batch: int = Field(8, ge=1, description="Most frames (one per camera) run through detection at once")
 
 
@@ -579,6 +596,14 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     if config.mqtt.password_env and config.mqtt.password_env not in os.environ:
         issues.append(ConfigIssue("mqtt.password_env", None,
                                   f"environment variable {config.mqtt.password_env} is not set"))
+    if config.inference.providers:
+        import onnxruntime as ort
+
+        known = ort.get_all_providers()
+        for i, name in enumerate(config.inference.providers):
+            if name not in known:
+                issues.append(ConfigIssue(f"inference.providers[{i}]", None, f"unknown execution provider {name!r}; "
+                                          f"this ONNX Runtime has {', '.join(ort.get_available_providers())}"))
     try:
         manifest = load_manifest(config.pack)
     except ConfigError as exc:

@@ -33,7 +33,9 @@ from facegate.config import CameraConfig
 
 log = logging.getLogger(__name__)
 
-State = Literal["starting", "opening", "reading", "backoff", "missing", "ended", "stopped"]
+#: ``missing``: the device node does not exist (looked for again every ``backoff_max_s``); ``failed``: a video file
+#: that cannot be opened at all (given up: a file does not come back by itself).
+State = Literal["starting", "opening", "reading", "backoff", "missing", "failed", "ended", "stopped"]
 
 #: How often the watchdog looks at the readers (s).
 WATCHDOG_PERIOD_S = 0.5
@@ -235,6 +237,12 @@ class Camera:
             except (OSError, cv2.error) as exc:
                 cap = None
                 self._failed(gen, str(exc))
+            if cap is None and cfg.file is not None and self.stats.frames == 0:
+                log.error("camera=%s event=file_unreadable file=%s note=other_cameras_continue fix='give a video "
+                          "file FFmpeg can decode'", self.id, cfg.file)
+                self.stats.last_error = f"cannot open video file {cfg.file} (not a video FFmpeg can decode?)"
+                self._set_state(gen, "failed")
+                return
             if cap is not None:
                 if not self._current(gen):
                     cap.release()
@@ -392,12 +400,12 @@ class CaptureStage:
 
     @property
     def all_ended(self) -> bool:
-        """True when every camera is a non-looping file that reached its end."""
-        return bool(self.cameras) and all(c.ended for c in self.cameras.values())
+        """True when every camera is a non-looping file that reached its end (or could not be opened at all)."""
+        return bool(self.cameras) and all(c.ended or c.stats.state == "failed" for c in self.cameras.values())
 
-    def missing(self) -> list[str]:
-        """Ids of cameras whose device node does not exist (state ``missing``)."""
-        return [cid for cid, c in self.cameras.items() if c.stats.state == "missing"]
+    def unusable(self) -> list[str]:
+        """Ids of cameras that cannot deliver now: device node missing, or a video file that cannot be opened."""
+        return [cid for cid, c in self.cameras.items() if c.stats.state in ("missing", "failed")]
 
     def delivering(self) -> list[str]:
         """Ids of cameras that delivered at least one frame."""

@@ -291,8 +291,8 @@ class Service:
         deadline = time.monotonic() + self.config.service.ready_timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             live = self.capture.delivering()
-            missing = self.capture.missing()
-            if len(live) + len(missing) == len(self.cameras):  # a device that does not exist: no point waiting
+            unusable = self.capture.unusable()
+            if len(live) + len(unusable) == len(self.cameras):  # a missing device or unreadable file: no use waiting
                 break
             time.sleep(0.05)
         live = self.capture.delivering()
