@@ -345,3 +345,20 @@ def test_shipped_files_name_real_paths_and_commands():
     config = load_config(DEMO)
     assert config.cameras[0].file == str(shared)
     assert config.gallery.refresh_s == 2.0
+
+
+def test_hostile_yaml_is_refused_with_a_message():
+    dup = _issues("decision: {k: 3}\nmqtt: {port: 1883}\ndecision: {k: 9}\n")
+    assert dup == ["line 3: decision: key given twice (first on line 1); keep one"]
+    assert _issues("cameras:\n  - {id: a, usb: 0, usb: 1}\n") == [
+        "line 2: cameras[0].usb: key given twice (first on line 2); keep one"]
+    deep = _issues("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert deep == ["<top>: not a config file: YAML nested too deeply"]
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    (issue,) = _issues("\n".join(laughs) + "\ncameras: *a9\n")
+    assert "more than 100,000 values once YAML aliases are expanded" in issue
+    # an alias used a few times is fine
+    config, issues = parse_config("doors:\n  - {id: a, allowed_groups: &g [staff, guests]}\n"
+                                  "  - {id: b, allowed_groups: *g}\n")
+    assert issues == [] and config.doors[1].allowed_groups == ["staff", "guests"]

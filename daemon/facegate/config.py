@@ -402,10 +402,18 @@ def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]
+    except RecursionError:
+        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         return None, [ConfigIssue("", 1, f"the top level must be a mapping of sections, not {type(raw).__name__}")]
+    if _expanded_size(root, {}) > MAX_VALUES:  # YAML aliases can expand exponentially ("billion laughs")
+        return None, [ConfigIssue("", None, f"not a config file: more than {MAX_VALUES:,} values once YAML "
+                                  "aliases are expanded")]
+    duplicates = _duplicate_keys(root)
+    if duplicates:  # YAML keeps the last silently; an operator editing the first would be ignored
+        return None, duplicates
     try:
         return Config.model_validate(raw), []
     except ValidationError as exc:
@@ -417,6 +425,52 @@ def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list
         if message not in known:
             issues.append(ConfigIssue(_loc_path(loc), _node_line(root, loc), message))
     return None, issues
+
+
+#: A real config has a few hundred values; this bounds what validation has to walk.
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
+    """Number of nodes once aliases are expanded (memoised on node identity: linear in the file's own size)."""
+    if node is None:
+        return 0
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_VALUES + 1  # a cycle (not possible with SafeLoader's composer) counts as too large
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size = min(size, MAX_VALUES + 1)
+    return size
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[ConfigIssue]:
+    """A key given twice in one mapping, anywhere in the file (PyYAML keeps the last one without a word)."""
+    issues: list[ConfigIssue] = []
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    visited: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        if id(node) in visited:  # an alias: its target was checked where it was defined
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value)
+                if name in seen:
+                    where = f"{path}.{name}" if path else name
+                    issues.append(ConfigIssue(where, key.start_mark.line + 1,
+                                              f"key given twice (first on line {seen[name]}); keep one"))
+                seen.setdefault(name, key.start_mark.line + 1)
+                stack.append((value, f"{path}.{name}" if path else name))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+    return sorted(issues, key=lambda i: i.line or 0)
 
 
 def _raw_checks(raw: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
