@@ -503,3 +503,17 @@ def test_audit_path_under_a_file_is_named(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "audit.path: cannot create" in run.stderr and "parent is not a folder" in run.stderr
     assert "File exists" not in run.stderr
+
+
+def test_stdout_reader_going_away_is_not_a_crash(gallery, tmp_path):
+    # `facegate run … | head -1`: the pipe closes after the first event; decisions are still audited
+    env = {**os.environ, "FACEGATE_GALLERY": str(gallery), "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--camera", str(need_shared(CROWD))],
+                            stdout=subprocess.PIPE, stderr=(tmp_path / "err.log").open("w"), env=env)
+    first = json.loads(proc.stdout.readline())
+    proc.stdout.close()
+    code = proc.wait(120)
+    err = (tmp_path / "err.log").read_text()
+    assert code == 0 and "event=stdout_closed" in err and "Traceback" not in err, err[-3000:]
+    audited = read_audit(tmp_path / "state" / "facegate" / "audit.jsonl")
+    assert audited[0]["event"]["event_id"] == first["event_id"] and len(audited) > 1

@@ -170,6 +170,7 @@ class Service:
         self._out_lock = threading.Lock()
         self.decisions: dict[str, int] = {"grant": 0, "deny": 0, "unknown": 0}
         self.publisher: Any = None
+        self._stdout_closed = False
         self.notifier: Any = None
         # per decision (s): capture → inference done, capture → audited and queued for MQTT; last 1000 kept
         self.latencies: collections.deque[tuple[float, float]] = collections.deque(maxlen=1000)
@@ -324,10 +325,14 @@ class Service:
         self.decisions[d.type] = self.decisions.get(d.type, 0) + 1
         if d.captured_mono is not None:
             self.latencies.append((inferred_at - d.captured_mono, time.monotonic() - d.captured_mono))
-        if self.config.service.stdout_events:
+        if self.config.service.stdout_events and not self._stdout_closed:
             with self._out_lock:
-                sys.stdout.write(json.dumps(payload, ensure_ascii=False, sort_keys=True) + "\n")
-                sys.stdout.flush()
+                try:
+                    sys.stdout.write(json.dumps(payload, ensure_ascii=False, sort_keys=True) + "\n")
+                    sys.stdout.flush()
+                except (OSError, ValueError) as exc:  # e.g. `facegate run | head`: the reader went away
+                    self._stdout_closed = True
+                    log.warning("event=stdout_closed error=%r note=events_still_audited_and_published", str(exc))
 
     def _notify(self, message: str) -> None:
         if self.notifier is None:
