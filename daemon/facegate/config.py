@@ -4,7 +4,9 @@ One model per section, ``extra="forbid"`` (a misspelt key is an error, not silen
 every field (``config/example.yaml`` documents the same keys). Validation is pure: validators check shapes, ranges
 and cross-references between sections and never touch the file system or the network. Checks that need I/O (a
 time zone that exists in the tz database, key and certificate files that are readable, a pack that is installed)
-live in ``check_environment``, run once by ``facegate config check`` and at start-up.
+live in ``check_environment``, run by ``facegate config check``, at start-up and on every SIGHUP reload (the same
+list: what ``config check`` accepts, ``run`` accepts). When field errors stop pydantic's cross-field validators,
+``parse_config`` still runs the ones that work on raw values (``_raw_checks``) so one pass reports them all.
 
 Every problem is reported with its key path (``cameras[1].url``) and, when the YAML has it, the line number.
 Relative paths in a config file are resolved against the folder of that file (``resolve_paths``).
