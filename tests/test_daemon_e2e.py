@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -473,6 +474,44 @@ def test_erasure_reaches_the_running_daemon_and_a_bad_reload_is_refused(gallery,
     late = [e for e in events if parse_rfc3339(e["decided_at"]).timestamp() > settled]
     assert late and all(e["type"] == "unknown" for e in late), (removed, late)
     assert all(e["camera"] == "stage" for e in events)
+
+
+def test_a_gallery_that_cannot_be_refreshed_fails_closed(gallery, tmp_path):
+    """Another process writes a corrupt template: the refresh fails, and until it recovers nobody matches (an erasure
+    might be among the changes the daemon cannot read), so no door opens; the daemon keeps running and says so."""
+    import sqlite3
+
+    own_gallery = tmp_path / "gallery"
+    shutil.copytree(gallery, own_gallery)
+    cams = [_camera("stage", STAGE, "front", start_s=2.6, stop_s=7.0, loop=True)]
+    cfg = _base(own_gallery, cams, [{"id": "front", "cooldown_s": 0}], repeat_after_s=0.5)
+    daemon = Daemon(tmp_path, cfg).start()
+    try:
+        assert daemon.wait_log("event=ready", 90), daemon.log()[-3000:]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _grants(daemon.events()):
+            time.sleep(0.1)
+        assert _grants(daemon.events()), daemon.log()[-3000:]
+        with sqlite3.connect(own_gallery / "gallery.db") as db:
+            pack, metric = db.execute("SELECT pack, metric FROM templates LIMIT 1").fetchone()
+            iid = db.execute("INSERT INTO identities(name, groups, created_at, updated_at) "
+                             "VALUES ('Corrupt', '[]', '2026-11-30', '2026-11-30')").lastrowid
+            db.execute("INSERT INTO templates(identity_id, embedding, pack, metric, image_sha256, quality, created_at)"
+                       " VALUES (?, ?, ?, ?, ?, '{}', '2026-11-30')",
+                       (iid, np.full(128, np.nan, np.float32).tobytes(), pack, metric, "ab" * 32))
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+        assert daemon.wait_log("event=gallery_refresh_failed", 15), daemon.log()[-3000:]
+        settled = datetime.now(UTC).timestamp() + 1.6  # votes cast before the failure may still complete
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not [
+                e for e in daemon.events() if parse_rfc3339(e["decided_at"]).timestamp() > settled]:
+            time.sleep(0.2)
+        code, _ = daemon.terminate()
+    finally:
+        daemon.kill()
+    assert code == 0, daemon.log()[-3000:]
+    late = [e for e in daemon.events() if parse_rfc3339(e["decided_at"]).timestamp() > settled]
+    assert late and all(e["type"] == "unknown" for e in late), late
 
 
 @pytest.mark.parametrize("source", ["/dev/video7", "notes.mp4"])

@@ -171,6 +171,7 @@ class Service:
         self.decisions: dict[str, int] = {"grant": 0, "deny": 0, "unknown": 0}
         self.publisher: Any = None
         self._stdout_closed = False
+        self._gallery_stale = False  # set while the gallery cannot be refreshed: search answers nothing (fail closed)
         self.notifier: Any = None
         # per decision (s): capture → inference done, capture → audited and queued for MQTT; last 1000 kept
         self.latencies: collections.deque[tuple[float, float]] = collections.deque(maxlen=1000)
@@ -268,11 +269,17 @@ class Service:
         continue meanwhile, the index has its own lock). Logs each identity added or removed. Returns True when
         the gallery changed; a failure is logged and retried at the next period."""
         try:
-            if not self.gallery.refresh():
+            changed = self.gallery.refresh()
+            if self._gallery_stale:
+                log.warning("event=gallery_refresh_recovered note=matching_resumed")
+            self._gallery_stale = False
+            if not changed:
                 return False
             now = self._identity_names()
-        except Exception as exc:  # a locked or damaged gallery must not stop the daemon; said loudly
-            log.error("event=gallery_refresh_failed error=%r note=retrying", str(exc))
+        except Exception as exc:  # a locked or damaged gallery must not stop the daemon; said loudly, fail closed
+            if not self._gallery_stale:
+                log.error("event=gallery_refresh_failed error=%r note=no_grants_until_it_recovers", str(exc))
+            self._gallery_stale = True
             return False
         before = self._identities
         for iid in sorted(set(now) - set(before)):
@@ -284,6 +291,10 @@ class Service:
         return True
 
     def _search(self, embeddings: Any) -> list[list[tuple]]:
+        """The decision stage's 1:N search. Fail closed: while the gallery cannot be refreshed (so an erasure made
+        by another process may not be applied yet) nobody matches, every face stays unknown and no door opens."""
+        if self._gallery_stale:
+            return [[] for _ in range(len(embeddings))]
         return [[(m.identity_id, m.name, m.groups, m.score) for m in row] for row in self.gallery.search(embeddings, 5)]
 
     def wait_for_cameras(self) -> list[str]:
