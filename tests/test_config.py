@@ -16,10 +16,10 @@ from pydantic import BaseModel
 from facegate.config import (
     CameraConfig,
     Config,
-    check_file,
     load_config,
     parse_config,
 )
+from facegate.config_checks import check_file
 from facegate.errors import ConfigError, VideoError
 from facegate.runtime.rules import AccessRules
 from facegate.runtime.service import camera_doors, cameras_from_args, doors_from, policy_from

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _checked(path: Path | None, specs: list[str], loop: bool = False):
     """``check_file`` with the ``--camera`` specs numbered after the config's own cameras, as ``run`` does.
     Returns (config or None, extra cameras, issues)."""
-    from facegate.config import check_file
+    from facegate.config_checks import check_file
     from facegate.runtime.service import cameras_from_args
 
     config, issues = check_file(path)

@@ -7,20 +7,17 @@ else ``~/.local/share/facegate/gallery``). JSON goes to stdout; refusals and err
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from facegate.commands import print_json
 from facegate.errors import GalleryError, UsageError
+from facegate.gallery.location import default_gallery_path
 
 
 def default_gallery() -> Path:
     """$FACEGATE_GALLERY, else $XDG_DATA_HOME/facegate/gallery, else ~/.local/share/facegate/gallery."""
-    if os.environ.get("FACEGATE_GALLERY"):
-        return Path(os.environ["FACEGATE_GALLERY"])
-    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data_home) / "facegate" / "gallery"
+    return default_gallery_path()
 
 
 def _gallery_arg(parser: argparse.ArgumentParser) -> None:

@@ -34,15 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from facegate.config import (
-    CameraConfig,
-    Config,
-    DecisionConfig,
-    check_file,
-    default_gallery,
-    default_state_dir,
-)
+from facegate.config import CameraConfig, Config, DecisionConfig
+from facegate.config_checks import check_file, default_state_dir
 from facegate.errors import ConfigError, FacegateError, VideoError
+from facegate.gallery.location import default_gallery_path
 from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage
 from facegate.runtime.decision import Decision, DecisionEngine, DecisionPolicy
@@ -59,7 +54,7 @@ STUCK_CYCLE_S = 30.0
 
 
 def state_dir(config: Config) -> Path:
-    """Folder for default files (``config.default_state_dir``), created when missing. Raises ``ConfigError``."""
+    """Folder for default files (``config_checks.default_state_dir``), created when missing. Raises ``ConfigError``."""
     path = default_state_dir(config)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -213,7 +208,7 @@ class Service:
             raise ConfigError(f"liveness.enabled is true but pack {self.pipeline.manifest.name!r} has no liveness "
                               "model; choose a pack with one or set liveness.enabled: false")
         binding = PackBinding(self.pipeline.manifest.name, self.pipeline.embedding_size, self.pipeline.metric)
-        self.gallery = Gallery(Path(cfg.gallery.path) if cfg.gallery.path else default_gallery(), pack=binding)
+        self.gallery = Gallery(Path(cfg.gallery.path) if cfg.gallery.path else default_gallery_path(), pack=binding)
         stats = self.gallery.stats()
         log.info("event=gallery_opened folder=%s identities=%s templates=%s", stats["folder"], stats["identities"],
                  stats["templates"])
