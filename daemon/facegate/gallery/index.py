@@ -93,6 +93,19 @@ def better(metric: str, a: float, threshold: float) -> bool:
     return a <= threshold if metric == "euclidean" else a >= threshold
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive advisory lock (``fcntl.flock``) on ``folder/.index.lock`` between processes."""
+    import fcntl
+
+    fd = os.open(folder / ".index.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -272,8 +285,15 @@ class GalleryIndex:
 
     # -- persistence ------------------------------------------------------------------------------------------
     def save(self, folder: Path, gallery_id: str, pack: str) -> Path:
-        """Write the index atomically into ``folder`` (see the module docstring); returns the index file path."""
+        """Write the index atomically into ``folder`` (see the module docstring); returns the index file path.
+
+        Holds an exclusive ``flock`` on ``folder/.index.lock`` throughout, so two processes saving into one gallery
+        (two ``facegate enroll`` runs) cannot delete each other's just-written file as stale."""
         folder = Path(folder)
+        with _folder_lock(folder):
+            return self._save_locked(folder, gallery_id, pack)
+
+    def _save_locked(self, folder: Path, gallery_id: str, pack: str) -> Path:
         name = f"index-{self.generation}-{secrets.token_hex(4)}.hnsw"
         path = folder / name
         with self._lock:
