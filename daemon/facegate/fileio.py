@@ -18,15 +18,11 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def fsync_dir(folder: str | Path) -> None:
-    """fsync a folder so a rename inside it survives a power cut (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+    """fsync a folder so that a rename inside it survives a power cut. Raises ``OSError`` when the folder cannot be
+    opened or synced (the caller's durable write has then not been confirmed)."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -38,7 +38,6 @@ only then are older index files removed. A crash at any point leaves ``index.jso
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.fileio import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -104,22 +104,6 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class GalleryIndex:
@@ -307,7 +291,7 @@ class GalleryIndex:
             }
         with open(path, "rb+") as handle:
             os.fsync(handle.fileno())
-        meta["sha256"] = _sha256_file(path)
+        meta["sha256"] = sha256_file(path)
         meta["bytes"] = path.stat().st_size
         tmp = folder / f".{META_NAME}.{secrets.token_hex(4)}.tmp"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
@@ -315,7 +299,7 @@ class GalleryIndex:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, folder / META_NAME)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         remove_stale_files(folder, keep=name)
         log.info("gallery_index_saved file=%s generation=%d bytes=%d", name, generation, meta["bytes"])
         return path
@@ -336,7 +320,7 @@ class GalleryIndex:
             if found != expected:
                 log.warning("gallery_index_ignored reason=mismatch found=%s expected=%s", found, expected)
                 return None
-            if path.stat().st_size != meta["bytes"] or _sha256_file(path) != meta["sha256"]:
+            if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
                 log.warning("gallery_index_ignored reason=checksum file=%s", path)
                 return None
             obj = cls(dim, metric, int(meta["M"]), int(meta["ef_construction"]), ef, capacity=None)
