@@ -41,7 +41,7 @@ from facegate.errors import ImageError, ModelError
 from facegate.imaging import letterbox
 from facegate.packs.manifest import DetectorSpec
 from facegate.packs.nms import nms
-from facegate.packs.onnx_runner import check_io, make_session
+from facegate.packs.onnx_runner import check_io, detector_input_size, make_session, model_label
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,9 @@ class RetinaFaceDetector:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        if spec.kind != "retinaface":
-            raise ModelError(f"{_MODEL_NAME}: pack detector kind is {spec.kind!r}, not 'retinaface'")
         self.spec = spec
-        self.input_width, self.input_height = (int(v) for v in spec.input_size)
-        if self.input_width < 32 or self.input_height < 32:
-            raise ModelError(f"{_MODEL_NAME}: input_size {spec.input_size} is too small; use at least 32×32 px")
-        self.name = _MODEL_NAME if isinstance(model, bytes) else f"{_MODEL_NAME} ({model})"
+        self.input_width, self.input_height = detector_input_size(spec, "retinaface", _MODEL_NAME, model, 1)
+        self.name = model_label(_MODEL_NAME, model)
         self.session = make_session(model, _MODEL_NAME, providers, threads)
         check_io(
             self.session,

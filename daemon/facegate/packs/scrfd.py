@@ -34,7 +34,7 @@ from facegate.errors import ModelError
 from facegate.imaging import letterbox
 from facegate.packs.manifest import DetectorSpec
 from facegate.packs.nms import nms
-from facegate.packs.onnx_runner import check_io, make_session
+from facegate.packs.onnx_runner import check_io, detector_input_size, make_session, model_label
 from facegate.packs.yunet import check_bgr_images, to_source_px
 
 log = logging.getLogger(__name__)
@@ -131,16 +131,9 @@ class ScrfdDetector:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        if spec.kind != "scrfd":
-            raise ModelError(f"{_MODEL_NAME}: pack detector kind is {spec.kind!r}, not 'scrfd'")
         self.spec = spec
-        where = "" if isinstance(model, bytes) else f" ({model})"
-        self.name = f"{_MODEL_NAME}{where}"
-        self.input_width, self.input_height = (int(v) for v in spec.input_size)
-        if self.input_width % 32 or self.input_height % 32 or self.input_width < 32 or self.input_height < 32:
-            raise ModelError(
-                f"{self.name}: input_size {list(spec.input_size)} must be multiples of 32 px (SCRFD's largest stride)"
-            )
+        self.name = model_label(_MODEL_NAME, model)
+        self.input_width, self.input_height = detector_input_size(spec, "scrfd", _MODEL_NAME, model, 32)
         self.session = make_session(model, _MODEL_NAME, providers, threads)
         outputs = self.session.get_outputs()
         # The published export drops the batch axis (rank 2); InsightFace's batched exports keep it (rank 3).
