@@ -48,6 +48,7 @@ def test_lfw_slice_accuracy_floor_and_cache(pipeline, lfw_dir, cache_path, tmp_p
     kwargs = dict(limit_folds=2, max_pairs_per_fold=20, progress=False)
     report = evaluate_lfw(pipeline, lfw_dir, lfw_dir / "pairs.txt", cache=cache, out_dir=tmp_path, **kwargs)
     assert report["pairs"] == {"genuine": 40, "impostor": 40, "folds": 2}
+    assert report["protocol"].startswith("LFW View 2 (2-fold") and "SUBSET" in report["protocol"]
     assert report["accuracy"]["mean"] >= 0.95, report["accuracy"]
     assert report["auc"] >= 0.98
     assert 0.0 <= report["eer"]["rate"] <= 0.05

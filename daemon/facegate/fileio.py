@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -46,3 +47,17 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, name: str):
+    """An exclusive advisory lock (``fcntl.flock``) on ``folder/name`` between processes, held for the ``with``
+    block. The lock file is empty and created 0600; closing the descriptor releases the lock, even on SIGKILL."""
+    import fcntl
+
+    fd = os.open(Path(folder) / name, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

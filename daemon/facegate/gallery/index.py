@@ -51,7 +51,7 @@ import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
-from facegate.fileio import fsync_dir, sha256_file
+from facegate.fileio import folder_lock, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +91,6 @@ class Match:
 def better(metric: str, a: float, threshold: float) -> bool:
     """True when score ``a`` is a match at ``threshold``: distance ≤ threshold, or similarity ≥ threshold."""
     return a <= threshold if metric == "euclidean" else a >= threshold
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """An exclusive advisory lock (``fcntl.flock``) on ``folder/.index.lock`` between processes."""
-    import fcntl
-
-    fd = os.open(folder / ".index.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 class GalleryIndex:
@@ -274,7 +261,7 @@ class GalleryIndex:
         Holds an exclusive ``flock`` on ``folder/.index.lock`` throughout, so two processes saving into one gallery
         (two ``facegate enroll`` runs) cannot delete each other's just-written file as stale."""
         folder = Path(folder)
-        with _folder_lock(folder):
+        with folder_lock(folder, ".index.lock"):
             return self._save_locked(folder, gallery_id, pack)
 
     def _save_locked(self, folder: Path, gallery_id: str, pack: str) -> Path:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.fileio import folder_lock
 from facegate.gallery.validate import group_problem
 
 log = logging.getLogger(__name__)
@@ -161,43 +162,54 @@ class Store:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
             private_file(self.path)
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            with self.transaction() as cur:
-                # executescript() would COMMIT behind our back; run the statements one by one instead.
-                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                    cur.execute(statement)
-                if self._meta(cur, "gallery_id") is None:
-                    stored = cur.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
-                    if stored:  # the meta table was lost; its pack binding cannot be guessed
-                        raise GalleryError(
-                            f"{self.folder}: the gallery database holds {stored} templates but its meta table "
-                            f"(pack, embedding size, metric) is missing or empty; {_RESTORE}")
-                    self._set_meta(cur, "schema", str(SCHEMA_VERSION))
-                    self._set_meta(cur, "gallery_id", secrets.token_hex(8))
-                    self._set_meta(cur, "generation", "0")
-                schema = self._meta(cur, "schema")
-                if schema != str(SCHEMA_VERSION):
-                    raise GalleryError(f"{self.path}: gallery schema {schema} is not {SCHEMA_VERSION}; "
-                                       "export it with the facegate version that wrote it and import it again")
-                self._migrate_unique(cur)
+            with folder_lock(self.folder, ".open.lock"):
+                self._open_database()
             for suffix in ("-wal", "-shm"):
                 private_file(self.folder / (DB_NAME + suffix))
             self.check()
         except BaseException as exc:
-            db = getattr(self, "_db", None)
-            if db is not None:
-                db.close()
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise GalleryError(f"{self.path}: cannot open the gallery database ({exc}); "
-                                   "restore it from an export or choose another --gallery folder") from None
-            if isinstance(exc, OSError):
-                raise GalleryError(f"{self.folder}: cannot open or create the gallery folder "
-                                   f"({exc.strerror or exc})") from None
-            raise
+            self._open_failed(exc)
+
+    def _open_database(self) -> None:
+        """Connect, set WAL and create or check the schema. Called under an inter-process lock: two processes
+        creating one gallery at once could otherwise both try to switch it to WAL, and SQLite answers that with an
+        immediate "database is locked" that no busy timeout waits out."""
+        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self.transaction() as cur:
+            # executescript() would COMMIT behind our back; run the statements one by one instead.
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                cur.execute(statement)
+            if self._meta(cur, "gallery_id") is None:
+                stored = cur.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+                if stored:  # the meta table was lost; its pack binding cannot be guessed
+                    raise GalleryError(
+                        f"{self.folder}: the gallery database holds {stored} templates but its meta table "
+                        f"(pack, embedding size, metric) is missing or empty; {_RESTORE}")
+                self._set_meta(cur, "schema", str(SCHEMA_VERSION))
+                self._set_meta(cur, "gallery_id", secrets.token_hex(8))
+                self._set_meta(cur, "generation", "0")
+            schema = self._meta(cur, "schema")
+            if schema != str(SCHEMA_VERSION):
+                raise GalleryError(f"{self.path}: gallery schema {schema} is not {SCHEMA_VERSION}; "
+                                   "export it with the facegate version that wrote it and import it again")
+            self._migrate_unique(cur)
+
+    def _open_failed(self, exc: BaseException) -> None:
+        """Close what was opened and turn SQLite/OS errors into a ``GalleryError`` naming the file."""
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise GalleryError(f"{self.path}: cannot open the gallery database ({exc}); "
+                               "restore it from an export or choose another --gallery folder") from None
+        if isinstance(exc, OSError):
+            raise GalleryError(f"{self.folder}: cannot open or create the gallery folder "
+                               f"({exc.strerror or exc})") from None
+        raise exc
 
     def _refuse_lost_database(self) -> None:
         """Refuse a folder whose index files survive but whose ``gallery.db`` is missing or 0 bytes (a crash or a
