@@ -27,7 +27,7 @@ import json
 import logging
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,18 +167,11 @@ class EmbeddingCache:
 
     def get(self, fingerprint: str, shas: Sequence[str]) -> dict[str, tuple[str, int, np.ndarray, np.ndarray]]:
         """Cached rows for the given hashes: sha256 → (method, faces, box 4 float32, embedding D float32)."""
-        out = {}
-        unique = list(dict.fromkeys(shas))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            rows = self.db.execute(
-                f"SELECT sha256, method, faces, box, embedding FROM embeddings WHERE fingerprint = ? "
-                f"AND sha256 IN ({','.join('?' * len(chunk))})",
-                [fingerprint, *chunk],
-            )
-            for sha, method, faces, box, emb in rows:
-                out[sha] = (method, int(faces), np.frombuffer(box, np.float32), np.frombuffer(emb, np.float32))
-        return out
+        return {
+            sha: (method, int(faces), np.frombuffer(box, np.float32), np.frombuffer(emb, np.float32))
+            for sha, method, faces, box, emb in self._select("sha256, method, faces, box, embedding", "embeddings",
+                                                             fingerprint, shas)
+        }
 
     def put(self, fingerprint: str, rows: Sequence[tuple[str, str, int, np.ndarray, np.ndarray]]) -> None:
         """Store (sha256, method, faces, box, embedding) rows and commit."""
@@ -194,20 +187,24 @@ class EmbeddingCache:
 
     def get_detections(self, fingerprint: str, shas: Sequence[str]) -> dict[str, Detections]:
         """Cached detector output for the given hashes: sha256 → Detections (every face found)."""
-        out = {}
+        return {
+            sha: Detections(np.frombuffer(boxes, np.float32).reshape(n, 4),
+                            np.frombuffer(scores, np.float32).reshape(n),
+                            np.frombuffer(landmarks, np.float32).reshape(n, 5, 2))
+            for sha, n, boxes, scores, landmarks in self._select("sha256, faces, boxes, scores, landmarks",
+                                                                 "detections", fingerprint, shas)
+        }
+
+    def _select(self, columns: str, table: str, fingerprint: str, shas: Sequence[str]) -> Iterator[tuple]:
+        """Rows of ``table`` for ``fingerprint`` and the given hashes (deduplicated), queried 500 at a time to stay
+        under SQLite's bound-parameter limit."""
         unique = list(dict.fromkeys(shas))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
-            rows = self.db.execute(
-                f"SELECT sha256, faces, boxes, scores, landmarks FROM detections WHERE fingerprint = ? "
-                f"AND sha256 IN ({','.join('?' * len(chunk))})",
+            yield from self.db.execute(
+                f"SELECT {columns} FROM {table} WHERE fingerprint = ? AND sha256 IN ({','.join('?' * len(chunk))})",
                 [fingerprint, *chunk],
             )
-            for sha, n, boxes, scores, landmarks in rows:
-                out[sha] = Detections(np.frombuffer(boxes, np.float32).reshape(n, 4),
-                                      np.frombuffer(scores, np.float32).reshape(n),
-                                      np.frombuffer(landmarks, np.float32).reshape(n, 5, 2))
-        return out
 
     def put_detections(self, fingerprint: str, rows: Sequence[tuple[str, Detections]]) -> None:
         """Store (sha256, Detections) rows and commit."""

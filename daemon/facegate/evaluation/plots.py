@@ -61,12 +61,7 @@ def roc_plot(curve: Roc, path: str | Path, title: str, marks: dict[str, tuple[fl
     ax.set_xscale("log")
     ax.set_xlabel("FMR (false match rate)")
     ax.set_ylabel("TAR (1 − FNMR)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, title, path)
 
 
 def det_plot(
@@ -90,6 +85,11 @@ def det_plot(
     ax.set_yscale("log")
     ax.set_xlabel("FPIR (non-mated searches returning a candidate)")
     ax.set_ylabel("FNIR (mate not rank 1 within the threshold)")
+    return _save(plt, fig, ax, title, path)
+
+
+def _save(plt, fig, ax, title: str, path: Path) -> Path:
+    """Title, log grid and layout shared by every plot; writes the PNG and frees the figure."""
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
