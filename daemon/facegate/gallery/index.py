@@ -51,7 +51,7 @@ import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
-from facegate.fileio import folder_lock, fsync_dir, sha256_file
+from facegate.fileio import folder_lock, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -280,13 +280,7 @@ class GalleryIndex:
             os.fsync(handle.fileno())
         meta["sha256"] = sha256_file(path)
         meta["bytes"] = path.stat().st_size
-        tmp = folder / f".{META_NAME}.{secrets.token_hex(4)}.tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as handle:
-            json.dump(meta, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / META_NAME)
-        fsync_dir(folder)
+        write_atomic(folder / META_NAME, json.dumps(meta).encode("utf-8"))  # temp file is 0600 (mkstemp)
         remove_stale_files(folder, keep=name)
         log.info("gallery_index_saved file=%s generation=%d bytes=%d", name, generation, meta["bytes"])
         return path
