@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from facegate.runtime.audit import read_audit
-from facegate.runtime.events import parse_rfc3339, verify_payload
+from facegate.signing import parse_rfc3339, verify_payload
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import DATA, need_shared  # noqa: E402

@@ -16,17 +16,8 @@ import pytest
 from facegate.errors import ConfigError
 from facegate.runtime.audit import AuditLog, read_audit
 from facegate.runtime.decision import Decision
-from facegate.runtime.events import (
-    EventEmitter,
-    build_payload,
-    canonical_bytes,
-    event_topic,
-    load_signing_key,
-    parse_rfc3339,
-    sign_payload,
-    status_topic,
-    verify_payload,
-)
+from facegate.runtime.events import EventEmitter, build_payload, event_topic, status_topic
+from facegate.signing import canonical_bytes, load_signing_key, parse_rfc3339, sign_payload, verify_payload
 
 KEY = b"0123456789abcdef0123456789abcdef-test-key"
 DECIDED = datetime(2026, 6, 3, 12, 0, 0, 250000, tzinfo=UTC)

@@ -17,8 +17,9 @@ from mosquitto import Mosquitto, Subscriber, find_mosquitto, free_port
 from facegate.errors import BrokerError
 from facegate.runtime.audit import AuditLog, read_audit
 from facegate.runtime.decision import Decision
-from facegate.runtime.events import EventEmitter, verify_payload
+from facegate.runtime.events import EventEmitter
 from facegate.runtime.mqtt import EventPublisher
+from facegate.signing import verify_payload
 
 KEY = b"mqtt-test-key-0123456789abcdef0123456789"
 PREFIX = "site1/facegate"

@@ -66,7 +66,7 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
     """
     from facegate.packs.manifest import load_manifest
-    from facegate.runtime.events import load_signing_key
+    from facegate.signing import load_signing_key
 
     issues: list[ConfigIssue] = []
     cameras = list(config.cameras) + list(extra_cameras or [])

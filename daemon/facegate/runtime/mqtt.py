@@ -33,7 +33,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from facegate.errors import BrokerError, ConfigError
-from facegate.runtime.events import encode_payload, event_topic, parse_rfc3339, status_topic
+from facegate.runtime.events import event_topic, status_topic
+from facegate.signing import encode_payload, parse_rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,10 @@ from facegate.gallery.location import default_gallery_path
 from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage
 from facegate.runtime.decision import Decision, DecisionEngine, DecisionPolicy
-from facegate.runtime.events import EventEmitter, load_signing_key
+from facegate.runtime.events import EventEmitter
 from facegate.runtime.inference import FrameResult, InferenceStage
 from facegate.runtime.rules import AccessRules, Door
+from facegate.signing import load_signing_key
 
 log = logging.getLogger(__name__)
 
