@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from facegate.config import (
-    CameraConfig,
-    Config,
-    load_config,
-    parse_config,
-)
+from facegate.config import CameraConfig, Config
 from facegate.config_checks import check_file
+from facegate.config_file import load_config, parse_config
 from facegate.errors import ConfigError, VideoError
-from facegate.runtime.rules import AccessRules
-from facegate.runtime.service import camera_doors, cameras_from_args, doors_from, policy_from
+from facegate.runtime.capture import cameras_from_args
+from facegate.runtime.rules import DEFAULT_DOOR, AccessRules, camera_doors
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "example.yaml"
@@ -122,8 +118,8 @@ def test_every_error_has_its_key_path_and_line():
     ("doors:\n  - id: d\n    schedule: {timezone: 'not a zone', windows: [{days: [mon], start: '08:00', "
      "end: '09:00'}]}\n",
      "not an IANA time zone name"),
-    ("doors:\n  - id: d\n    schedule: {timezone: UTC, windows: [{days: [mon], start: '18:00', end: '08:00'}]}\n",
-     "must be after start"),
+    ("doors:\n  - id: d\n    schedule: {timezone: UTC, windows: [{days: [mon], start: '08:00', end: '08:00'}]}\n",
+     "window would be empty"),
     ("cameras: {id: a}\n", "Input should be a valid list"),
     ("liveness: {enabled: true, frames: 9}\n", "must be ≤ decision.n"),
     ("- just\n- a list\n", "top level must be a mapping"),
@@ -213,7 +209,7 @@ def test_doors_map_to_access_rules():
           - {id: back, cameras: [b], allowed_groups: []}
         """))
     assert issues == []
-    rules = AccessRules(doors_from(config))
+    rules = AccessRules.from_config(config)
     kw = dict(identity_id=1, door="front", now=100.0)
     monday_noon_berlin = datetime(2026, 11, 30, 11, 0, tzinfo=UTC)  # 12:00 CET
     monday_late = datetime(2026, 11, 30, 18, 30, tzinfo=UTC)  # 19:30 CET
@@ -229,15 +225,58 @@ def test_doors_map_to_access_rules():
     assert rules.check(groups=["staff"], wall=monday_noon_berlin, identity_id=2, door="back",
                        now=1.0) == "not_in_group"
     assert camera_doors(config, config.cameras) == {"a": "front", "b": "back"}
-    policy = policy_from(config.decision, None, 3)
-    assert (policy.k, policy.n, policy.max_frame_age_s) == (3, 5, 1.0)
 
 
 def test_no_doors_means_one_default_door():
     config = Config(cameras=[CameraConfig(id="x", usb=0)])
-    (door,) = doors_from(config)
-    assert door.allowed_groups is None and door.schedule is None
-    assert camera_doors(config, config.cameras) == {"x": door.name}
+    rules = AccessRules.from_config(config)
+    (door,) = rules.doors.values()
+    assert door.id == DEFAULT_DOOR and door.allowed_groups is None and door.schedule is None
+    assert camera_doors(config, config.cameras) == {"x": DEFAULT_DOOR}
+
+
+def _one_window(start: str, end: str, days: str = "[mon, tue, wed, thu, fri, sat, sun]") -> AccessRules:
+    config, issues = parse_config(textwrap.dedent(f"""
+        doors:
+          - id: front
+            schedule:
+              timezone: Europe/Berlin
+              windows: [{{days: {days}, start: "{start}", end: "{end}"}}]
+        """))
+    assert issues == [], issues
+    return AccessRules.from_config(config)
+
+
+@pytest.mark.parametrize("end", ["23:59:59", "24:00"])
+def test_schedule_keeps_seconds_from_yaml_to_the_rule(end):
+    # the bug of issue 11: the window was rendered as "HH:MM" and re-parsed, so 23:59:59 became 23:59 and a known
+    # person at 23:59:30 was denied outside_schedule
+    rules = _one_window("07:00", end)
+    at = datetime(2026, 11, 30, 22, 59, 30, tzinfo=UTC)  # Monday 23:59:30 CET
+    assert rules.check(identity_id=1, groups=(), door="front", wall=at, now=0.0) is None
+    last = datetime(2026, 11, 30, 22, 59, 59, 500000, tzinfo=UTC)  # 23:59:59.5
+    assert (rules.check(identity_id=1, groups=(), door="front", wall=last, now=0.0) is None) == (end == "24:00")
+    early = datetime(2026, 11, 30, 5, 59, 59, tzinfo=UTC)  # 06:59:59 CET
+    assert rules.check(identity_id=1, groups=(), door="front", wall=early, now=0.0) == "outside_schedule"
+
+
+def test_schedule_seconds_at_the_start_and_an_overnight_window():
+    rules = _one_window("07:00:30", "07:00:45")
+    inside = datetime(2026, 11, 30, 6, 0, 40, tzinfo=UTC)  # 07:00:40 CET
+    outside = datetime(2026, 11, 30, 6, 0, 20, tzinfo=UTC)  # 07:00:20 CET
+    assert rules.check(identity_id=1, groups=(), door="front", wall=inside, now=0.0) is None
+    assert rules.check(identity_id=1, groups=(), door="front", wall=outside, now=0.0) == "outside_schedule"
+    night = _one_window("22:00", "06:00", days="[fri]")  # a night shift: belongs to Friday, ends Saturday 06:00
+    saturday_3am = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)  # Sat 03:00 CET
+    saturday_night = datetime(2026, 12, 5, 22, 0, tzinfo=UTC)  # Sat 23:00 CET: Saturday is not in the window
+    assert night.check(identity_id=1, groups=(), door="front", wall=saturday_3am, now=0.0) is None
+    assert night.check(identity_id=1, groups=(), door="front", wall=saturday_night, now=0.0) == "outside_schedule"
+
+
+def test_an_empty_window_is_refused():
+    _, issues = parse_config('doors: [{id: a, schedule: {timezone: UTC, windows: [{days: [mon], start: "08:00", '
+                             'end: "08:00"}]}}]')
+    assert len(issues) == 1 and "empty" in issues[0].message and issues[0].path.endswith("windows[0]")
 
 
 def test_cameras_from_command_line(tmp_path):

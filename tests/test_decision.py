@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from facegate.config import DecisionConfig, DoorConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
-from facegate.runtime.decision import Candidate, DecisionEngine, DecisionPolicy
-from facegate.runtime.rules import AccessRules, Door
+from facegate.runtime.decision import Candidate, DecisionEngine, LivenessGate
+from facegate.runtime.rules import AccessRules
 
 D = 8
 E = np.eye(D, dtype=np.float32)
@@ -69,13 +71,31 @@ def face(emb: np.ndarray, live: float | None = None, x: float = 100.0) -> Detect
     return Detections(box, np.array([0.99], np.float32), lm, data)
 
 
-def make(policy: DecisionPolicy | None = None, *, doors=None, search=euclidean_search, metric="distance",
+Policy = tuple[DecisionConfig, LivenessGate | None]
+
+
+def policy(*, liveness_threshold: float | None = None, liveness_frames: int = 3, **kw) -> Policy:
+    """The ``decision:`` section these tests vote with (frames older than 0.5 s are stale) and the liveness gate."""
+    settings = dict(k=3, n=5, margin=0.05, max_frame_age_s=0.5, unknown_after_s=3.0) | kw
+    gate = None if liveness_threshold is None else LivenessGate(liveness_threshold, liveness_frames)
+    return DecisionConfig(**settings), gate
+
+
+def Door(id: str, **kw) -> DoorConfig:  # noqa: N802 - reads as the door it builds
+    return DoorConfig(id=id, **({"cooldown_s": 0.0} | kw))
+
+
+def schedule(days: list[str], start: str, end: str, tz: str = "UTC") -> dict:
+    return {"timezone": tz, "windows": [{"days": days, "start": start, "end": end}]}
+
+
+def make(settings: Policy | None = None, *, doors=None, search=euclidean_search, metric="distance",
          threshold=0.6) -> tuple[DecisionEngine, Clock]:
     clock = Clock()
-    rules = AccessRules(doors or [Door("front", allowed_groups={"staff"})])
+    rules = AccessRules(doors or [Door("front", allowed_groups=["staff"])])
+    config, gate = settings or policy()
     engine = DecisionEngine(search=search, metric=metric, threshold=threshold, camera_doors={"cam1": "front"},
-                            rules=rules, policy=policy or DecisionPolicy(k=3, n=5, margin=0.05),
-                            wall_clock=clock.wall, clock=clock.mono)
+                            rules=rules, config=config, liveness=gate, wall_clock=clock.wall, clock=clock.mono)
     return engine, clock
 
 
@@ -118,7 +138,7 @@ def test_margin_to_second_identity_is_required():
     engine, clock = make()
     decided = [d for _ in range(5) for d in feed(engine, clock, face(BETWEEN))]
     assert [d.type for d in decided] == ["unknown"]  # below threshold for both alice and bob, but no margin
-    engine, clock = make(DecisionPolicy(k=3, n=5, margin=0.0))
+    engine, clock = make(policy(k=3, n=5, margin=0.0))
     decided = [d for _ in range(5) for d in feed(engine, clock, face(BETWEEN))]
     assert decided[0].type == "grant" and decided[0].margin == pytest.approx(0.0, abs=1e-6)
 
@@ -127,7 +147,7 @@ def test_threshold_and_a_tie_between_identities_never_grant():
     engine, clock = make(threshold=0.25)  # alice's probe is 0.3 away
     assert [d.type for _ in range(5) for d in feed(engine, clock, face(ALICE))] == ["unknown"]
     # liveness (4 frames) holds the decision back until carol has as many votes as alice: a tie is no answer
-    engine, clock = make(DecisionPolicy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=4))
+    engine, clock = make(policy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=4))
     out = [d for e in (ALICE, ALICE, CAROL, CAROL, STRANGER) for d in feed(engine, clock, face(e, live=0.9))]
     assert [(d.type, d.identity_id) for d in out] == [("unknown", None)]
 
@@ -145,8 +165,8 @@ def test_stale_frames_are_dropped_and_old_observations_never_used():
 
 
 def test_liveness_must_pass_before_a_grant():
-    policy = DecisionPolicy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=3)
-    engine, clock = make(policy)
+    settings = policy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=3)
+    engine, clock = make(settings)
     assert feed(engine, clock, face(ALICE, live=0.9)) == []
     assert feed(engine, clock, face(ALICE, live=0.9)) == []  # k reached, only 2 of 3 live scores
     (d,) = feed(engine, clock, face(ALICE, live=0.8))
@@ -154,32 +174,33 @@ def test_liveness_must_pass_before_a_grant():
 
 
 def test_failed_liveness_denies_and_the_track_never_grants():
-    policy = DecisionPolicy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=3)
-    engine, clock = make(policy)
+    settings = policy(k=2, n=5, margin=0.05, liveness_threshold=0.5, liveness_frames=3)
+    engine, clock = make(settings)
     out = [d for lv in (0.9, 0.1, 0.2) for d in feed(engine, clock, face(ALICE, live=lv))]
     assert [(d.type, d.reason, d.identity_id) for d in out] == [("deny", "liveness", "alice")]
     assert [d for _ in range(10) for d in feed(engine, clock, face(ALICE, live=0.99))] == []
 
 
 def test_missing_liveness_scores_deny_after_the_unknown_timeout():
-    policy = DecisionPolicy(k=2, n=5, margin=0.05, liveness_threshold=0.5, unknown_after_s=1.0)
-    engine, clock = make(policy)
+    settings = policy(k=2, n=5, margin=0.05, liveness_threshold=0.5, unknown_after_s=1.0)
+    engine, clock = make(settings)
     out = [d for _ in range(12) for d in feed(engine, clock, face(ALICE))]  # no data["liveness"]
     assert [(d.type, d.reason) for d in out] == [("deny", "liveness")]
 
 
 def test_rules_deny_with_reason_once_per_track():
-    engine, clock = make(doors=[Door("front", allowed_groups={"staff"})])
+    engine, clock = make(doors=[Door("front", allowed_groups=["staff"])])
     out = [d for _ in range(10) for d in feed(engine, clock, face(CAROL))]
     assert [(d.type, d.identity_id, d.reason) for d in out] == [("deny", "carol", "not_in_group")]
-    engine, clock = make(doors=[Door("front", schedule={"mon-fri": "07:00-12:00"}, timezone="Europe/Berlin")])
+    engine, clock = make(doors=[Door("front", schedule=schedule(["mon", "tue", "wed", "thu", "fri"], "07:00", "12:00",
+                                                                   "Europe/Berlin"))])
     out = [d for _ in range(5) for d in feed(engine, clock, face(ALICE))]  # 14:00 in Berlin
     assert [(d.type, d.reason) for d in out] == [("deny", "outside_schedule")]
 
 
 def test_cooldown_for_a_returning_person_then_grant_again():
-    policy = DecisionPolicy(k=3, n=5, margin=0.05, track_timeout_s=0.5, repeat_after_s=5.0)
-    engine, clock = make(policy, doors=[Door("front", cooldown_s=20.0)])
+    settings = policy(k=3, n=5, margin=0.05, track_max_age_s=0.5, repeat_after_s=5.0)
+    engine, clock = make(settings, doors=[Door("front", cooldown_s=20.0)])
     first = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
     assert [d.type for d in first] == ["grant"]
     clock.t += 2.0  # walked away: track expires; back after 2 s as a new track
@@ -191,7 +212,7 @@ def test_cooldown_for_a_returning_person_then_grant_again():
 
 
 def test_anti_passback_through_the_engine():
-    engine, clock = make(doors=[Door("front", anti_passback_s=3600), Door("back", exit=True)])
+    engine, clock = make(doors=[Door("front", anti_passback=True, anti_passback_s=3600), Door("back", exit=True)])
     assert [d.type for _ in range(3) for d in feed(engine, clock, face(ALICE))] == ["grant"]
     clock.t += 40.0  # past repeat_after_s (30 s): the same track is evaluated again
     out = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
@@ -202,7 +223,7 @@ def test_anti_passback_through_the_engine():
 
 
 def test_unknown_after_timeout_with_few_frames():
-    engine, clock = make(DecisionPolicy(k=3, n=10, margin=0.05, unknown_after_s=1.0))
+    engine, clock = make(policy(k=3, n=10, margin=0.05, unknown_after_s=1.0))
     out = [d for _ in range(4) for d in feed(engine, clock, face(STRANGER), dt=0.4)]
     assert [d.type for d in out] == ["unknown"]
     assert out[0].score == pytest.approx(np.sqrt(2), abs=1e-6)  # best distance seen (unit vectors, orthogonal)
@@ -217,10 +238,10 @@ def test_two_people_in_one_frame_are_decided_separately():
 
 def test_similarity_metric_direction():
     # cosine: alice 1/sqrt(1.09) ≈ 0.958, bob 1/sqrt(1.09·1.04) ≈ 0.939, margin ≈ 0.019
-    engine, clock = make(DecisionPolicy(k=3, n=5, margin=0.05), search=cosine_search, metric="similarity",
+    engine, clock = make(policy(k=3, n=5, margin=0.05), search=cosine_search, metric="similarity",
                          threshold=0.9)
     assert [d.type for _ in range(5) for d in feed(engine, clock, face(ALICE))] == ["unknown"]
-    engine, clock = make(DecisionPolicy(k=3, n=5, margin=0.01), search=cosine_search, metric="similarity",
+    engine, clock = make(policy(k=3, n=5, margin=0.01), search=cosine_search, metric="similarity",
                          threshold=0.9)
     (d,) = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
     assert d.type == "grant" and d.score == pytest.approx(1 / np.sqrt(1.09), abs=1e-6)
@@ -259,14 +280,15 @@ def test_missing_embeddings_and_unknown_cameras_grant_nothing():
 
 
 def test_policy_validation():
-    with pytest.raises(UsageError, match="k ≤ n"):
-        DecisionPolicy(k=6, n=5)
+    with pytest.raises(ValidationError, match="k \\(6\\) must be ≤ n \\(5\\)"):
+        policy(k=6, n=5)
     with pytest.raises(UsageError, match="metric"):
         make(metric="cosine")
 
 
 def test_an_error_inside_the_rules_denies_instead_of_granting():
-    engine, clock = make(doors=[Door("front", schedule={"daily": "00:00-24:00"})])
+    every_day = schedule(["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "00:00", "24:00")
+    engine, clock = make(doors=[Door("front", schedule=every_day)])
     engine.wall_clock = lambda: datetime(2026, 6, 3, 12, 0)  # a naive clock: the schedule check raises
     out = [d for _ in range(6) for d in feed(engine, clock, face(ALICE))]
     assert [(d.type, d.reason, d.identity_id) for d in out] == [("deny", "error", None)]

@@ -146,7 +146,7 @@ def test_audit_log_in_an_unwritable_place_is_a_config_error(tmp_path):
 def test_emitter_without_broker_writes_signed_events_to_the_audit_log(tmp_path):
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
-        em = EventEmitter(signing_key=KEY, audit=log, publisher=None, grant_ttl_s=1.5)
+        em = EventEmitter(signing_key=KEY, sinks=[log], grant_ttl_s=1.5)
         sent = [em.emit(decision()), em.emit(decision("unknown", identity_id=None, identity_name=None))]
     records = read_audit(path)
     assert [r["event"] for r in records] == sent

@@ -1,33 +1,28 @@
-"""The daemon's configuration: one YAML file → one typed, validated ``Config`` (pydantic v2).
+"""The daemon's configuration model: one typed, validated ``Config`` (pydantic v2), one section per stage.
 
 One model per section, ``extra="forbid"`` (a misspelt key is an error, not silently ignored) and a description on
-every field (``config/example.yaml`` documents the same keys). Validation is pure: validators check shapes, ranges
-and cross-references between sections and never touch the file system or the network. Checks that need I/O (a
-time zone that exists in the tz database, key and certificate files that are readable, a pack that is installed)
-live in ``check_environment``, run by ``facegate config check``, at start-up and on every SIGHUP reload (the same
-list: what ``config check`` accepts, ``run`` accepts). When field errors stop pydantic's cross-field validators,
-``parse_config`` still runs the ones that work on raw values (``_raw_checks``) so one pass reports them all.
+every field (``config/example.yaml`` documents the same keys). Each setting has one name from YAML to code: the
+stages take these sections as they are (``runtime/rules.py`` reads ``DoorConfig``, ``runtime/decision.py`` reads
+``DecisionConfig``, …) and trust them, so every default and every rule lives here once. Rules that span fields are
+plain functions (``k_le_n_problem``, ``duplicate_ids_problem``) used by the validators and, when field errors stop
+those, by ``facegate.config_file`` on the raw values.
 
-Every problem is reported with its key path (``cameras[1].url``) and, when the YAML has it, the line number.
-Relative paths in a config file are resolved against the folder of that file (``resolve_paths``).
-Pattern taken from frigate's ``config/base.py`` and ``__main__.py`` (see shared/notes/style.md).
+Validation is pure: validators never touch the file system or the network. Checks that need I/O (a time zone that
+exists in the tz database, readable key files, an installed pack) are ``facegate.config_checks``, run by
+``facegate config check``, at start-up and on every SIGHUP reload. Reading a file: ``facegate.config_file``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import time as dtime
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from facegate.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: Weekday keys of schedule windows, in ``datetime.weekday()`` order.
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: A topic segment must not contain MQTT wildcards or separators (MQTT 3.1.1 §4.7).
 _TOPIC_PREFIX = r"^[^#+\x00]+$"
 
@@ -117,18 +112,21 @@ class DecisionConfig(_Section):
 
     @model_validator(mode="after")
     def _k_le_n(self) -> DecisionConfig:
-        if self.k > self.n:
-            raise ValueError(f"k ({self.k}) must be ≤ n ({self.n})")
+        if problem := k_le_n_problem(self.k, self.n):
+            raise ValueError(problem)
         return self
 
 
 class TimeWindow(_Section):
-    """A weekly opening window in the door's time zone: on ``days``, from ``start`` to ``end`` (end exclusive)."""
+    """A weekly opening window in the door's time zone: on ``days``, from ``start`` to ``end`` (end exclusive).
+    An ``end`` before ``start`` runs across midnight into the next day (a night shift, 22:00–06:00)."""
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        ..., min_length=1, description="Weekdays (mon…sun) this window applies to")
-    start: dtime = Field(..., description="Opening time HH:MM (24 h), local to the door's time zone")
-    end: dtime = Field(..., description="Closing time HH:MM (exclusive); 24:00 is written 23:59:59")
+        ..., min_length=1, description="Weekdays (mon…sun) this window starts on")
+    start: dtime = Field(..., description="Opening time \"HH:MM\" or \"HH:MM:SS\" (24 h), local to the door's "
+                         "time zone")
+    end: dtime = Field(..., description="Closing time (exclusive), \"HH:MM\" or \"HH:MM:SS\"; \"24:00\" = midnight; "
+                       "before start = the next day")
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -139,6 +137,14 @@ class TimeWindow(_Section):
                              f"number {value})")
         return value
 
+    @field_validator("end", mode="before")
+    @classmethod
+    def _midnight(cls, value: Any) -> Any:
+        # datetime.time stops at 23:59:59.999999; "24:00" (ISO 8601's end of day) is read as that last instant
+        if isinstance(value, str) and value.strip() in ("24:00", "24:00:00"):
+            return dtime.max
+        return value
+
     @field_validator("start", "end")
     @classmethod
     def _local(cls, value: dtime) -> dtime:
@@ -147,9 +153,10 @@ class TimeWindow(_Section):
         return value
 
     @model_validator(mode="after")
-    def _ordered(self) -> TimeWindow:
-        if self.end <= self.start:
-            raise ValueError(f"end {self.end} must be after start {self.start} (split overnight windows in two)")
+    def _not_empty(self) -> TimeWindow:
+        if self.end == self.start:
+            raise ValueError(f"start and end are both {self.start}: the window would be empty (or a whole day: "
+                             "write start \"00:00\", end \"24:00\")")
         return self
 
 
@@ -302,8 +309,9 @@ class Config(_Section):
         if self.liveness.enabled and self.liveness.frames > self.decision.n:
             raise ValueError(f"liveness: frames ({self.liveness.frames}) must be ≤ decision.n ({self.decision.n}): "
                              "the live scores are fused over the voting window")
-        _unique("cameras", [c.id for c in self.cameras])
-        _unique("doors", [d.id for d in self.doors])
+        for what, ids in (("cameras", [c.id for c in self.cameras]), ("doors", [d.id for d in self.doors])):
+            if problem := duplicate_ids_problem(what, ids):
+                raise ValueError(f"{what}: {problem}")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
         for d in self.doors:
@@ -320,188 +328,21 @@ class Config(_Section):
                 raise ValueError(f"cameras: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} lists it")
         return self
 
-    def door_of(self, camera_id: str) -> str:
-        """The door a camera watches: its ``door``, the door listing it, the only door, or ``"door"``."""
-        for c in self.cameras:
-            if c.id == camera_id and c.door is not None:
-                return c.door
-        for d in self.doors:
-            if camera_id in d.cameras:
-                return d.id
-        return self.doors[0].id if len(self.doors) == 1 else "door"
 
 
-def _unique(what: str, ids: list[str]) -> None:
+def k_le_n_problem(k: int, n: int) -> str | None:
+    """The voting rule's one check: k of the last n frames needs k ≤ n."""
+    return f"k ({k}) must be ≤ n ({n})" if k > n else None
+
+
+def duplicate_ids_problem(what: str, ids: list[str]) -> str | None:
+    """Camera and door ids name topics, events and log lines: each must be unique."""
     dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"{what}: duplicate id(s) {', '.join(dupes)}")
+    return f"duplicate id(s) {', '.join(dupes)}" if dupes else None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Loading and error reporting
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem: key path (``cameras[0].url``), YAML line (1-based) or None, and message."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.path or '<top>'}: {self.message}"
-
-
-def _loc_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """Line of the deepest YAML node along ``loc`` (a key's own line for a mapping entry)."""
-    node, line = root, (root.start_mark.line + 1) if root is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == part:
-                    node, line = value, key.start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
-    issues = []
-    for err in exc.errors():
-        # pydantic appends the union member / validator names ("function-after[...]") to loc; drop them
-        loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(
-                err["input"], dict | list):
-            msg += f" (got {err['input']!r})"
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (misspelt? see config/example.yaml for every key)"
-        issues.append(ConfigIssue(_loc_path(loc), _node_line(root, loc), msg))
-    return issues
-
-
-def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue]]:
-    """Validate YAML text. Returns (config, []) or (None, every issue found). Never raises for bad input."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]
-    except RecursionError:
-        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        return None, [ConfigIssue("", 1, f"the top level must be a mapping of sections, not {type(raw).__name__}")]
-    if _expanded_size(root, {}) > MAX_VALUES:  # YAML aliases can expand exponentially ("billion laughs")
-        return None, [ConfigIssue("", None, f"not a config file: more than {MAX_VALUES:,} values once YAML "
-                                  "aliases are expanded")]
-    duplicates = _duplicate_keys(root)
-    if duplicates:  # YAML keeps the last silently; an operator editing the first would be ignored
-        return None, duplicates
-    try:
-        return Config.model_validate(raw), []
-    except ValidationError as exc:
-        issues = _issues(exc, root)
-    # a section with a field error skips its cross-field validators: run those that work on raw values, so a file
-    # with several mistakes gets them all in one pass
-    known = " | ".join(i.message for i in issues)
-    for loc, message in _raw_checks(raw):
-        if message not in known:
-            issues.append(ConfigIssue(_loc_path(loc), _node_line(root, loc), message))
-    return None, issues
-
-
-#: A real config has a few hundred values; this bounds what validation has to walk.
-MAX_VALUES = 100_000
-
-
-def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
-    """Number of nodes once aliases are expanded (memoised on node identity: linear in the file's own size)."""
-    if node is None:
-        return 0
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = MAX_VALUES + 1  # a cycle (not possible with SafeLoader's composer) counts as too large
-    if isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    elif isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
-    else:
-        size = 1
-    memo[id(node)] = size = min(size, MAX_VALUES + 1)
-    return size
-
-
-def _duplicate_keys(root: yaml.Node | None) -> list[ConfigIssue]:
-    """A key given twice in one mapping, anywhere in the file (PyYAML keeps the last one without a word)."""
-    issues: list[ConfigIssue] = []
-    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
-    visited: set[int] = set()
-    while stack:
-        node, path = stack.pop()
-        if id(node) in visited:  # an alias: its target was checked where it was defined
-            continue
-        visited.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[str, int] = {}
-            for key, value in node.value:
-                name = str(key.value)
-                if name in seen:
-                    where = f"{path}.{name}" if path else name
-                    issues.append(ConfigIssue(where, key.start_mark.line + 1,
-                                              f"key given twice (first on line {seen[name]}); keep one"))
-                seen.setdefault(name, key.start_mark.line + 1)
-                stack.append((value, f"{path}.{name}" if path else name))
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
-    return sorted(issues, key=lambda i: i.line or 0)
-
-
-def _raw_checks(raw: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
-    """Cross-field checks on the raw YAML values (k ≤ n, unique camera/door ids, time zones that exist); used
-    only when validation failed, to report what the skipped validators would have found."""
-    out: list[tuple[tuple[Any, ...], str]] = []
-    dec = raw.get("decision")
-    if isinstance(dec, dict):
-        k, n = dec.get("k", 3), dec.get("n", 5)
-        if type(k) is int and type(n) is int and k > n:
-            out.append((("decision",), f"k ({k}) must be ≤ n ({n})"))
-    for section in ("cameras", "doors"):
-        items = raw.get(section)
-        if isinstance(items, list):
-            ids = [x["id"] for x in items if isinstance(x, dict) and isinstance(x.get("id"), str)]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            if dupes:
-                out.append(((section,), f"duplicate id(s) {', '.join(dupes)}"))
-    doors = raw.get("doors")
-    for i, door in enumerate(doors if isinstance(doors, list) else []):
-        schedule = door.get("schedule") if isinstance(door, dict) else None
-        tz = schedule.get("timezone") if isinstance(schedule, dict) else None
-        if isinstance(tz, str) and re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", tz):
-            problem = _tz_problem(tz)
-            if problem:
-                out.append((("doors", i, "schedule", "timezone"), problem))
-    return out
-
-
-def _tz_problem(name: str) -> str | None:
+def tz_problem(name: str) -> str | None:
+    """Why ``name`` is not a time zone of this machine's tz database (reads it: an environment check), else None."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -509,60 +350,3 @@ def _tz_problem(name: str) -> str | None:
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return f"unknown time zone {name!r} (not in the tz database)"
     return None
-
-
-def load_config(path: str | Path) -> Config:
-    """Read, validate and resolve a config file (relative paths → absolute, against the file's folder).
-
-    Raises ``ConfigError`` listing every problem with its key path and line.
-    """
-    path = Path(path)
-    text, issue = read_text(path)
-    if issue is not None:
-        raise ConfigError(f"{path}: {issue.message}")
-    config, issues = parse_config(text, str(path))
-    if config is None:
-        raise ConfigError(f"{path}: {len(issues)} problem(s):\n" + "\n".join(f"  {path}:{i}" for i in issues))
-    return resolve_paths(config, path.parent)
-
-
-def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
-    """The config file as text, or ("", issue) when it cannot be read or is not UTF-8 text (e.g. a binary file
-    given by mistake)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return "", ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        return "", ConfigIssue("", line, f"not a UTF-8 text file (byte {exc.start} is 0x{data[exc.start]:02x}); "
-                               "a config file is YAML text, see config/example.yaml")
-
-
-def resolve_paths(config: Config, base: Path) -> Config:
-    """Return a copy whose relative file paths (camera files, TLS, password, audit, key, gallery) are absolute."""
-
-    def fix(value: str | None) -> str | None:
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return str(p if p.is_absolute() else (base / p).resolve())
-
-    cams = [c.model_copy(update={"file": fix(c.file)}) for c in config.cameras]
-    tls = config.mqtt.tls
-    if tls is not None:
-        tls = tls.model_copy(update={"ca": fix(tls.ca), "cert": fix(tls.cert), "key": fix(tls.key)})
-    pack = config.pack
-    if pack.endswith((".yaml", ".yml")):
-        pack = fix(pack) or pack
-    return config.model_copy(update={
-        "cameras": cams,
-        "pack": pack,
-        "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
-        "audit": AuditConfig(path=fix(config.audit.path)),
-        "signing": SigningConfig(key_file=fix(config.signing.key_file)),
-        "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
-        "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
-    })

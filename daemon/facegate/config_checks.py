@@ -14,16 +14,8 @@ from typing import Any
 
 import yaml
 
-from facegate.config import (
-    CameraConfig,
-    Config,
-    ConfigIssue,
-    _node_line,
-    _tz_problem,
-    parse_config,
-    read_text,
-    resolve_paths,
-)
+from facegate.config import CameraConfig, Config, duplicate_ids_problem, tz_problem
+from facegate.config_file import ConfigIssue, node_line, parse_config, read_text, resolve_paths
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
 
@@ -73,11 +65,10 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     if not cameras:
         issues.append(ConfigIssue("cameras", None, "no cameras: add cameras: to the config or give --camera "
                                                    "URL_OR_FILE"))
-    ids = [c.id for c in cameras]
-    if len(set(ids)) != len(ids):
-        issues.append(ConfigIssue("cameras", None, f"camera ids must be unique, got {', '.join(ids)}"))
+    if problem := duplicate_ids_problem("cameras", [c.id for c in cameras]):  # --camera ids join the config's
+        issues.append(ConfigIssue("cameras", None, problem))
     for i, door in enumerate(config.doors):
-        if door.schedule is not None and (problem := _tz_problem(door.schedule.timezone)):
+        if door.schedule is not None and (problem := tz_problem(door.schedule.timezone)):
             issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None, problem))
     for i, cam in enumerate(config.cameras):
         if cam.file is not None and not Path(cam.file).is_file():
@@ -147,6 +138,6 @@ def check_file(path: str | Path | None,
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:  # parse_config already accepted it
         root = None
-    env = [ConfigIssue(i.path, _node_line(root, _parse_path(i.path)), i.message)
+    env = [ConfigIssue(i.path, node_line(root, _parse_path(i.path)), i.message)
            for i in check_environment(config, extra_cameras)]
     return config, env

@@ -51,7 +51,7 @@ def _checked(path: Path | None, specs: list[str], loop: bool = False):
     """``check_file`` with the ``--camera`` specs numbered after the config's own cameras, as ``run`` does.
     Returns (config or None, extra cameras, issues)."""
     from facegate.config_checks import check_file
-    from facegate.runtime.service import cameras_from_args
+    from facegate.runtime.capture import cameras_from_args
 
     config, issues = check_file(path)
     if not specs:

@@ -1,11 +1,27 @@
 """The gallery: enrolled identities and their templates (SQLite) with a derived hnswlib index for 1:N search.
 
 ``Gallery`` (core.py) is the entry point; ``store.py`` holds the records, ``index.py`` the one owner of the hnswlib
-index, ``enrol.py`` the quality gates and image enrolment.
+index, ``enrol.py`` the quality gates and image enrolment, ``location.py`` the default folder.
+
+The names below are imported on first use (PEP 562), so that ``facegate.gallery.location`` — which config checks
+need — does not load hnswlib and SQLite code with it.
 """
 
-from facegate.gallery.core import Gallery
-from facegate.gallery.index import Match
-from facegate.gallery.store import Identity, PackBinding
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from facegate.gallery.core import Gallery
+    from facegate.gallery.index import Match
+    from facegate.gallery.store import Identity, PackBinding
 
 __all__ = ["Gallery", "Identity", "Match", "PackBinding"]
+_WHERE = {"Gallery": "core", "Match": "index", "Identity": "store", "PackBinding": "store"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"facegate.gallery.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'facegate.gallery' has no attribute {name!r}")

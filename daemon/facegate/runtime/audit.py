@@ -14,9 +14,13 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facegate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from facegate.config import Config
+    from facegate.runtime.events import SignedEvent
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +29,12 @@ class AuditLog:
     """Writer for ``path`` (created with mode 0640, parent folders too). Thread-safe.
 
     Raises ``ConfigError`` when the file cannot be opened for appending; ``append`` raises ``OSError`` when the
-    record cannot be written and synced (the caller must then not publish it).
+    record cannot be written and synced (the caller must then not publish it). As the emitter's first sink
+    (``emit``) it is critical: an event it cannot record goes no further.
     """
+
+    name = "audit"
+    critical = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -45,6 +53,17 @@ class AuditLog:
                     log.warning("event=audit_torn_line path=%s action=newline_appended", self.path)
                     os.write(self._fd, b"\n")
                     os.fsync(self._fd)
+
+    @classmethod
+    def from_config(cls, config: Config, state: Path) -> AuditLog:
+        """The log at ``audit.path``, else ``audit.jsonl`` in the state folder ``state``."""
+        audit = cls(config.audit.path or state / "audit.jsonl")
+        log.info("event=audit_log path=%s", audit.path)
+        return audit
+
+    def emit(self, event: SignedEvent) -> None:
+        """Sink: the event's audit record (``audit_record``), durable before the next sink runs."""
+        self.append(audit_record(event.payload, event.topic))
 
     def append(self, record: dict[str, Any]) -> None:
         """Write ``record`` (JSON-serialisable dict) as one line and fsync it."""

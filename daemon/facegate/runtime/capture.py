@@ -24,12 +24,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
 
-from facegate.config import CameraConfig
+from facegate.config import CameraConfig, Config
+from facegate.errors import VideoError
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +351,28 @@ class Camera:
         st.dropped = self._slots.dropped.get(self.id, 0)
 
 
+def cameras_from_args(specs: list[str], loop: bool = False, first: int = 1) -> list[CameraConfig]:
+    """``--camera`` values → cameras ``cam<first>``…: a URL (has ``://``), a USB index (digits), a device path
+    (``/dev/…``) or a video file (``loop``: play it again at its end). Raises ``VideoError`` for a file that does
+    not exist."""
+    out = []
+    for i, spec in enumerate(specs, start=first):
+        cid = f"cam{i}"
+        if "://" in spec:
+            out.append(CameraConfig(id=cid, url=spec))
+        elif spec.isdigit():
+            out.append(CameraConfig(id=cid, usb=int(spec)))
+        elif spec.startswith("/dev/"):
+            out.append(CameraConfig(id=cid, device=spec))
+        else:
+            path = Path(spec).expanduser().resolve()
+            if not path.is_file():
+                raise VideoError(f"--camera {spec}: no such video file "
+                                 "(give a file, an rtsp:// URL, a USB index or a /dev path)")
+            out.append(CameraConfig(id=cid, file=str(path), loop=loop))
+    return out
+
+
 class CaptureStage:
     """All cameras plus the watchdog thread. ``slots`` is what the inference stage reads."""
 
@@ -357,6 +381,15 @@ class CaptureStage:
         self._stop = threading.Event()
         self.cameras = {c.id: Camera(c, self.slots, self._stop) for c in cameras}
         self._watchdog: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, extra: list[CameraConfig] | None = None) -> CaptureStage:
+        """The ``cameras:`` of ``config`` followed by ``extra`` (the command line's ``--camera`` ones)."""
+        return cls(all_cameras(config, extra))
+
+    def reconfigure(self, config: Config, extra: list[CameraConfig] | None = None) -> list[str]:
+        """SIGHUP: apply the new camera list (``replace``); returns the ids that changed."""
+        return self.replace(all_cameras(config, extra))
 
     def start(self) -> None:
         for cam in self.cameras.values():
@@ -420,3 +453,8 @@ class CaptureStage:
                         "opens": s.opens, "failures": s.failures, "rebuilds": s.rebuilds,
                         "fps": round(s.fps, 1), "last_error": s.last_error}
         return out
+
+
+def all_cameras(config: Config, extra: list[CameraConfig] | None = None) -> list[CameraConfig]:
+    """The cameras the daemon runs: the config's, then the command line's."""
+    return list(config.cameras) + list(extra or [])

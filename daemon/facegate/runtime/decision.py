@@ -6,7 +6,7 @@ each face's candidates, and records one observation per track. A track is then d
 * **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
   same identity (score beyond ``threshold`` AND beating the best *other* identity of that frame by ``margin``),
   no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
-  ``liveness_frames`` per-face live scores ≥ ``liveness_threshold``; no grant before that many scores exist), and
+  ``liveness.frames`` per-face live scores ≥ ``liveness.threshold``; no grant before that many scores exist), and
   the door's ``AccessRules`` allow it;
 * **deny** with a reason when that identity is known but refused: a rules reason (``not_in_group``,
   ``outside_schedule``, ``cooldown``, ``anti_passback``, ``unknown_door``), ``liveness`` (fused live score below
@@ -26,27 +26,40 @@ for nothing, and any exception while deciding a track gives no grant. The voting
 recognition (``frigate/data_processing/real_time/face.py``: minimum number of samples, a tie is no answer), with
 the margin test of open-set identification (ISO/IEC 19795-1 "rank-1 with a margin" / FPIR control).
 
+The voting settings are the validated ``decision:`` section (``facegate.config.DecisionConfig``) under their YAML
+names; the threshold is the pack's measured operating point unless ``decision.threshold`` overrides it
+(``DecisionEngine.from_config``). ``on_result`` is the inference stage's downstream: it decides each frame and hands
+every decision to the emitter (``runtime/events.py``).
+
 Times: ``captured_at``/``now`` monotonic seconds; ``captured_wall``/``decided_at`` aware UTC datetimes.
-Not thread-safe: call ``process`` from one thread (the inference/decision thread).
+``process`` is not thread-safe; ``on_result`` and ``reconfigure`` serialise on the engine's lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
+from facegate.config import DecisionConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
-from facegate.runtime.rules import AccessRules
+from facegate.runtime.rules import AccessRules, camera_doors
 from facegate.runtime.tracking import FaceTracker
+
+if TYPE_CHECKING:
+    from facegate.config import CameraConfig, Config, LivenessConfig
+    from facegate.pipeline import FacePipeline
+    from facegate.runtime.inference import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -67,41 +80,24 @@ SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate | tuple]]]
 
 
 @dataclass(frozen=True)
-class DecisionPolicy:
-    """Voting parameters (plain values; the service fills them from config).
+class LivenessGate:
+    """Liveness (PAD) gating of grants: the mean of a track's latest ``frames`` live scores must reach
+    ``threshold``; no grant before that many scores exist (``liveness:`` section; None when it is off)."""
 
-    ``k``/``n``: k of the last n frames; ``margin``: score gap to the best other identity (same units as the
-    score); ``max_frame_age_s``: frames older than this are never used; ``unknown_after_s``: a track this old
-    without a grant/deny is unknown; ``liveness_threshold``: None disables liveness, else the fused live score
-    needed; ``liveness_frames``: F, the number of a track's latest live scores fused (mean); ``repeat_after_s``:
-    how soon the same decision may repeat for one track; ``track_*``: the ``FaceTracker`` parameters.
-    """
+    threshold: float
+    frames: int
 
-    k: int = 3
-    n: int = 5
-    margin: float = 0.0
-    max_frame_age_s: float = 0.5
-    unknown_after_s: float = 3.0
-    liveness_threshold: float | None = None
-    liveness_frames: int = 3
-    repeat_after_s: float = 30.0
-    track_timeout_s: float = 1.0
-    track_min_affinity: float = 0.3
-
-    def __post_init__(self) -> None:
-        if not (1 <= self.k <= self.n):
-            raise UsageError(f"decision: need 1 ≤ k ≤ n, got k={self.k} n={self.n}")
-        if self.margin < 0 or self.max_frame_age_s <= 0 or self.unknown_after_s <= 0 or self.repeat_after_s < 0:
-            raise UsageError("decision: margin ≥ 0, max_frame_age_s > 0, unknown_after_s > 0, repeat_after_s ≥ 0")
-        if not 1 <= self.liveness_frames <= self.n:
-            raise UsageError(f"decision: need 1 ≤ liveness_frames ≤ n, got {self.liveness_frames} (n={self.n})")
+    @classmethod
+    def from_config(cls, liveness: LivenessConfig) -> LivenessGate | None:
+        return cls(liveness.threshold, liveness.frames) if liveness.enabled else None
 
 
 @dataclass(frozen=True)
 class Decision:
     """One door decision. ``score`` is the mean comparison score of the frames used, ``margin`` the smallest
     margin among them (None when the gallery had no second identity); ``captured_at`` is the wall UTC capture time
-    of the frame that completed the decision, ``captured_mono`` its monotonic time (for latency measurements)."""
+    of the frame that completed the decision, ``captured_mono`` its monotonic time and ``inferred_mono`` when its
+    inference finished (for latency measurements)."""
 
     type: Literal["grant", "deny", "unknown"]
     camera: str
@@ -116,6 +112,7 @@ class Decision:
     frames_used: int = 0
     reason: str | None = None
     captured_mono: float | None = None
+    inferred_mono: float | None = None
 
 
 class _Obs(NamedTuple):
@@ -141,12 +138,13 @@ def _utcnow() -> datetime:
 class DecisionEngine:
     """Decisions for all cameras. Constructor (keyword only):
 
-    * ``search``: ``SearchFn``; replace ``engine.search`` to swap galleries (e.g. on SIGHUP);
+    * ``search``: ``SearchFn`` (the running daemon's: ``runtime/matching.py``);
     * ``metric``: "distance" (lower is better, match when ``score ≤ threshold``) or "similarity" (higher is
-      better, match when ``score ≥ threshold``), as ``FacePipeline.matches``;
-    * ``threshold``: the operating point (the pack's measured one by default, chosen by the caller);
-    * ``camera_doors``: camera id → door name;
-    * ``rules``: ``AccessRules``; ``policy``: ``DecisionPolicy``;
+      better, match when ``score ≥ threshold``);
+    * ``threshold``: the operating point (the pack's measured one unless ``decision.threshold`` is set);
+    * ``camera_doors``: camera id → door id (``runtime/rules.camera_doors``);
+    * ``rules``: ``AccessRules``; ``config``: the ``decision:`` section; ``liveness``: ``LivenessGate`` or None;
+    * ``sink``: called with every decision ``on_result`` makes (the emitter's ``emit``); None keeps them;
     * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds.
     """
 
@@ -158,7 +156,9 @@ class DecisionEngine:
         threshold: float,
         camera_doors: Mapping[str, str],
         rules: AccessRules,
-        policy: DecisionPolicy | None = None,
+        config: DecisionConfig | None = None,
+        liveness: LivenessGate | None = None,
+        sink: Callable[[Decision], Any] | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -171,12 +171,57 @@ class DecisionEngine:
         self.threshold = float(threshold)
         self.camera_doors = dict(camera_doors)
         self.rules = rules
-        self.policy = policy or DecisionPolicy()
+        self.config = config or DecisionConfig()
+        self.liveness = liveness
+        self.sink = sink
         self.wall_clock = wall_clock
         self.clock = clock
         self._trackers: dict[str, FaceTracker] = {}
         self._tracks: dict[str, dict[int, _TrackState]] = {}
+        self._lock = threading.Lock()
         self.stats: Counter[str] = Counter()
+
+    @classmethod
+    def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
+                    cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None) -> DecisionEngine:
+        """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
+        operating point), ``liveness:`` gating, each camera's door."""
+        threshold = config.decision.threshold if config.decision.threshold is not None else pipeline.threshold
+        engine = cls(search=search, metric="distance" if pipeline.metric == "euclidean" else "similarity",
+                     threshold=threshold, camera_doors=camera_doors(config, cameras), rules=rules,
+                     config=config.decision, liveness=LivenessGate.from_config(config.liveness), sink=sink)
+        engine._warn_doorless()
+        return engine
+
+    def reconfigure(self, config: Config, cameras: Sequence[CameraConfig], pack_threshold: float) -> None:
+        """SIGHUP: new voting settings, threshold and camera→door map take effect at the next frame; tracks and
+        their votes are kept (liveness settings need a restart: the models are loaded at start)."""
+        with self._lock:
+            self.config = config.decision
+            self.threshold = config.decision.threshold if config.decision.threshold is not None else pack_threshold
+            self.camera_doors = camera_doors(config, cameras)
+        self._warn_doorless()
+
+    def _warn_doorless(self) -> None:
+        for cid, door in self.camera_doors.items():
+            if door not in self.rules.doors:
+                log.error("event=camera_door_has_no_rules camera=%s door=%s note=never_grants fix='add the door "
+                          "to doors: or set the camera's door'", cid, door)
+
+    def on_result(self, result: FrameResult) -> None:
+        """The inference stage's downstream: decide one frame's faces and hand each decision to ``sink``. A sink
+        error is logged and never stops the decisions (the emitter does not publish what it could not audit)."""
+        f = result.frame
+        with self._lock:
+            decisions = self.process(f.camera_id, result.dets, captured_at=f.captured_at,
+                                     captured_wall=f.captured_wall)
+            for d in decisions:
+                if self.sink is None:
+                    continue
+                try:
+                    self.sink(dataclasses.replace(d, inferred_mono=result.done_at))
+                except OSError:
+                    log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
     # ----------------------------------------------------------------------------------------------- scoring
     def _passes(self, score: float) -> bool:
@@ -200,7 +245,7 @@ class DecisionEngine:
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
         margin = None if other is None else self._gap(score, float(other.score))
-        ok = self._passes(score) and (margin is None or margin >= self.policy.margin)
+        ok = self._passes(score) and (margin is None or margin >= self.config.margin)
         return ((best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
@@ -222,7 +267,7 @@ class DecisionEngine:
         """
         now = self.clock() if now is None else now
         self.stats["frames"] += 1
-        if now - captured_at > self.policy.max_frame_age_s:
+        if now - captured_at > self.config.max_frame_age_s:
             self.stats["stale_frames"] += 1
             log.debug("event=stale_frame camera=%s age_s=%.3f", camera, now - captured_at)
             return []
@@ -279,7 +324,7 @@ class DecisionEngine:
         tracker = self._trackers.get(camera)
         if tracker is None:
             tracker = self._trackers[camera] = FaceTracker(
-                min_affinity=self.policy.track_min_affinity, timeout_s=self.policy.track_timeout_s
+                min_affinity=self.config.track_min_affinity, timeout_s=self.config.track_max_age_s
             )
             self._tracks[camera] = {}
         states = self._tracks[camera]
@@ -295,8 +340,8 @@ class DecisionEngine:
         answers = self.search(emb)
         if len(answers) != len(dets):
             raise ValueError(f"search returned {len(answers)} answers for {len(dets)} faces")
-        live = dets.data.get("liveness") if self.policy.liveness_threshold is not None else None
-        n = self.policy.n
+        live = dets.data.get("liveness") if self.liveness is not None else None
+        n = self.config.n
         for i, tid in enumerate(ids.tolist()):
             state = states.get(tid)
             if state is None:
@@ -311,7 +356,7 @@ class DecisionEngine:
     def _fresh_key(self, state: _TrackState, d: Decision, now: float) -> bool:
         key = (d.type, d.identity_id, d.reason)
         last = state.emitted.get(key)
-        if last is not None and now - last < self.policy.repeat_after_s:
+        if last is not None and now - last < self.config.repeat_after_s:
             return False
         state.emitted[key] = now
         return True
@@ -325,7 +370,7 @@ class DecisionEngine:
     def _decide(
         self, camera: str, door: str, tid: int, st: _TrackState, cap: float, wall: datetime, now: float
     ) -> Decision | None:
-        p = self.policy
+        p = self.config
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
@@ -348,15 +393,16 @@ class DecisionEngine:
             identity_id=winner, identity_name=name, score=float(np.mean([m[3] for m in used])),
             margin=min(margins) if margins else None, frames_used=len(used),
         )
-        if p.liveness_threshold is not None:
-            lives = [o.live for o in fresh if o.live is not None][-p.liveness_frames :]
+        gate = self.liveness
+        if gate is not None:
+            lives = [o.live for o in fresh if o.live is not None][-gate.frames :]
             if st.spoof:
                 return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
-            if len(lives) < p.liveness_frames:
+            if len(lives) < gate.frames:
                 if track_age >= p.unknown_after_s:
                     return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
                 return None
-            if float(np.mean(lives)) < p.liveness_threshold:
+            if float(np.mean(lives)) < gate.threshold:
                 st.spoof = True
                 return self._make(DENY, camera, door, tid, cap, wall, reason="liveness", **common)
         decided_wall = self.wall_clock()

@@ -1,4 +1,9 @@
-"""Door event payloads built from decisions, and the emitter that hands each signed payload to the sinks.
+"""Door events: the payload built from a decision, and the emitter that signs it and hands it to the sinks in order.
+
+The emitter owns an ordered list of sinks (``Sink``): the audit log first (``runtime/audit.py``; critical: when it
+cannot make the record durable, the event goes no further, so nothing is published that is not in the audit log),
+then the MQTT publisher (``runtime/mqtt.py``), then stdout and the statistics (``runtime/stats.py``). A failing
+non-critical sink is logged and the others still get the event.
 
 Payload (a JSON object, every key always present; times RFC 3339 UTC with microseconds and a ``Z``):
 
@@ -11,19 +16,24 @@ unknown), ``score`` and ``margin`` (rounded to 6 decimals; margin null when the 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import secrets
+import sys
+import threading
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from facegate.errors import ConfigError
-from facegate.runtime.audit import audit_record
-from facegate.signing import rfc3339, sign_payload
+from facegate.signing import load_signing_key, rfc3339, sign_payload
 
 if TYPE_CHECKING:
-    from facegate.runtime.audit import AuditLog
+    from pathlib import Path
+
+    from facegate.config import Config
     from facegate.runtime.decision import Decision
-    from facegate.runtime.mqtt import EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -68,42 +78,105 @@ def build_payload(decision: Decision, *, grant_ttl_s: float = 2.0, event_id: str
     }
 
 
+@dataclass(frozen=True, slots=True)
+class SignedEvent:
+    """What every sink receives: the signed ``payload`` (a dict, see the module docstring), the ``decision`` it came
+    from, and the MQTT ``topic`` it goes to (None when the daemon has no broker)."""
+
+    payload: dict[str, Any]
+    decision: Decision
+    topic: str | None
+
+
+class Sink(Protocol):
+    """A consumer of signed events. ``critical``: an exception from ``emit`` stops the event there (the later
+    sinks never see it); otherwise it is logged and the event goes on."""
+
+    name: str
+    critical: bool
+
+    def emit(self, event: SignedEvent) -> None: ...
+
+
+class StdoutSink:
+    """One JSON line per event on stdout (``service.stdout_events``). A reader that goes away (``run | head``)
+    ends the lines, not the daemon."""
+
+    name = "stdout"
+    critical = False
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def emit(self, event: SignedEvent) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            try:
+                self.stream.write(json.dumps(event.payload, ensure_ascii=False, sort_keys=True) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError) as exc:  # e.g. `facegate run | head`: the reader went away
+                self.closed = True
+                log.warning("event=stdout_closed error=%r note=events_still_audited_and_published", str(exc))
+
+
+def signing_key_from_config(config: Config, state: Path) -> bytes:
+    """The HMAC key of ``signing.key_file``; without one, ``signing.key`` in the state folder, created with 32
+    random bytes (hex, mode 0600) on first run. Raises ``ConfigError`` naming the file (``load_signing_key``)."""
+    from pathlib import Path
+
+    key_path = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
+    if config.signing.key_file is None and not key_path.exists():
+        old = os.umask(0o077)
+        try:
+            key_path.write_text(secrets.token_hex(32) + "\n")
+        finally:
+            os.umask(old)
+        log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", key_path)
+    return load_signing_key(key_path)
+
+
 class EventEmitter:
-    """Decision → signed payload → audit log (fsync) → MQTT. Keyword-only constructor:
+    """Decision → signed payload → each sink in order. Keyword-only constructor:
 
-    * ``signing_key``: bytes from ``load_signing_key``;
-    * ``audit``: an ``AuditLog`` or None; ``publisher``: an ``EventPublisher`` or None (no broker: logged only);
-    * ``topic_prefix``: used for the audit record's topic when there is no publisher;
-    * ``grant_ttl_s``: grant lifetime in seconds (default 2).
+    * ``signing_key``: bytes (``signing_key_from_config``);
+    * ``sinks``: ordered ``Sink`` objects (audit log first);
+    * ``topic_prefix``: the MQTT prefix, or None without a broker (the events then carry no topic);
+    * ``grant_ttl_s``: grant lifetime in seconds (``decision.grant_ttl_s``).
 
-    ``emit`` returns the signed payload. When the audit write fails the event is NOT published (every published
-    event must be in the audit log) and the ``OSError`` propagates.
+    ``emit`` returns the signed payload. A critical sink's ``OSError`` propagates: the event was NOT handed to the
+    sinks after it (every published event must be in the audit log).
     """
 
-    def __init__(
-        self,
-        *,
-        signing_key: bytes,
-        audit: AuditLog | None,
-        publisher: EventPublisher | None,
-        topic_prefix: str = "facegate",
-        grant_ttl_s: float = 2.0,
-    ) -> None:
-        if not signing_key:
-            raise ConfigError("events: the signing key is empty")
-        if grant_ttl_s <= 0:
-            raise ConfigError(f"events: grant_ttl_s must be > 0 seconds, got {grant_ttl_s}")
+    def __init__(self, *, signing_key: bytes, sinks: list[Sink], topic_prefix: str | None = None,
+                 grant_ttl_s: float = 2.0) -> None:
         self.key = signing_key
-        self.audit = audit
-        self.publisher = publisher
-        self.topic_prefix = publisher.topic_prefix if publisher is not None else topic_prefix
+        self.sinks = list(sinks)
+        self.topic_prefix = topic_prefix
         self.grant_ttl_s = grant_ttl_s
+
+    @classmethod
+    def from_config(cls, config: Config, *, signing_key: bytes, sinks: list[Sink]) -> EventEmitter:
+        """The emitter of ``config`` (``decision.grant_ttl_s``; topics only when ``mqtt.host`` is set)."""
+        return cls(signing_key=signing_key, sinks=sinks, grant_ttl_s=config.decision.grant_ttl_s,
+                   topic_prefix=config.mqtt.topic_prefix if config.mqtt.host else None)
+
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP: the grant lifetime follows the new config (the sinks need a restart to change)."""
+        self.grant_ttl_s = config.decision.grant_ttl_s
 
     def emit(self, decision: Decision) -> dict[str, Any]:
         payload = sign_payload(build_payload(decision, grant_ttl_s=self.grant_ttl_s), self.key)
-        topic = event_topic(self.topic_prefix, decision.door) if self.publisher is not None else None
-        if self.audit is not None:
-            self.audit.append(audit_record(payload, topic))
-        if self.publisher is not None:
-            self.publisher.publish_event(payload)
+        topic = event_topic(self.topic_prefix, decision.door) if self.topic_prefix is not None else None
+        event = SignedEvent(payload, decision, topic)
+        for sink in self.sinks:
+            if sink.critical:
+                sink.emit(event)
+                continue
+            try:
+                sink.emit(event)
+            except Exception:  # one consumer's bug must not keep the event from the others
+                log.exception("event=sink_failed sink=%s type=%s camera=%s", sink.name, decision.type, decision.camera)
         return payload

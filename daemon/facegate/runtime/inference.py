@@ -6,17 +6,19 @@ batch (at most ``max_batch`` frames per run), drops faces narrower than ``min_fa
 comparison score), aligns every remaining face of every frame and runs the recogniser on all of them as one batch
 (and liveness when enabled), then hands one ``FrameResult`` per frame to ``on_result`` in capture order.
 
-Only this thread touches the ONNX Runtime sessions; the pipeline is loaded by the caller (service) so that model
-errors surface before start-up completes.
+Only this thread touches the ONNX Runtime sessions. ``from_config`` loads the pack before the thread starts, so that
+model errors surface before start-up completes; it logs the execution provider really obtained.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,7 +26,22 @@ from facegate.detections import Detections
 from facegate.pipeline import FacePipeline
 from facegate.runtime.capture import Frame, FrameSlots
 
+if TYPE_CHECKING:
+    from facegate.config import Config
+
 log = logging.getLogger(__name__)
+
+
+def inference_threads() -> int:
+    """Default ONNX Runtime intra-op threads: half the CPUs this process may use (at least 1), leaving the rest
+    to the camera decoders. Measured on 2 shared cores (bench/pipeline_bench.py): 1 thread gave 22 frames/s and
+    24 ms CPU per frame against 8 frames/s and 69 ms with ONNX Runtime's own choice, whose spinning worker
+    threads compete with decoding."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 2
+    return max(1, cpus // 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,20 @@ class InferenceStats:
     last_cycle_s: float = 0.0
     busy_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
+
+
+def load_pipeline(config: Config) -> FacePipeline:
+    """Load ``pack`` with the ``inference:`` settings (threads default: ``inference_threads``) and the pack's
+    liveness models when ``liveness.enabled``; logs the providers obtained. Raises ``ConfigError``,
+    ``ChecksumError`` or ``ModelError`` naming the pack or file."""
+    t0 = time.monotonic()
+    threads = config.inference.threads or inference_threads()
+    pipeline = FacePipeline.load(config.pack, providers=config.inference.providers, threads=threads,
+                                 with_liveness=config.liveness.enabled)
+    log.info("event=models_loaded pack=%s providers=%s threads=%d metric=%s threshold=%s load_s=%.2f",
+             pipeline.manifest.name, ",".join(pipeline.providers), threads, pipeline.metric, pipeline.threshold,
+             time.monotonic() - t0)
+    return pipeline
 
 
 class InferenceStage:
@@ -79,7 +110,14 @@ class InferenceStage:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy_since: float | None = None
-        self.pipeline_lock = threading.Lock()  # held while the models run; SIGHUP swaps the pipeline under it
+
+    @classmethod
+    def from_config(cls, config: Config, pipeline: FacePipeline, slots: FrameSlots,
+                    on_result: Callable[[FrameResult], None]) -> InferenceStage:
+        """The stage for ``pipeline`` (``load_pipeline``) with the ``inference:`` batch limit, the decision's
+        ``min_face_px`` and ``liveness.enabled``; results go to ``on_result`` (the decision stage)."""
+        return cls(pipeline, slots, on_result, max_batch=config.inference.max_batch,
+                   min_face_px=config.decision.min_face_px, liveness=config.liveness.enabled)
 
     def start(self) -> None:
         log.info("event=inference_start providers=%s max_batch=%d liveness=%s",
@@ -123,8 +161,7 @@ class InferenceStage:
             chunk = frames[i : i + self.max_batch]
             t0 = time.monotonic()
             try:
-                with self.pipeline_lock:
-                    results = self.analyse(chunk)
+                results = self.analyse(chunk)
             except Exception:  # a failing model must not kill the thread; those frames decide nothing
                 self.stats.errors += 1
                 log.exception("event=inference_error frames=%d", len(chunk))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -27,12 +28,17 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from facegate.errors import BrokerError, ConfigError
+
+if TYPE_CHECKING:
+    from facegate.config import MqttConfig
+    from facegate.runtime.events import SignedEvent
 from facegate.runtime.events import event_topic, status_topic
 from facegate.signing import encode_payload, parse_rfc3339
 
@@ -56,8 +62,15 @@ class EventPublisher:
     ``ca_file``/``cert_file``/``key_file`` (PEM paths; None: system CAs, no client certificate),
     ``tls_insecure`` (skip host-name check; tests only), ``topic_prefix`` ("facegate"), ``qos`` (0, 1 or 2; 1),
     ``keepalive_s`` (30), ``queue_max`` (events held while disconnected, 1000), ``reconnect_min_s`` /
-    ``reconnect_max_s`` (1 / 30 s, paho's exponential backoff; whole seconds).
+    ``reconnect_max_s`` (1 / 30 s, paho's exponential backoff; whole seconds). The values are trusted: the
+    ``mqtt:`` config section (``from_config``) validated them.
+
+    As a sink of the emitter (``emit``) it is not critical: a full queue or a broker that is away never stops an
+    event from reaching the sinks after it.
     """
+
+    name = "mqtt"
+    critical = False
 
     def __init__(
         self,
@@ -79,12 +92,6 @@ class EventPublisher:
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
     ) -> None:
-        if qos not in (0, 1, 2):
-            raise ConfigError(f"mqtt.qos must be 0, 1 or 2, got {qos}")
-        if queue_max < 1:
-            raise ConfigError(f"mqtt.queue_max must be ≥ 1, got {queue_max}")
-        if not topic_prefix or any(c in topic_prefix for c in "+#"):
-            raise ConfigError(f"mqtt.topic_prefix {topic_prefix!r} must be non-empty without '+' or '#'")
         self.host, self.port, self.qos = host, int(port), qos
         self.topic_prefix = topic_prefix.rstrip("/")
         self.keepalive_s = int(keepalive_s)
@@ -119,6 +126,23 @@ class EventPublisher:
         c.on_connect_fail = self._on_connect_fail
         c.on_publish = self._on_publish
         self._client = c
+
+    @classmethod
+    def from_config(cls, m: MqttConfig) -> EventPublisher:
+        """A publisher for the ``mqtt:`` section (``m.host`` must be set); the password comes from
+        ``password_file``/``password_env`` (``read_password``)."""
+        assert m.host is not None, "from_config needs mqtt.host"
+        tls = m.tls
+        return cls(
+            host=m.host, port=m.port, client_id=m.client_id, username=m.username, password=read_password(m),
+            tls=tls is not None, ca_file=tls.ca if tls else None, cert_file=tls.cert if tls else None,
+            key_file=tls.key if tls else None, tls_insecure=bool(tls and tls.insecure), topic_prefix=m.topic_prefix,
+            qos=m.qos, keepalive_s=m.keepalive_s, queue_max=m.queue_max,
+        )
+
+    def emit(self, event: SignedEvent) -> None:
+        """Sink: queue the signed payload for its door's topic."""
+        self.publish_event(event.payload)
 
     # ------------------------------------------------------------------------------------------- lifecycle
     def start(self, wait_s: float = 5.0, *, require: bool = True) -> bool:
@@ -334,3 +358,19 @@ class EventPublisher:
 
 
 _mono = time.monotonic
+
+
+def read_password(m: MqttConfig) -> str | None:
+    """The broker password: first line of ``mqtt.password_file``, else ``$mqtt.password_env``, else None.
+    Raises ``ConfigError`` naming the file or variable when it cannot be read."""
+    if m.password_file:
+        try:
+            return Path(m.password_file).read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"mqtt.password_file {m.password_file}: cannot read a password ({exc})") from None
+    if m.password_env:
+        value = os.environ.get(m.password_env)
+        if value is None:
+            raise ConfigError(f"mqtt.password_env: environment variable {m.password_env} is not set")
+        return value
+    return None

@@ -1,201 +1,152 @@
-"""Access rules per door: allowed groups, a weekly schedule in an IANA time zone, cooldown and anti-passback.
+"""Access rules per door — the one place that answers "why was this person refused at this door at this time?".
 
 ``AccessRules.check`` answers ``None`` (allowed) or the reason a known person is refused, checked in this order:
 
 * ``"unknown_door"``: the door has no rules (fail closed: a door nobody configured opens for nobody);
-* ``"not_in_group"``: the door lists allowed groups and the person is in none of them
-  (``allowed_groups=None`` admits every enrolled person, an empty set admits nobody);
+* ``"not_in_group"``: the door lists ``allowed_groups`` and the person is in none of them
+  (``allowed_groups: null`` admits every enrolled person, ``[]`` admits nobody);
 * ``"outside_schedule"``: the instant, in the door's local time, is outside every window of its weekly schedule;
 * ``"cooldown"``: the person was granted at this door less than ``cooldown_s`` seconds ago;
-* ``"anti_passback"``: an entry door with ``anti_passback_s > 0`` granted this person less than that many seconds
-  ago and they have not passed an exit door since. A grant at a door with ``exit=True``, or a call to
+* ``"anti_passback"``: an entry door with ``anti_passback: true`` granted this person less than ``anti_passback_s``
+  seconds ago and they have not passed an exit door since. A grant at a door with ``exit: true``, or a call to
   ``record_exit`` (e.g. an exit reader outside facegate), clears the person's anti-passback state at every door.
   This is the simple "timed" anti-passback of access-control panels, not a full area/zone model.
 
-Schedules are wall-clock windows in the door's zone (``zoneinfo``), so a "07:00-19:00" window follows daylight
-saving time: it opens at 07:00 local on both sides of a DST change. A window whose end is not after its start
-("22:00-06:00") runs across midnight into the next day and belongs to the day it starts on. "24:00" is allowed
-as an end. Day keys: ``mon`` … ``sun``, ranges ``mon-fri`` (wrapping ``fri-mon`` too), lists ``mon,wed``, ``daily``.
-Cooldown and anti-passback use monotonic seconds, so a wall-clock jump cannot reopen a door.
+The rules are the validated ``doors:`` section itself (``facegate.config.DoorConfig``): every setting keeps its YAML
+name here and is trusted (ids, time zone names, window order were checked when the config was loaded). With no
+doors configured, ``AccessRules.from_config`` builds the one implicit door ``DEFAULT_DOOR`` that admits every
+enrolled identity at any time.
+
+Schedules are wall-clock windows in the door's zone (``zoneinfo``), to the second, so a 07:00–19:00 window follows
+daylight saving time: it opens at 07:00 local on both sides of a DST change. ``end`` is exclusive; ``"24:00"`` ends
+at midnight. A window whose end is before its start (22:00–06:00) runs across midnight and belongs to the day it
+starts on. Cooldown and anti-passback use monotonic seconds, so a wall-clock jump cannot reopen a door.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, time
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from facegate.errors import ConfigError
+from facegate.config import DAYS, CameraConfig, Config, DoorConfig, ScheduleConfig
 
 log = logging.getLogger(__name__)
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
+#: Door used when the config defines no doors at all (demo, quick start): every enrolled identity, any time.
+DEFAULT_DOOR = "door"
+_DAY_S = 86_400.0
 
 
-def _parse_days(key: str, where: str) -> list[int]:
-    key = key.strip().lower()
-    if key in ("daily", "*", "all"):
-        return list(range(7))
-    days: list[int] = []
-    for part in key.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = (p.strip() for p in part.split("-", 1))
-            if a not in DAYS or b not in DAYS:
-                raise ConfigError(f"{where}: day range {part!r} must look like 'mon-fri' (days {', '.join(DAYS)})")
-            i, j = DAYS.index(a), DAYS.index(b)
-            days.extend((i + k) % 7 for k in range(((j - i) % 7) + 1))
-        elif part in DAYS:
-            days.append(DAYS.index(part))
-        else:
-            raise ConfigError(f"{where}: unknown day {part!r}; use {', '.join(DAYS)}, ranges like mon-fri, or daily")
-    return days
+def _seconds(t: time) -> float:
+    """Seconds after local midnight (``time.max``, which ``"24:00"`` is read as, counts as the end of the day)."""
+    if t == time.max:
+        return _DAY_S
+    return t.hour * 3600 + t.minute * 60 + t.second + t.microsecond / 1e6
 
 
-def _parse_clock(text: str, where: str) -> int:
-    """'HH:MM' → minutes after midnight (0..1440)."""
-    try:
-        hh, mm = text.strip().split(":")
-        minutes = int(hh) * 60 + int(mm)
-        ok = 0 <= int(mm) < 60 and 0 <= minutes <= 24 * 60
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{where}: time {text!r} must be HH:MM between 00:00 and 24:00")
-    return minutes
+@dataclass(frozen=True)
+class _Span:
+    day: int  # datetime.weekday() of the day the window starts on
+    start: float  # s after local midnight
+    end: float  # s after that midnight; > 86 400 for a window running past midnight
 
 
 class WeeklySchedule:
-    """Weekly opening windows in one IANA time zone.
+    """A door's ``schedule:`` compiled for lookups: per weekday, (start, end) seconds in local wall time."""
 
-    ``windows`` maps day keys to "HH:MM-HH:MM" strings or lists of them, e.g.
-    ``{"mon-fri": "07:00-19:00", "sat": ["09:00-12:00", "22:00-02:00"]}``. Raises ``ConfigError`` naming the door
-    for a bad zone, day or time.
-    """
-
-    def __init__(self, windows: Mapping[str, str | Iterable[str]], timezone: str = "UTC", *, door: str = "?"):
-        where = f"doors.{door}.schedule"
-        try:
-            self.tz = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(
-                f"doors.{door}.timezone: {timezone!r} is not an IANA time zone (e.g. 'Europe/Berlin')"
-            ) from exc
-        # per weekday: list of (start_min, end_min); end may exceed 1440 for windows running past midnight
-        self._by_day: list[list[tuple[int, int]]] = [[] for _ in range(7)]
-        for key, spans in windows.items():
-            days = _parse_days(str(key), where)
-            for span in [spans] if isinstance(spans, str) else list(spans):
-                if "-" not in str(span):
-                    raise ConfigError(f"{where}.{key}: window {span!r} must look like '07:00-19:00'")
-                a, b = str(span).split("-", 1)
-                start, end = _parse_clock(a, f"{where}.{key}"), _parse_clock(b, f"{where}.{key}")
-                if start >= 24 * 60:
-                    raise ConfigError(f"{where}.{key}: window {span!r} cannot start at 24:00")
-                if end <= start:
-                    end += 24 * 60
-                for d in days:
-                    self._by_day[d].append((start, end))
+    def __init__(self, config: ScheduleConfig) -> None:
+        self.tz = ZoneInfo(config.timezone)
+        self._by_day: list[list[_Span]] = [[] for _ in range(7)]
+        for w in config.windows:
+            start, end = _seconds(w.start), _seconds(w.end)
+            if end <= start:  # overnight: runs into the next day (the config refuses end == start)
+                end += _DAY_S
+            for day in w.days:
+                i = DAYS.index(day)
+                self._by_day[i].append(_Span(i, start, end))
 
     def allows(self, when: datetime) -> bool:
-        """Is the instant ``when`` (timezone-aware datetime) inside a window, in the zone's local wall time?
+        """Is the instant ``when`` (timezone-aware) inside a window, in the zone's local wall time?
 
         Raises ``ValueError`` for a naive datetime (its zone would be a guess).
         """
         if when.tzinfo is None:
             raise ValueError("WeeklySchedule.allows needs a timezone-aware datetime")
         local = when.astimezone(self.tz)
-        minute = local.hour * 60 + local.minute + local.second / 60.0
+        second = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
         today = local.weekday()
-        if any(s <= minute < e for s, e in self._by_day[today]):
+        if any(s.start <= second < s.end for s in self._by_day[today]):
             return True
-        yesterday = (today - 1) % 7
-        return any(minute + 24 * 60 < e for s, e in self._by_day[yesterday] if e > 24 * 60)
-
-
-@dataclass(frozen=True)
-class Door:
-    """Rules of one door (all keyword-friendly plain values).
-
-    * ``allowed_groups``: group names admitted; ``None`` = every enrolled person, empty = nobody;
-    * ``schedule``: day key → window(s), see ``WeeklySchedule``; ``None`` = always open;
-    * ``timezone``: IANA zone of the schedule (default "UTC");
-    * ``cooldown_s``: seconds before the same person can be granted again at this door;
-    * ``anti_passback_s``: seconds an entry grant blocks a second entry here (0 = off);
-    * ``exit``: this door is an exit; a grant here clears the person's anti-passback state.
-    """
-
-    name: str
-    allowed_groups: frozenset[str] | None = None
-    schedule: Mapping[str, Any] | None = None
-    timezone: str = "UTC"
-    cooldown_s: float = 0.0
-    anti_passback_s: float = 0.0
-    exit: bool = False
-    _compiled: WeeklySchedule | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.allowed_groups is not None:
-            object.__setattr__(self, "allowed_groups", frozenset(self.allowed_groups))
-        if self.cooldown_s < 0 or self.anti_passback_s < 0:
-            raise ConfigError(f"doors.{self.name}: cooldown_s and anti_passback_s must be ≥ 0 seconds")
-        compiled = WeeklySchedule(self.schedule, self.timezone, door=self.name) if self.schedule is not None else None
-        if compiled is None:
-            WeeklySchedule({}, self.timezone, door=self.name)  # validate the zone even without a schedule
-        object.__setattr__(self, "_compiled", compiled)
-
-    def open_at(self, when: datetime) -> bool:
-        """Schedule check for the aware instant ``when``; always True without a schedule."""
-        return self._compiled is None or self._compiled.allows(when)
+        yesterday = self._by_day[(today - 1) % 7]
+        return any(second + _DAY_S < s.end for s in yesterday if s.end > _DAY_S)
 
 
 class AccessRules:
     """The doors' rules plus the grant history that cooldown and anti-passback need. Thread-safe.
 
-    ``doors``: ``Door`` objects (or a mapping name → ``Door``). Times: ``now`` monotonic seconds, ``wall`` an aware
-    datetime (UTC or any zone).
+    ``doors``: validated ``DoorConfig`` objects. Times: ``now`` monotonic seconds, ``wall`` an aware datetime.
+    Raises ``ValueError`` for two doors with one id (the config refuses them before this).
     """
 
-    def __init__(self, doors: Iterable[Door] | Mapping[str, Door]) -> None:
-        items = doors.values() if isinstance(doors, Mapping) else doors
-        self.doors: dict[str, Door] = {}
-        for d in items:
-            if d.name in self.doors:
-                raise ConfigError(f"doors: door {d.name!r} is defined twice")
-            self.doors[d.name] = d
+    def __init__(self, doors: Iterable[DoorConfig]) -> None:
+        self.doors: dict[str, DoorConfig] = {}
+        self._schedules: dict[str, WeeklySchedule] = {}
+        for d in doors:
+            if d.id in self.doors:
+                raise ValueError(f"doors: door {d.id!r} is defined twice")
+            self.doors[d.id] = d
+            if d.schedule is not None:
+                self._schedules[d.id] = WeeklySchedule(d.schedule)
         self._lock = threading.Lock()
         self._last_grant: dict[tuple[Any, str], float] = {}  # (person, door) → monotonic s
         self._entries: dict[tuple[Any, str], float] = {}  # anti-passback: (person, entry door) → monotonic s
 
-    def update_doors(self, doors: Iterable[Door] | Mapping[str, Door]) -> None:
-        """Replace the doors (config reload) and keep the grant history, so a reload reopens no cooldown."""
-        fresh = AccessRules(doors)
+    @classmethod
+    def from_config(cls, config: Config) -> AccessRules:
+        """The rules of ``config.doors``; with no doors, the implicit ``DEFAULT_DOOR`` (everyone enrolled, any
+        time, no cooldown) and a warning that every enrolled identity is admitted."""
+        if config.doors:
+            return cls(config.doors)
+        log.warning("event=no_doors_configured door=%s note=every_enrolled_identity_is_admitted_at_any_time",
+                    DEFAULT_DOOR)
+        return cls([DoorConfig(id=DEFAULT_DOOR, cooldown_s=0.0)])
+
+    def update(self, other: AccessRules) -> None:
+        """Take ``other``'s doors (SIGHUP reload) and keep this object's grant history, so a reload reopens no
+        cooldown and forgets no anti-passback entry."""
         with self._lock:
-            self.doors = fresh.doors
+            self.doors, self._schedules = other.doors, other._schedules
 
     def cooldown_s(self, door: str) -> float:
+        """The door's ``cooldown_s`` (0 for an unknown door, which never grants anyway)."""
         d = self.doors.get(door)
         return d.cooldown_s if d else 0.0
+
+    def open_at(self, door: str, when: datetime) -> bool:
+        """Schedule check for the aware instant ``when``; True for a door without a schedule."""
+        schedule = self._schedules.get(door)
+        return schedule is None or schedule.allows(when)
 
     def check(self, *, identity_id: Any, groups: Iterable[str], door: str, wall: datetime, now: float) -> str | None:
         """``None`` when ``identity_id`` (in ``groups``) may pass ``door`` at ``wall``/``now``, else the reason."""
         d = self.doors.get(door)
         if d is None:
             return "unknown_door"
-        if d.allowed_groups is not None and not (d.allowed_groups & set(groups)):
+        if d.allowed_groups is not None and not (set(d.allowed_groups) & set(groups)):
             return "not_in_group"
-        if not d.open_at(wall):
+        if not self.open_at(door, wall):
             return "outside_schedule"
         with self._lock:
             last = self._last_grant.get((identity_id, door))
             if last is not None and d.cooldown_s > 0 and now - last < d.cooldown_s:
                 return "cooldown"
             entry = self._entries.get((identity_id, door))
-            if entry is not None and d.anti_passback_s > 0 and not d.exit and now - entry < d.anti_passback_s:
+            if entry is not None and d.anti_passback and not d.exit and now - entry < d.anti_passback_s:
                 return "anti_passback"
         return None
 
@@ -206,11 +157,11 @@ class AccessRules:
             self._last_grant[(identity_id, door)] = now
             if d is not None and d.exit:
                 self._clear_entries(identity_id)
-            elif d is not None and d.anti_passback_s > 0:
+            elif d is not None and d.anti_passback:
                 self._entries[(identity_id, door)] = now
             self._prune(now)
 
-    def record_exit(self, identity_id: Any, now: float | None = None) -> None:
+    def record_exit(self, identity_id: Any) -> None:
         """The person left (an exit door outside facegate): clear their anti-passback state at every door."""
         with self._lock:
             self._clear_entries(identity_id)
@@ -226,3 +177,18 @@ class AccessRules:
             for key in [k for k, t in table.items() if now - t > horizon]:
                 del table[key]
 
+
+def camera_doors(config: Config, cameras: Iterable[CameraConfig]) -> dict[str, str]:
+    """Camera id → the door it watches: the camera's ``door``, the door listing it, the only door, else
+    ``DEFAULT_DOOR`` (the implicit door when none is configured; with several doors and no assignment, a door
+    without rules, which never grants)."""
+    out = {}
+    for cam in cameras:
+        if not config.doors:
+            out[cam.id] = DEFAULT_DOOR
+        elif cam.door is not None:
+            out[cam.id] = cam.door
+        else:
+            listed = [d.id for d in config.doors if cam.id in d.cameras]
+            out[cam.id] = listed[0] if listed else config.doors[0].id if len(config.doors) == 1 else DEFAULT_DOOR
+    return out

@@ -99,10 +99,6 @@ class FaceTracker:
         """Ids of the live tracks, oldest first."""
         return list(self._tracks)
 
-    def first_seen(self, track_id: int) -> float:
-        """Monotonic time (s) the track was first seen; KeyError for an unknown or expired id."""
-        return self._tracks[track_id].first_seen
-
     def expire(self, now: float) -> list[int]:
         """Drop tracks not seen for more than ``timeout_s`` before ``now`` (monotonic s); returns their ids."""
         gone = [tid for tid, t in self._tracks.items() if now - t.last_seen > self.timeout_s]
