@@ -1,15 +1,19 @@
-"""Shared test fixtures: where ../shared lives, and skips with stated reasons when data or tools are absent."""
+"""Shared test fixtures: where ../shared lives, skips with stated reasons when data or tools are absent, and the real
+servers the tests talk to: a Mosquitto broker (``mosquitto_broker``) and a GStreamer RTSP server playing the stage
+clip (``rtsp_server``), each on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-# tests/mosquitto.py: the `mosquitto_broker` fixture (a real broker on a free port) for every test module
-pytest_plugins = ["mosquitto"]
+sys.path.insert(0, str(Path(__file__).parent))
+from mosquitto import Mosquitto, find_mosquitto  # noqa: E402
+from rtsp_server import RtspServer, gst_available  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEGATE_SHARED", REPO.parent / "shared")).resolve()
@@ -37,3 +41,34 @@ def need_dlib():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return need_shared("data")
+
+
+#: The clip the RTSP server plays.
+STAGE_CLIP = "data/videos/stage_clip_640x360.mp4"
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path):
+    """A started ``Mosquitto`` on a free port; stopped after the test. Skips when no mosquitto binary exists."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("needs the mosquitto broker binary (apt-get install mosquitto)")
+    broker = Mosquitto(tmp_path / "mosquitto", binary)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def rtsp_server():
+    """A started ``RtspServer`` streaming the stage clip over RTSP on a free port; skips without GStreamer."""
+    reason = gst_available()
+    if reason:
+        pytest.skip(reason)
+    server = RtspServer(need_shared(STAGE_CLIP)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,6 +1,6 @@
 """A real Mosquitto broker for tests: free 127.0.0.1 port, temp config, start/stop/restart; plus a subscriber.
 
-Use the ``mosquitto_broker`` fixture (registered for every test through ``pytest_plugins`` in conftest.py)::
+Use the ``mosquitto_broker`` fixture (defined in conftest.py for every test module)::
 
     def test_x(mosquitto_broker):
         pub = EventPublisher(host=mosquitto_broker.host, port=mosquitto_broker.port)
@@ -206,17 +206,3 @@ class Subscriber:
                 return True
             time.sleep(0.05)
         return bool(predicate(self))
-
-
-@pytest.fixture
-def mosquitto_broker(tmp_path):
-    """A started ``Mosquitto`` on a free port; stopped after the test. Skips when no mosquitto binary exists."""
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("needs the mosquitto broker binary (apt-get install mosquitto)")
-    broker = Mosquitto(tmp_path / "mosquitto", binary)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()

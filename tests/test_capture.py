@@ -17,7 +17,7 @@ from facegate.runtime.capture import CaptureStage, Frame, FrameSlots
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import need_shared  # noqa: E402
-from rtsp_server import RtspServer, free_port, gst_available  # noqa: E402
+from rtsp_server import free_port  # noqa: E402
 
 STAGE = "data/videos/stage_clip_640x360.mp4"
 
@@ -30,16 +30,6 @@ def _collect(stage: CaptureStage, seconds: float, until=None) -> list[Frame]:
         if until is not None and until(frames):
             break
     return frames
-
-
-@pytest.fixture
-def rtsp_server():
-    reason = gst_available()
-    if reason:
-        pytest.skip(reason)
-    server = RtspServer(need_shared(STAGE)).start()
-    yield server
-    server.stop()
 
 
 def test_slots_keep_newest_and_count_drops():

@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,13 @@ def state_dir(config: Config) -> Path:
     return path
 
 
+Closer = tuple[str, Callable[[], Any]]
+
+
 @dataclass
 class Stages:
     """The running parts, built in order by ``build_stages`` (or injected by a test); ``publisher`` is None
-    without a broker."""
+    without a broker; ``closers`` are closed in order when the service shuts down."""
 
     capture: CaptureStage
     inference: InferenceStage
@@ -74,9 +77,7 @@ class Stages:
     gallery: LiveGallery
     stats: DecisionStats
     publisher: Any = None
-
-
-Closer = tuple[str, Callable[[], Any]]
+    closers: list[Closer] = field(default_factory=list)
 
 
 def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list[Closer]) -> Stages:
@@ -110,7 +111,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
                                         cameras=cameras, sink=emitter.emit)
     capture = CaptureStage(cameras)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
-    return Stages(capture, inference, engine, emitter, gallery, stats, publisher)
+    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened)
 
 
 class Service:
@@ -317,7 +318,8 @@ class Service:
             s.capture.stop(t / 2)
             s.inference.stop(t / 2)
             self.log_stats()
-        self._close(self._opened)
+            self._close(s.closers)
+        self._close(self._opened)  # a build that failed half-way
 
     @staticmethod
     def _close(parts: list[Closer]) -> None:
