@@ -105,7 +105,7 @@ def _photos_640x480(args: argparse.Namespace) -> np.ndarray:
 def _byo(pack: str, part: str, args: argparse.Namespace):
     """A bring-your-own pack's detector, recogniser or liveness built from its manifest in models/."""
     from facegate.packs.manifest import load_manifest, source_path
-    from facegate.packs.registry import DETECTORS, RECOGNISERS, _load
+    from facegate.packs.registry import detector_class, recogniser_class
 
     manifest = load_manifest(pack)
     if part == "liveness":
@@ -114,9 +114,9 @@ def _byo(pack: str, part: str, args: argparse.Namespace):
         paths = [source_path(m.source, manifest.manifest_path) for m in manifest.liveness.models]
         return LivenessFusion(manifest.liveness, paths, providers=args.providers, threads=args.threads)
     spec = getattr(manifest, part)
-    table = DETECTORS if part == "detector" else RECOGNISERS
+    cls = detector_class(spec.kind) if part == "detector" else recogniser_class(spec.kind)
     model = source_path(spec.source, manifest.manifest_path)
-    return _load(table, spec.kind, part)(model, spec, providers=args.providers, threads=args.threads)
+    return cls(model, spec, providers=args.providers, threads=args.threads)
 
 
 def _faces_of_photos(args: argparse.Namespace) -> list[tuple[np.ndarray, object]]:
@@ -172,7 +172,7 @@ class Case:
 
 def make_facegate_resnet(args: argparse.Namespace) -> Runner:
     from facegate.packs.dlib_resnet import INPUT_NAME, OUTPUT_NAME, convert_dlib_resnet
-    from facegate.packs.onnx_runner import make_session
+    from facegate.packs.onnx_session import make_session
 
     out = Path(tempfile.mkdtemp(prefix="embed_bench_")) / "dlib_resnet.onnx"
     start = time.perf_counter()

@@ -15,9 +15,9 @@ from conftest import need_shared
 from facegate.detections import Detections
 from facegate.errors import ImageError
 from facegate.imaging import load_image
-from facegate.packs.arcface import ArcFaceRecogniser
+from facegate.packs.arcface_recogniser import ArcFaceRecogniser
 from facegate.packs.manifest import load_manifest, source_path
-from facegate.packs.registry import DETECTORS, _load
+from facegate.packs.registry import detector_class
 
 PACK = "retinaface-mobilefacenet"
 
@@ -36,7 +36,7 @@ def recogniser(manifest):
 
 @pytest.fixture(scope="module")
 def detector(manifest):
-    cls = _load(DETECTORS, manifest.detector.kind, "detector")
+    cls = detector_class(manifest.detector.kind)
     return cls(source_path(manifest.detector.source, manifest.manifest_path), manifest.detector, threads=1)
 
 

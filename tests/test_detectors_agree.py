@@ -13,7 +13,7 @@ from conftest import DATA, need_shared
 from facegate.imaging import load_image
 from facegate.packs.manifest import load_manifest, source_path
 from facegate.packs.nms import iou_matrix
-from facegate.packs.registry import DETECTORS, _load
+from facegate.packs.registry import detector_class
 
 PACKS = ["yunet-mobilefacenet", "yunet-n-mobilefacenet", "scrfd-mobilefacenet", "retinaface-mobilefacenet"]
 NO_FACE = ["coffee.png", "rocket.jpg", "brick.png", "chelsea.png"]
@@ -34,7 +34,7 @@ def detectors():
     for name in PACKS:
         manifest = load_manifest(name)
         path = source_path(manifest.detector.source, manifest.manifest_path)
-        cls = _load(DETECTORS, manifest.detector.kind, "detector")
+        cls = detector_class(manifest.detector.kind)
         out[name] = cls(path, manifest.detector, threads=1)
     return out
 

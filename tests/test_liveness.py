@@ -22,7 +22,7 @@ from facegate.errors import ModelError
 from facegate.imaging import load_image
 from facegate.packs.liveness import LivenessFusion, LivenessModel, crop_faces, minifasnet_crop_boxes
 from facegate.packs.manifest import LivenessSpec, load_manifest, source_path
-from facegate.packs.registry import DETECTORS, _load
+from facegate.packs.registry import detector_class
 
 PACK = "retinaface-mobilefacenet"
 DETECTOR_PACKS = ["retinaface-mobilefacenet", "yunet-mobilefacenet", "yunet-n-mobilefacenet", "scrfd-mobilefacenet"]
@@ -71,7 +71,7 @@ def detectors():
     out = {}
     for name in DETECTOR_PACKS:
         manifest = load_manifest(name)
-        cls = _load(DETECTORS, manifest.detector.kind, "detector")
+        cls = detector_class(manifest.detector.kind)
         out[name] = cls(source_path(manifest.detector.source, manifest.manifest_path), manifest.detector, threads=1)
     return out
 

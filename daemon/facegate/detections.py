@@ -93,10 +93,6 @@ class Detections:
         """Distance between the two eye landmarks, px (N float32)."""
         return np.linalg.norm(self.landmarks[:, 1] - self.landmarks[:, 0], axis=1)
 
-    def scaled(self, factor: float) -> Detections:
-        """Coordinates multiplied by ``factor`` (e.g. back from a resized detector input to the source)."""
-        return Detections(self.boxes * factor, self.scores, self.landmarks * factor, dict(self.data))
-
     def to_json(self) -> list[dict[str, Any]]:
         """Per-face dicts for CLI output: box [x1,y1,x2,y2] px, score, landmarks {name: [x, y]} px."""
         out = []

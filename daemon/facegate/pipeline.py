@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from facegate.detections import Detections
 from facegate.packs.cache import PreparedPack, ensure_prepared
 from facegate.packs.manifest import PackManifest, load_manifest
+from facegate.packs.protocols import Detector, JitterRecogniser, Liveness, Recogniser
 from facegate.packs.registry import build_detector, build_liveness, build_recogniser
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,10 @@ log = logging.getLogger(__name__)
 class FacePipeline:
     """Detection → alignment → embedding (→ liveness) for one model pack.
 
-    Attributes: ``manifest`` (PackManifest), ``metric`` ("euclidean": lower distance = more similar;
-    "cosine": higher similarity = more similar), ``threshold`` (the pack's operating point), ``liveness``
-    (None or an object with ``score(image, dets) -> N float32``), ``providers`` (what ONNX Runtime really uses).
+    Attributes: ``manifest`` (PackManifest), ``detector`` (``Detector``), ``recogniser`` (``Recogniser``),
+    ``liveness`` (``Liveness`` or None), ``metric`` ("euclidean": lower distance = more similar; "cosine": higher
+    similarity = more similar), ``threshold`` (the pack's operating point), ``providers`` (what ONNX Runtime really
+    uses for the recogniser). The protocols are in ``packs/protocols.py``.
     """
 
     def __init__(
@@ -39,13 +42,12 @@ class FacePipeline:
         self.prepared = prepared
         self.manifest: PackManifest = prepared.manifest
         providers = list(providers) if providers else None
-        self.detector = build_detector(prepared, providers, threads)
-        self.recogniser = build_recogniser(prepared, providers, threads)
-        self.liveness = build_liveness(prepared, providers, threads) if with_liveness else None
+        self.detector: Detector = build_detector(prepared, providers, threads)
+        self.recogniser: Recogniser = build_recogniser(prepared, providers, threads)
+        self.liveness: Liveness | None = build_liveness(prepared, providers, threads) if with_liveness else None
         self.metric = self.manifest.recogniser.metric
         self.threshold = self.manifest.operating_point.threshold
-        session = getattr(self.recogniser, "session", None)
-        self.providers = session.get_providers() if session is not None else []
+        self.providers = list(self.recogniser.providers)
 
     @classmethod
     def load(
@@ -114,7 +116,7 @@ class FacePipeline:
             count = effective_count(jitters)
         except ValueError as exc:
             raise UsageError(f"--jitters {jitters!r}: {exc}") from None
-        if count and not hasattr(self.recogniser, "jittered_chips"):
+        if count and not isinstance(self.recogniser, JitterRecogniser):
             raise UsageError(f"pack {self.manifest.name}: jitter is implemented for the dlib recogniser only; "
                              "use --jitters 0")
         return count
@@ -124,7 +126,8 @@ class FacePipeline:
     ) -> list[np.ndarray]:
         from facegate.packs.jitter import mean_descriptors
 
-        chips = [self.recogniser.jittered_chips(img, d, count) for img, d in zip(images, dets_list, strict=True)]
+        recogniser = cast(JitterRecogniser, self.recogniser)  # _jitter_count refused the other recognisers
+        chips = [recogniser.jittered_chips(img, d, count) for img, d in zip(images, dets_list, strict=True)]
         counts = [len(c) for c in chips]
         if sum(counts) == 0:
             return [np.zeros((0, self.embedding_size), np.float32) for _ in counts]
@@ -160,9 +163,3 @@ class FacePipeline:
         an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         return an @ bn.T
-
-    def is_match(self, score: np.ndarray | float) -> np.ndarray | bool:
-        """True where a comparison score passes the pack's threshold (≤ for distances, ≥ for similarities)."""
-        if self.metric == "euclidean":
-            return np.asarray(score) <= self.threshold
-        return np.asarray(score) >= self.threshold

@@ -33,7 +33,7 @@ from facegate.detections import Detections
 from facegate.errors import ImageError, ModelError
 from facegate.packs.manifest import LivenessModel as LivenessModelSpec
 from facegate.packs.manifest import LivenessSpec
-from facegate.packs.onnx_runner import check_io, make_session
+from facegate.packs.onnx_session import check_io, make_session
 
 log = logging.getLogger(__name__)
 

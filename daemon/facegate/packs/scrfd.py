@@ -22,22 +22,16 @@ facegate's order, so no reordering is done.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from facegate.detections import Detections
 from facegate.errors import ModelError
-from facegate.imaging import letterbox
-from facegate.packs.manifest import DetectorSpec
-from facegate.packs.nms import nms
-from facegate.packs.onnx_runner import check_io, detector_input_size, make_session, model_label
-from facegate.packs.yunet import check_bgr_images, to_source_px
-
-log = logging.getLogger(__name__)
+from facegate.packs.letterbox import letterbox_batch
+from facegate.packs.onnx_detector import IoSpec, OnnxDetector
 
 #: Feature strides of the three output levels (``scrfd.py``: ``_feat_stride_fpn = [8, 16, 32]`` when fmc = 3).
 STRIDES: tuple[int, ...] = (8, 16, 32)
@@ -46,8 +40,6 @@ ANCHORS_PER_CELL = 2
 #: Pixel normalisation (``scrfd.py``: ``input_mean = 127.5``, ``input_std = 128.0``), applied to RGB.
 INPUT_MEAN = 127.5
 INPUT_STD = 128.0
-#: Candidates kept (best score first) before NMS (same bound as the other decoders; SCRFD keeps all above threshold).
-PRE_NMS_TOP_K = 5000
 
 _MODEL_NAME = "SCRFD detector"
 
@@ -84,8 +76,9 @@ def decode_scrfd(
     """Decode one image's raw SCRFD outputs (one array per stride 8, 16, 32 in each list: A_s×1 scores, A_s×4
     distances, A_s×10 keypoint offsets, float32) for a ``width``×``height`` input, in **network-input px**.
 
-    Anchors scoring ``>= score_threshold`` are decoded with ``distance2bbox``/``distance2kps`` (module docstring),
-    the best ``PRE_NMS_TOP_K`` kept, greedy NMS at ``nms_threshold`` applied. Returns ``Detections`` (x1 y1 x2 y2
+    Anchors passing the detectors' score cut-off (``OnnxDetector.keep_candidates``: ``>= score_threshold``, as
+    insightface, the best ``PRE_NMS_TOP_K``) are decoded with ``distance2bbox``/``distance2kps`` (module
+    docstring) and greedy NMS at ``nms_threshold`` applied. Returns ``Detections`` (x1 y1 x2 y2
     float32 px, unclipped), best first. Raises ``ModelError`` when the anchor counts do not fit the input size.
     """
     centres, strides = scrfd_anchor_centres(int(width), int(height))
@@ -100,99 +93,69 @@ def decode_scrfd(
             f"{_MODEL_NAME}: outputs have {len(score)}/{len(dist)}/{len(offs)} anchors, but a {width}×{height} "
             f"input has {len(centres)} anchors ({ANCHORS_PER_CELL} per cell); the model file does not fit this decoder"
         )
-    idx = np.flatnonzero(score >= score_threshold)
-    if idx.size > PRE_NMS_TOP_K:
-        idx = idx[np.argsort(-score[idx], kind="stable")[:PRE_NMS_TOP_K]]
+    idx = OnnxDetector.keep_candidates(score, score_threshold)
     if not idx.size:
         return Detections.empty()
     c, s = centres[idx], strides[idx, None]
     d = dist[idx].astype(np.float64) * s
     boxes = np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1)
     points = c[:, None, :] + offs[idx].astype(np.float64).reshape(-1, 5, 2) * s[:, None, :]
-    keep = nms(boxes, score[idx], nms_threshold)
-    return Detections(boxes[keep], score[idx][keep], points[keep])
+    return OnnxDetector.suppress(boxes, score[idx], points, nms_threshold)
 
 
-class ScrfdDetector:
-    """SCRFD (InsightFace, 9 outputs with keypoints) run by ONNX Runtime; ``detect`` takes BGR images of any size.
+#: Width of the last axis of each output, in graph order: scores, boxes, keypoints for strides 8, 16, 32.
+_OUTPUT_WIDTHS = (1,) * 3 + (4,) * 3 + (10,) * 3
 
-    ``model``: path of the ONNX file or its bytes. ``spec``: the pack's ``DetectorSpec`` (``kind: scrfd``; input
-    size W×H, multiples of 32; thresholds; ``max_batch``, used only when the graph's outputs carry a batch
-    dimension). ``providers``/``threads`` go to ``make_session``.
-    Raises ``ModelError`` naming the model and the mismatch when the file cannot be loaded, or its graph is not
-    this layout (one rank-4 float input; 9 float outputs all of rank 2, or all of rank 3), or a trial run's outputs
-    do not fit the anchor grid.
+
+class ScrfdDetector(OnnxDetector):
+    """SCRFD (InsightFace, 9 outputs with keypoints) run by ONNX Runtime (``OnnxDetector`` does loading, checks,
+    batching and errors).
+
+    The graph: one rank-4 float input; 9 float outputs all of rank 2 (the published export, no batch axis: one
+    image per run) or all of rank 3 (batched exports: ``max_batch`` images per run), last axes 1/4/10 per stride.
+    ``input_size`` multiples of 32. Raises ``ModelError`` naming the output for a graph without keypoints.
     """
 
-    def __init__(
-        self,
-        model: Path | str | bytes,
-        spec: DetectorSpec,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> None:
-        self.spec = spec
-        self.name = model_label(_MODEL_NAME, model)
-        self.input_width, self.input_height = detector_input_size(spec, "scrfd", _MODEL_NAME, model, 32)
-        self.session = make_session(model, _MODEL_NAME, providers, threads)
-        outputs = self.session.get_outputs()
+    kind = "scrfd"
+    label = _MODEL_NAME
+
+    @staticmethod
+    def _outputs_batched(outputs: Sequence[ort.NodeArg]) -> bool:
         # The published export drops the batch axis (rank 2); InsightFace's batched exports keep it (rank 3).
-        self.batched = bool(outputs) and all(len(o.shape) == 3 for o in outputs)
-        rank = 3 if self.batched else 2
-        check_io(
-            self.session,
-            self.name,
-            inputs=[(None, 4, "tensor(float)")],
-            outputs=[(None, rank, "tensor(float)")] * (3 * len(STRIDES)),
-        )
-        for i, width in enumerate([1] * 3 + [4] * 3 + [10] * 3):
+        return bool(outputs) and all(len(o.shape) == 3 for o in outputs)
+
+    def expected_outputs(self, outputs: Sequence[ort.NodeArg]) -> list[IoSpec]:
+        rank = 3 if self._outputs_batched(outputs) else 2
+        return [(None, rank, "tensor(float)")] * (3 * len(STRIDES))
+
+    def configure(self, arg: ort.NodeArg, outputs: Sequence[ort.NodeArg]) -> None:
+        self.batched = self._outputs_batched(outputs)
+        for i, width in enumerate(_OUTPUT_WIDTHS):
             last = outputs[i].shape[-1]
             if isinstance(last, int) and last != width:
                 raise ModelError(
                     f"{self.name}: output {i} ({outputs[i].name!r}) has last dimension {last}, expected {width} "
                     "(scores, boxes, keypoints per stride 8/16/32); only SCRFD graphs with keypoints are supported"
                 )
-        arg = self.session.get_inputs()[0]
-        self.input_name = arg.name
-        self.batch_limit = max(1, spec.max_batch) if self.batched and not isinstance(arg.shape[0], int) else 1
-        self.providers = self.session.get_providers()
-        blank = np.zeros((1, 3, self.input_height, self.input_width), np.float32)
-        self._decode(self.session.run(None, {self.input_name: blank}), 0, 1.0, 1.0)
-        log.info(
-            "detector=scrfd input=%dx%d batch_limit=%d providers=%s",
-            self.input_width, self.input_height, self.batch_limit, ",".join(self.providers),
-        )
-
-    def _decode(self, raw: list[np.ndarray], k: int, score: float, nms_iou: float) -> Detections:
-        per_image = [r[k] for r in raw] if self.batched else raw
-        return decode_scrfd(
-            per_image[0:3], per_image[3:6], per_image[6:9],
-            self.input_width, self.input_height, score, nms_iou,
-        )
+        if not self.batched:
+            self.batch_limit = 1
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Letterbox BGR uint8 images (top-left, zero padding) → N×3×H×W float32 **RGB** blob, (x − 127.5)/128,
-        and the letterbox scales (N float64; source px = input px / scale)."""
-        check_bgr_images(images)
+        and the letterbox scales (N float64; source px = input px / scale). Raises ``ImageError``."""
+        canvases, scales = letterbox_batch(
+            images, self.input_width, self.input_height, self.input_width, self.input_height,
+        )
         blob = np.empty((len(images), 3, self.input_height, self.input_width), np.float32)
-        scales = np.empty(len(images), np.float64)
-        for i, image in enumerate(images):
-            canvas, scales[i] = letterbox(image, self.input_width, self.input_height)
-            blob[i] = canvas[..., ::-1].transpose(2, 0, 1)
+        blob[...] = canvases[..., ::-1].transpose(0, 3, 1, 2)
         blob -= INPUT_MEAN
         blob /= INPUT_STD
         return blob, scales
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Find faces in each BGR uint8 image; one ``Detections`` per image in source px (boxes clipped to the
-        image, landmarks not). Raises ``ImageError`` for a bad image."""
-        check_bgr_images(images)  # every image first, so an error names its index in the whole list
-        results: list[Detections] = []
-        for start in range(0, len(images), self.batch_limit):
-            chunk = images[start : start + self.batch_limit]
-            blob, scales = self.preprocess(chunk)
-            raw = self.session.run(None, {self.input_name: blob})
-            for k, image in enumerate(chunk):
-                dets = self._decode(raw, k, self.spec.score_threshold, self.spec.nms_threshold)
-                results.append(to_source_px(dets, scales[k], image.shape[1], image.shape[0]))
-        return results
+    def decode(
+        self, raw: list[np.ndarray], k: int, width: int, height: int, score_threshold: float, nms_threshold: float,
+    ) -> Detections:
+        per_image = [r[k] for r in raw] if self.batched else raw
+        return decode_scrfd(
+            per_image[0:3], per_image[3:6], per_image[6:9], width, height, score_threshold, nms_threshold,
+        )

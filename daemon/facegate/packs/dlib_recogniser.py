@@ -1,18 +1,25 @@
-"""Recogniser runners: the built-in dlib ResNet path (box → dlib 5-point landmarks → 150×150 chip → ONNX descriptor).
+"""The dlib recogniser (manifest ``recogniser.kind: dlib_resnet``): the built-in pack's path from a detector box to a
+128-d descriptor (box → dlib 5-point landmarks → 150×150 chip → the dlib ResNet converted to ONNX).
 
-ArcFace-class ONNX recognisers live in ``packs/arcface.py``; ``packs/registry.py`` picks the class from the manifest.
+ArcFace-class ONNX recognisers live in ``packs/arcface_recogniser.py``; ``packs/registry.py`` picks the class from the
+manifest's kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facegate.detections import Detections
 from facegate.errors import ModelError
 from facegate.packs.manifest import RecogniserSpec
-from facegate.packs.onnx_runner import check_io, make_session
+from facegate.packs.onnx_session import check_io, make_session
+
+if TYPE_CHECKING:
+    from facegate.packs.cache import PreparedPack
 
 
 class DlibRecogniser:
@@ -28,8 +35,13 @@ class DlibRecogniser:
 
     Source: dlib/tools/python/src/face_recognition.cpp ``compute_face_descriptor`` and
     ../shared/notes/dlib-models.md.
+
+    ``model``: the converted ONNX file; ``spec``: the manifest's recogniser block; ``landmarks``: the shape
+    predictor ``.dat``. Raises ``ModelError`` naming the file when the graph does not match the manifest.
     """
 
+    #: The manifest's ``recogniser.kind`` this class runs.
+    kind = "dlib_resnet"
     chip_size = 150
 
     def __init__(
@@ -37,7 +49,7 @@ class DlibRecogniser:
         model: Path,
         spec: RecogniserSpec,
         landmarks: Path,
-        providers: list[str] | None = None,
+        providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
         from facegate.packs.dlib_landmarks import ShapePredictor5
@@ -49,9 +61,19 @@ class DlibRecogniser:
         check_io(self.session, f"recogniser {model}", [(INPUT_NAME, 4, "tensor(uint8)")],
                  [(OUTPUT_NAME, 2, "tensor(float)")])
         self.input_name = INPUT_NAME
+        self.providers = self.session.get_providers()
         width = self.session.get_outputs()[0].shape[1]
         if isinstance(width, int) and width != spec.embedding_size:
             raise ModelError(f"recogniser {model}: outputs {width}-d embeddings, manifest says {spec.embedding_size}")
+
+    @classmethod
+    def from_pack(
+        cls, prepared: PreparedPack, providers: Sequence[str] | None = None, threads: int | None = None,
+    ) -> DlibRecogniser:
+        """The recogniser of a prepared pack. Raises ``ModelError`` when the pack has no landmarks model."""
+        if prepared.landmarks is None:
+            raise ModelError(f"pack {prepared.manifest.name!r}: the dlib_resnet recogniser needs a landmarks model")
+        return cls(prepared.recogniser, prepared.manifest.recogniser, prepared.landmarks, providers, threads)
 
     def landmarks(self, image: np.ndarray, dets: Detections) -> np.ndarray:
         """dlib's 5 points for each face: N×5×2 float32 px (dlib order, §3.3 of the notes). ``image`` is BGR."""

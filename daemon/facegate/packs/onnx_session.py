@@ -1,4 +1,5 @@
-"""One place that creates ONNX Runtime sessions: providers, threads, and clear errors for bad model files.
+"""One place that creates ONNX Runtime sessions (providers, threads, clear errors for bad model files) and checks
+a session's inputs and outputs against what the manifest expects.
 
 CUDA is used when ``onnxruntime-gpu`` is installed and a GPU is present; CPU always works. The provider really
 obtained is logged (ONNX Runtime silently falls back to CPU when CUDA cannot start).
@@ -90,18 +91,3 @@ def model_label(label: str, model: str | Path | bytes) -> str:
     """How errors and logs name a model: its kind label, plus the file when it was loaded from one."""
     return label if isinstance(model, bytes) else f"{label} ({model})"
 
-
-def detector_input_size(spec, kind: str, label: str, model: str | Path | bytes, multiple: int) -> tuple[int, int]:
-    """Check a detector manifest entry before loading its graph; returns the input width, height in px.
-
-    ``spec`` is a ``DetectorSpec``; ``kind`` the decoder's kind; ``multiple`` the size the input must be a multiple
-    of (the largest stride of anchor-grid decoders, 1 when any size works; at least 32 px either way).
-    Raises ``ModelError`` naming the model when the kind differs or the size does not fit.
-    """
-    if spec.kind != kind:
-        raise ModelError(f"{label}: pack detector kind is {spec.kind!r}, not {kind!r}")
-    width, height = (int(v) for v in spec.input_size)
-    if width < 32 or height < 32 or width % multiple or height % multiple:
-        rule = f"multiples of {multiple} px (the largest stride)" if multiple > 1 else "at least 32×32 px"
-        raise ModelError(f"{model_label(label, model)}: input_size {list(spec.input_size)} must be {rule}")
-    return width, height

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,7 +27,10 @@ from facegate.detections import Detections
 from facegate.errors import ImageError, ModelError
 from facegate.packs.align import arcface_align
 from facegate.packs.manifest import RecogniserSpec
-from facegate.packs.onnx_runner import check_io, make_session
+from facegate.packs.onnx_session import check_io, make_session
+
+if TYPE_CHECKING:
+    from facegate.packs.cache import PreparedPack
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ class ArcFaceRecogniser:
     3×112×112, a fixed output width other than ``embedding_size``, or a batch fixed to 1 while the manifest says
     ``fixed_batch: false``.
     """
+
+    #: The manifest's ``recogniser.kind`` this class runs.
+    kind = "onnx"
 
     def __init__(
         self,
@@ -100,6 +107,13 @@ class ArcFaceRecogniser:
             "recogniser=onnx alignment=arcface_112 dim=%d colour=%s batch=%s providers=%s",
             spec.embedding_size, spec.colour_order, "1" if self.one_at_a_time else "dynamic", ",".join(self.providers),
         )
+
+    @classmethod
+    def from_pack(
+        cls, prepared: PreparedPack, providers: Sequence[str] | None = None, threads: int | None = None,
+    ) -> ArcFaceRecogniser:
+        """The recogniser of a prepared pack (``prepared.recogniser`` with the manifest's recogniser block)."""
+        return cls(prepared.recogniser, prepared.manifest.recogniser, providers, threads)
 
     @property
     def metric(self) -> str:
