@@ -17,6 +17,7 @@ from facegate.detections import Detections
 from facegate.packs.cache import PreparedPack, ensure_prepared
 from facegate.packs.manifest import PackManifest, load_manifest
 from facegate.packs.registry import build_detector, build_liveness, build_recogniser
+from facegate.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 class FacePipeline:
     """Detection → alignment → embedding (→ liveness) for one model pack.
 
-    Attributes: ``manifest`` (PackManifest), ``metric`` ("euclidean": lower distance = more similar;
-    "cosine": higher similarity = more similar), ``threshold`` (the pack's operating point), ``liveness``
+    Attributes: ``manifest`` (PackManifest), ``scorer`` (``scoring.Scorer`` at the pack's operating point),
+    ``metric`` ("euclidean": lower distance = more similar; "cosine": higher similarity = more similar) and
+    ``threshold`` (the pack's operating point) as in ``scorer``, ``liveness``
     (None or an object with ``score(image, dets) -> N float32``), ``providers`` (what ONNX Runtime really uses).
     """
 
@@ -42,8 +44,9 @@ class FacePipeline:
         self.detector = build_detector(prepared, providers, threads)
         self.recogniser = build_recogniser(prepared, providers, threads)
         self.liveness = build_liveness(prepared, providers, threads) if with_liveness else None
-        self.metric = self.manifest.recogniser.metric
-        self.threshold = self.manifest.operating_point.threshold
+        self.scorer = Scorer.resolve(self.manifest)
+        self.metric = self.scorer.metric
+        self.threshold = self.scorer.threshold
         session = getattr(self.recogniser, "session", None)
         self.providers = session.get_providers() if session is not None else []
 
@@ -151,18 +154,5 @@ class FacePipeline:
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Comparison scores between rows of ``a`` (N×D) and ``b`` (M×D): N×M float32 — Euclidean distance for
-        the euclidean metric, cosine similarity for cosine."""
-        a = np.asarray(a, np.float32)
-        b = np.asarray(b, np.float32)
-        if self.metric == "euclidean":
-            d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-            return np.sqrt(np.maximum(d2, 0.0))
-        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return an @ bn.T
-
-    def is_match(self, score: np.ndarray | float) -> np.ndarray | bool:
-        """True where a comparison score passes the pack's threshold (≤ for distances, ≥ for similarities)."""
-        if self.metric == "euclidean":
-            return np.asarray(score) <= self.threshold
-        return np.asarray(score) >= self.threshold
+        the euclidean metric, cosine similarity for cosine (``Scorer.compare``)."""
+        return self.scorer.compare(a, b)

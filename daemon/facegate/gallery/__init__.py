@@ -5,7 +5,6 @@ index, ``enrol.py`` the quality gates and image enrolment.
 """
 
 from facegate.gallery.core import Gallery
-from facegate.gallery.index import Match
 from facegate.gallery.store import Identity, PackBinding
 
-__all__ = ["Gallery", "Identity", "Match", "PackBinding"]
+__all__ = ["Gallery", "Identity", "PackBinding"]

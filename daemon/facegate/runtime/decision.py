@@ -4,7 +4,8 @@ For every frame of a camera, ``DecisionEngine.process`` tracks the faces (``Face
 each face's candidates, and records one observation per track. A track is then decided:
 
 * **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
-  same identity (score beyond ``threshold`` AND beating the best *other* identity of that frame by ``margin``),
+  same identity (score passing the ``Scorer``'s threshold — ``facegate/scoring.py`` says which threshold applies —
+  AND beating the best *other* identity of that frame by ``margin``),
   no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
   ``liveness_frames`` per-face live scores ≥ ``liveness_threshold``; no grant before that many scores exist), and
   the door's ``AccessRules`` allow it;
@@ -47,23 +48,26 @@ from facegate.detections import Detections
 from facegate.errors import UsageError
 from facegate.runtime.rules import AccessRules
 from facegate.runtime.tracking import FaceTracker
+from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
 GRANT, DENY, UNKNOWN = "grant", "deny", "unknown"
 
 
-class Candidate(NamedTuple):
-    """One gallery answer for a probe face: identity, display name, its groups, comparison score."""
+SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
+"""``search(embeddings N×D float32) → per face a list of ``scoring.Candidate``, best first`` (``Gallery.search``)."""
+
+
+class Vote(NamedTuple):
+    """One frame's match for a track: the identity it voted for, its comparison score and its ``margin`` over the
+    best other identity of that frame (None when the gallery had no other identity)."""
 
     identity_id: Any
     name: str
-    groups: tuple[str, ...] | frozenset[str]
+    groups: tuple[str, ...]
     score: float
-
-
-SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate | tuple]]]
-"""``search(embeddings N×D float32) → per face a list of (identity_id, name, groups, score), best first``."""
+    margin: float | None
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ class Decision:
 
 class _Obs(NamedTuple):
     t: float  # monotonic capture time
-    match: tuple | None  # (identity_id, name, groups, score, margin) when the frame matched
+    match: Vote | None  # when the frame matched
     best: float | None  # best score of the frame (any identity), for unknown events
     live: float | None
 
@@ -142,9 +146,8 @@ class DecisionEngine:
     """Decisions for all cameras. Constructor (keyword only):
 
     * ``search``: ``SearchFn``; replace ``engine.search`` to swap galleries (e.g. on SIGHUP);
-    * ``metric``: "distance" (lower is better, match when ``score ≤ threshold``) or "similarity" (higher is
-      better, match when ``score ≥ threshold``), as ``FacePipeline.matches``;
-    * ``threshold``: the operating point (the pack's measured one by default, chosen by the caller);
+    * ``scorer``: ``scoring.Scorer`` (metric and threshold in force, ``Scorer.resolve(manifest,
+      decision.threshold)``); replace ``engine.scorer`` to change the threshold;
     * ``camera_doors``: camera id → door name;
     * ``rules``: ``AccessRules``; ``policy``: ``DecisionPolicy``;
     * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds.
@@ -154,21 +157,17 @@ class DecisionEngine:
         self,
         *,
         search: SearchFn,
-        metric: Literal["distance", "similarity"],
-        threshold: float,
+        scorer: Scorer,
         camera_doors: Mapping[str, str],
         rules: AccessRules,
         policy: DecisionPolicy | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if metric not in ("distance", "similarity"):
-            raise UsageError(f"decision: metric must be 'distance' or 'similarity', got {metric!r}")
-        if not math.isfinite(threshold):
-            raise UsageError(f"decision: threshold must be a finite number, got {threshold}")
+        if not isinstance(scorer, Scorer):
+            raise UsageError(f"decision: scorer must be a facegate.scoring.Scorer, got {type(scorer).__name__}")
         self.search = search
-        self.metric = metric
-        self.threshold = float(threshold)
+        self.scorer = scorer
         self.camera_doors = dict(camera_doors)
         self.rules = rules
         self.policy = policy or DecisionPolicy()
@@ -179,29 +178,21 @@ class DecisionEngine:
         self.stats: Counter[str] = Counter()
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def _passes(self, score: float) -> bool:
-        # inclusive, as FacePipeline.matches and the operating point measurement
-        return score <= self.threshold if self.metric == "distance" else score >= self.threshold
+    def frame_match(self, candidates: Sequence[Candidate]) -> tuple[Vote | None, float | None]:
+        """One face's gallery answer → (its ``Vote`` or None, best score or None).
 
-    def _gap(self, best: float, other: float) -> float:
-        return other - best if self.metric == "distance" else best - other
-
-    def frame_match(self, candidates: Sequence[Candidate | tuple]) -> tuple[tuple | None, float | None]:
-        """One face's gallery answer → ((identity_id, name, groups, score, margin) or None, best score or None).
-
-        Candidates are re-sorted best first and reduced to one (the best) per identity; the margin is the gap to
-        the best other identity (None when there is none). A non-finite score never matches.
+        Candidates are re-sorted best first (``Scorer.best_first``); the margin is the ``Scorer.gap`` to the best
+        *other* identity (None when there is none). A non-finite score never matches.
         """
-        cands = [Candidate(*c) for c in candidates if math.isfinite(float(c[3]))]
+        cands = self.scorer.best_first(c for c in candidates if math.isfinite(float(c.score)))
         if not cands:
             return None, None
-        cands.sort(key=lambda c: float(c.score), reverse=self.metric == "similarity")
         best = cands[0]
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
-        margin = None if other is None else self._gap(score, float(other.score))
-        ok = self._passes(score) and (margin is None or margin >= self.policy.margin)
-        return ((best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
+        margin = None if other is None else self.scorer.gap(score, other.score)
+        ok = self.scorer.passes(score) and (margin is None or margin >= self.policy.margin)
+        return (Vote(best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
     def process(
@@ -329,7 +320,7 @@ class DecisionEngine:
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
-        votes = Counter(o.match[0] for o in fresh if o.match is not None)
+        votes = Counter(o.match.identity_id for o in fresh if o.match is not None)
         ranked = votes.most_common()
         winner = None
         if ranked and ranked[0][1] >= p.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
@@ -337,15 +328,14 @@ class DecisionEngine:
         track_age = cap - st.first_seen
         if winner is None:
             if len(fresh) >= p.n or track_age >= p.unknown_after_s:
-                bests = [o.best for o in fresh if o.best is not None]
-                best = (min(bests) if self.metric == "distance" else max(bests)) if bests else None
+                best = self.scorer.best(o.best for o in fresh if o.best is not None)
                 return self._make(UNKNOWN, camera, door, tid, cap, wall, score=best, frames_used=len(fresh))
             return None
-        used = [o.match for o in fresh if o.match is not None and o.match[0] == winner]
-        _, name, groups, _, _ = used[-1]
-        margins = [m[4] for m in used if m[4] is not None]
+        used = [o.match for o in fresh if o.match is not None and o.match.identity_id == winner]
+        name, groups = used[-1].name, used[-1].groups
+        margins = [v.margin for v in used if v.margin is not None]
         common = dict(
-            identity_id=winner, identity_name=name, score=float(np.mean([m[3] for m in used])),
+            identity_id=winner, identity_name=name, score=float(np.mean([v.score for v in used])),
             margin=min(margins) if margins else None, frames_used=len(used),
         )
         if p.liveness_threshold is not None:

@@ -44,6 +44,7 @@ from facegate.runtime.decision import Decision, DecisionEngine, DecisionPolicy
 from facegate.runtime.events import EventEmitter
 from facegate.runtime.inference import FrameResult, InferenceStage
 from facegate.runtime.rules import AccessRules, Door
+from facegate.scoring import Candidate, Scorer, liveness_threshold
 from facegate.signing import load_signing_key
 
 log = logging.getLogger(__name__)
@@ -221,12 +222,11 @@ class Service:
         if not cfg.doors:
             log.warning("event=no_doors_configured door=%s note=every_enrolled_identity_is_admitted_at_any_time",
                         DEFAULT_DOOR)
-        threshold = cfg.decision.threshold if cfg.decision.threshold is not None else self.pipeline.threshold
+        live_t = liveness_threshold(self.pipeline.manifest, cfg.liveness.threshold) if cfg.liveness.enabled else None
         self.engine = DecisionEngine(
-            search=self._search, metric="distance" if self.pipeline.metric == "euclidean" else "similarity",
-            threshold=threshold, camera_doors=camera_doors(cfg, self.cameras), rules=self.rules,
-            policy=policy_from(cfg.decision, cfg.liveness.threshold if cfg.liveness.enabled else None,
-                               cfg.liveness.frames),
+            search=self._search, scorer=Scorer.resolve(self.pipeline.manifest, cfg.decision.threshold),
+            camera_doors=camera_doors(cfg, self.cameras), rules=self.rules,
+            policy=policy_from(cfg.decision, live_t, cfg.liveness.frames),
         )
         for cid, door in self.engine.camera_doors.items():
             if door not in self.rules.doors:
@@ -286,12 +286,12 @@ class Service:
         log.info("event=gallery_reloaded identities=%d", len(now))
         return True
 
-    def _search(self, embeddings: Any) -> list[list[tuple]]:
+    def _search(self, embeddings: Any) -> list[list[Candidate]]:
         """The decision stage's 1:N search. Fail closed: while the gallery cannot be refreshed (so an erasure made
         by another process may not be applied yet) nobody matches, every face stays unknown and no door opens."""
         if self._gallery_stale:
             return [[] for _ in range(len(embeddings))]
-        return [[(m.identity_id, m.name, m.groups, m.score) for m in row] for row in self.gallery.search(embeddings, 5)]
+        return self.gallery.search(embeddings, 5)
 
     def wait_for_cameras(self) -> list[str]:
         """Block until every camera delivered a frame or ``ready_timeout_s`` passed; returns the live ones.
@@ -473,8 +473,7 @@ class Service:
         with self._decision_lock:
             self.engine.policy = policy_from(new.decision, self.engine.policy.liveness_threshold,
                                              self.engine.policy.liveness_frames)
-            self.engine.threshold = (new.decision.threshold if new.decision.threshold is not None
-                                     else self.pipeline.threshold)
+            self.engine.scorer = Scorer.resolve(self.pipeline.manifest, new.decision.threshold)
             self.rules.update_doors(rules_doors)  # keeps the grant history: a reload reopens no cooldown
             self.engine.camera_doors = camera_doors(new, cameras)
             self.emitter.grant_ttl_s = new.decision.grant_ttl_s
