@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from facegate.config import DecisionConfig, DoorConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
-from facegate.runtime.decision import Candidate, DecisionEngine, LivenessGate
+from facegate.runtime.decision import DecisionEngine, LivenessGate, Vote
 from facegate.runtime.rules import AccessRules
+from facegate.scoring import Candidate, Scorer
 
 D = 8
 E = np.eye(D, dtype=np.float32)
@@ -89,12 +90,12 @@ def schedule(days: list[str], start: str, end: str, tz: str = "UTC") -> dict:
     return {"timezone": tz, "windows": [{"days": days, "start": start, "end": end}]}
 
 
-def make(settings: Policy | None = None, *, doors=None, search=euclidean_search, metric="distance",
+def make(settings: Policy | None = None, *, doors=None, search=euclidean_search, metric="euclidean",
          threshold=0.6) -> tuple[DecisionEngine, Clock]:
     clock = Clock()
     rules = AccessRules(doors or [Door("front", allowed_groups=["staff"])])
     config, gate = settings or policy()
-    engine = DecisionEngine(search=search, metric=metric, threshold=threshold, camera_doors={"cam1": "front"},
+    engine = DecisionEngine(search=search, scorer=Scorer(metric, threshold), camera_doors={"cam1": "front"},
                             rules=rules, config=config, liveness=gate, wall_clock=clock.wall, clock=clock.mono)
     return engine, clock
 
@@ -238,10 +239,10 @@ def test_two_people_in_one_frame_are_decided_separately():
 
 def test_similarity_metric_direction():
     # cosine: alice 1/sqrt(1.09) ≈ 0.958, bob 1/sqrt(1.09·1.04) ≈ 0.939, margin ≈ 0.019
-    engine, clock = make(policy(k=3, n=5, margin=0.05), search=cosine_search, metric="similarity",
+    engine, clock = make(policy(k=3, n=5, margin=0.05), search=cosine_search, metric="cosine",
                          threshold=0.9)
     assert [d.type for _ in range(5) for d in feed(engine, clock, face(ALICE))] == ["unknown"]
-    engine, clock = make(policy(k=3, n=5, margin=0.01), search=cosine_search, metric="similarity",
+    engine, clock = make(policy(k=3, n=5, margin=0.01), search=cosine_search, metric="cosine",
                          threshold=0.9)
     (d,) = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
     assert d.type == "grant" and d.score == pytest.approx(1 / np.sqrt(1.09), abs=1e-6)
@@ -283,7 +284,9 @@ def test_policy_validation():
     with pytest.raises(ValidationError, match="k \\(6\\) must be ≤ n \\(5\\)"):
         policy(k=6, n=5)
     with pytest.raises(UsageError, match="metric"):
-        make(metric="cosine")
+        make(metric="distance")  # the old vocabulary: only the manifest's metric names exist
+    with pytest.raises(UsageError, match="scorer"):
+        DecisionEngine(search=euclidean_search, scorer=("euclidean", 0.6), camera_doors={}, rules=AccessRules([]))
 
 
 def test_an_error_inside_the_rules_denies_instead_of_granting():
@@ -293,3 +296,19 @@ def test_an_error_inside_the_rules_denies_instead_of_granting():
     out = [d for _ in range(6) for d in feed(engine, clock, face(ALICE))]
     assert [(d.type, d.reason, d.identity_id) for d in out] == [("deny", "error", None)]
     assert engine.stats["grant"] == 0 and engine.stats["errors"] == 4  # frames 3..6 each failed
+
+
+def test_frame_match_gives_a_named_vote_and_resorts_candidates():
+    engine, _ = make(policy(k=1, n=1, margin=0.05))
+    # handed worst first: the engine re-sorts with the scorer (distance: lower first) before voting
+    cands = [Candidate("bob", "Bob", ("staff",), 0.5), Candidate("alice", "Alice", ("staff",), 0.3)]
+    vote, best = engine.frame_match(cands)
+    assert vote == Vote("alice", "Alice", ("staff",), 0.3, pytest.approx(0.2))
+    assert vote.identity_id == "alice" and vote.margin == pytest.approx(0.2) and best == 0.3
+    # a NaN score is dropped, not voted on; nothing finite left → no vote, no best score
+    assert engine.frame_match([Candidate("alice", "Alice", ("staff",), float("nan"))]) == (None, None)
+    # a score exactly at the threshold passes (inclusive, as the operating point is measured)
+    engine.scorer = Scorer("euclidean", 0.3)
+    assert engine.frame_match(cands)[0] is not None
+    engine.scorer = Scorer("euclidean", float(np.nextafter(0.3, 0.0)))
+    assert engine.frame_match(cands) == (None, 0.3)

@@ -92,7 +92,7 @@ def test_reload_hands_each_stage_its_changed_section(tmp_path, caplog):
     service = Service(config, stages=stages)
     try:
         pack_threshold = stages.inference.pipeline.threshold
-        assert stages.engine.threshold == pack_threshold  # no decision.threshold: the pack's operating point
+        assert stages.engine.scorer.threshold == pack_threshold  # no decision.threshold: the pack's operating point
         extra = CameraConfig(id="side", file=str(need_shared(STAGE)), door="back")
         new = _config(tmp_path,
                       cameras=[*config.model_dump()["cameras"], extra.model_dump()],
@@ -106,13 +106,13 @@ def test_reload_hands_each_stage_its_changed_section(tmp_path, caplog):
         assert set(stages.capture.cameras) == {"stage", "side"}
         assert stages.engine.rules.doors["front"].allowed_groups == ["guests"]
         assert stages.engine.camera_doors == {"stage": "front", "side": "back"}
-        assert stages.engine.threshold == 0.42 and (stages.engine.config.k, stages.engine.config.n) == (2, 4)
+        assert stages.engine.scorer.threshold == 0.42 and (stages.engine.config.k, stages.engine.config.n) == (2, 4)
         assert stages.emitter.grant_ttl_s == 7.5
         assert service.config.mqtt.host is None  # kept: needs a restart, and said so
         assert "event=reload_needs_restart section=mqtt" in caplog.text
         # the threshold falls back to the pack's again when the override goes
         service.apply(_config(tmp_path))
-        assert stages.engine.threshold == pack_threshold
+        assert stages.engine.scorer.threshold == pack_threshold
     finally:
         service.shutdown()
 

@@ -262,7 +262,9 @@ class LivenessConfig(_Section):
     """Presentation-attack detection (needs a pack with a liveness model)."""
 
     enabled: bool = Field(False, description="Require a live face for a grant")
-    threshold: float = Field(0.5, ge=0, le=1, description="Minimum live score per frame")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Fused live score a track needs (mean of its last `frames` scores); "
+        "None = the pack's liveness.threshold")
     frames: int = Field(3, ge=1, description="Live frames a track needs before a grant")
 
 

@@ -19,6 +19,7 @@ from facegate.packs.cache import PreparedPack, ensure_prepared
 from facegate.packs.manifest import PackManifest, load_manifest
 from facegate.packs.protocols import Detector, JitterRecogniser, Liveness, Recogniser
 from facegate.packs.registry import build_detector, build_liveness, build_recogniser
+from facegate.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ class FacePipeline:
     """Detection → alignment → embedding (→ liveness) for one model pack.
 
     Attributes: ``manifest`` (PackManifest), ``detector`` (``Detector``), ``recogniser`` (``Recogniser``),
-    ``liveness`` (``Liveness`` or None), ``metric`` ("euclidean": lower distance = more similar; "cosine": higher
-    similarity = more similar), ``threshold`` (the pack's operating point), ``providers`` (what ONNX Runtime really
-    uses for the recogniser). The protocols are in ``packs/protocols.py``.
+    ``liveness`` (``Liveness`` or None), ``scorer`` (``scoring.Scorer`` at the pack's operating point), ``metric``
+    ("euclidean": lower distance = more similar; "cosine": higher similarity = more similar) and ``threshold`` (the
+    pack's operating point) as in ``scorer``, ``providers`` (what ONNX Runtime really uses for the recogniser).
+    The protocols are in ``packs/protocols.py``.
     """
 
     def __init__(
@@ -45,8 +47,9 @@ class FacePipeline:
         self.detector: Detector = build_detector(prepared, providers, threads)
         self.recogniser: Recogniser = build_recogniser(prepared, providers, threads)
         self.liveness: Liveness | None = build_liveness(prepared, providers, threads) if with_liveness else None
-        self.metric = self.manifest.recogniser.metric
-        self.threshold = self.manifest.operating_point.threshold
+        self.scorer = Scorer.resolve(self.manifest)
+        self.metric = self.scorer.metric
+        self.threshold = self.scorer.threshold
         self.providers = list(self.recogniser.providers)
 
     @classmethod
@@ -154,12 +157,5 @@ class FacePipeline:
 
     def compare(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Comparison scores between rows of ``a`` (N×D) and ``b`` (M×D): N×M float32 — Euclidean distance for
-        the euclidean metric, cosine similarity for cosine."""
-        a = np.asarray(a, np.float32)
-        b = np.asarray(b, np.float32)
-        if self.metric == "euclidean":
-            d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-            return np.sqrt(np.maximum(d2, 0.0))
-        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return an @ bn.T
+        the euclidean metric, cosine similarity for cosine (``Scorer.compare``)."""
+        return self.scorer.compare(a, b)

@@ -36,6 +36,7 @@ def _run(args: argparse.Namespace) -> int:
     from facegate.packs.cache import ensure_prepared
     from facegate.packs.manifest import list_manifests, load_manifest
     from facegate.packs.registry import build_detector, build_liveness
+    from facegate.scoring import liveness_threshold
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold {args.threshold}: must be between 0 and 1")
@@ -55,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     prepared = ensure_prepared(manifest)
     detector = build_detector(prepared, threads=args.threads)
     liveness = build_liveness(prepared, threads=args.threads)
-    threshold = liveness.threshold if args.threshold is None else float(args.threshold)
+    threshold = liveness_threshold(manifest, args.threshold)  # the pack's unless --threshold, as the daemon
     out = []
     for path, image, dets in zip(args.images, images, detector.detect(images), strict=True):
         scores = liveness.score(image, dets)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate import scoring
 from facegate.errors import UsageError
 from facegate.evaluation import metrics as m
 
@@ -66,7 +67,7 @@ def lfw_by_group(
     """Per-group verification rates for LFW pairs (``lfw.Pair`` list, scores higher = more similar).
 
     Returns {"groups": {group: {genuine, impostor, at_chosen_threshold, at_pack_threshold}}, "cross_group":
-    {...}, "unassigned_pairs": n}; thresholds are native units (``metrics.to_native``).
+    {...}, "unassigned_pairs": n}; thresholds are native units (``scoring.from_higher_better``).
     """
     g1 = np.array([groups.get(p.name1) for p in pairs], dtype=object)
     g2 = np.array([groups.get(p.name2) for p in pairs], dtype=object)
@@ -81,12 +82,13 @@ def lfw_by_group(
         gen, imp = scores[mask & same], scores[mask & ~same]
         entry: dict = {"genuine": int(gen.size), "impostor": int(imp.size)}
         for key, t in thresholds.items():
-            entry[key] = {"threshold": t, **_rates(gen, imp, m.from_native(t, metric))}
+            entry[key] = {"threshold": t, **_rates(gen, imp, scoring.to_higher_better(t, metric))}
         out["groups"][group] = entry
     cross = assigned & (g1 != g2) & ~same
     entry = {"impostor": int(np.sum(cross))}
     for key, t in thresholds.items():
-        entry[key] = {"threshold": t, "fmr": _rates(np.zeros(0), scores[cross], m.from_native(t, metric))["fmr"]}
+        fmr = _rates(np.zeros(0), scores[cross], scoring.to_higher_better(t, metric))["fmr"]
+        entry[key] = {"threshold": t, "fmr": fmr}
     out["cross_group"] = entry
     return out
 
@@ -112,7 +114,7 @@ def openset_by_group(
         entry: dict = {"mated": int(mm.sum()), "nonmated": int(nm.sum()),
                        "rank1": float(np.mean(searches.mate_is_top[mm])) if mm.any() else None}
         for key, t_native in thresholds.items():
-            t = m.from_native(t_native, metric)
+            t = scoring.to_higher_better(t_native, metric)
             hit = searches.mate_is_top[mm] & (searches.mate_scores[mm] >= t)
             entry[key] = {
                 "threshold": t_native,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate import scoring
 from facegate.errors import UsageError
 from facegate.evaluation import metrics as m
 
@@ -145,7 +146,7 @@ def verification_report(
     eer_rate, eer_t = m.eer(genuine, impostor)
     best_t, best_acc = m.best_accuracy_threshold(scores, same)
     fmr, fnmr = m.rates_at(genuine, impostor, best_t)
-    native = (lambda t: round(m.to_native(t, metric), 6))  # noqa: E731
+    native = (lambda t: round(scoring.from_higher_better(t, metric), 6))  # noqa: E731
     report = {
         "pairs": {"genuine": int(genuine.size), "impostor": int(impostor.size), "folds": int(np.unique(folds).size)},
         "accuracy": {
@@ -166,7 +167,7 @@ def verification_report(
         op = m.tar_at_far(genuine, impostor, far)
         report["tar_at_far"][f"{far:g}"] = {"tar": op.tar, "fmr": op.fmr, "threshold": native(op.threshold)}
     if pack_threshold is not None:
-        t = m.from_native(pack_threshold, metric)
+        t = scoring.to_higher_better(pack_threshold, metric)
         fmr, fnmr = m.rates_at(genuine, impostor, t)
         report["pack_threshold"] = {"value": pack_threshold, "fmr": fmr, "fnmr": fnmr,
                                     "accuracy": float(np.mean((scores >= t) == same))}
@@ -204,29 +205,30 @@ def evaluate_lfw(
                 kept.append(p)
         pairs = kept
     files, index = pair_files(root, pairs)
+    scorer = pipeline.scorer  # the pack's metric and operating point (facegate/scoring.py)
     embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress, jitters=jitters)
     emb = embedded.embeddings
-    scores = m.pair_scores(emb[index[:, 0]], emb[index[:, 1]], pipeline.metric)
+    scores = m.pair_scores(emb[index[:, 0]], emb[index[:, 1]], scorer.metric)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     report = {
         "protocol": _protocol_name(int(folds.max()) + 1 if len(folds) else 0, max_pairs_per_fold),
         "pack": pipeline.manifest.name,
-        "metric": pipeline.metric,
-        "threshold_units": "euclidean distance, accept when <=" if pipeline.metric == "euclidean"
+        "metric": scorer.metric,
+        "threshold_units": "euclidean distance, accept when <=" if scorer.lower_is_better
         else "cosine similarity, accept when >=",
         "root": str(root),
         "pairs_file": str(pairs_path),
         "images": embedded.summary(),
         "embedding": describe(effective_count(jitters)),
     }
-    report.update(verification_report(scores, same, folds, pipeline.metric, pipeline.threshold))
+    report.update(verification_report(scores, same, folds, scorer.metric, scorer.threshold))
     if groups_csv is not None:
         from facegate.evaluation.bias import lfw_by_group, load_groups
 
         groups = load_groups(groups_csv)
-        report["by_group"] = lfw_by_group(pairs, scores, groups, pipeline.metric,
-                                          report["threshold"]["value"], pipeline.threshold)
+        report["by_group"] = lfw_by_group(pairs, scores, groups, scorer.metric,
+                                          report["threshold"]["value"], scorer.threshold)
     if out_dir is not None:
         from facegate.evaluation.plots import roc_plot, write_report
 

@@ -2,8 +2,10 @@
 
 Conventions used everywhere in this module:
 
-* A **comparison score** is "higher means more similar". Euclidean distances are converted by negation
-  (``scores_from_distances``); cosine similarities are used as they are.
+* A **comparison score** is "higher means more similar". Euclidean distances are converted by negation, cosine
+  similarities are used as they are (``facegate.scoring.to_higher_better``; ``from_higher_better`` turns a
+  threshold back into the pack's own units, where ``Scorer.passes`` accepts exactly what ``score >= T`` accepts
+  here).
 * A comparison is **accepted** (declared a match) when ``score >= threshold``.
 * **FMR** (false match rate) = fraction of impostor (non-mated) comparisons accepted; **FNMR** (false non-match
   rate) = fraction of genuine (mated) comparisons rejected; **TAR** = 1 − FNMR. "FAR" is used as a synonym for FMR
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from facegate import scoring
+
 
 def _as_scores(values: np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -33,52 +37,22 @@ def _as_scores(values: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def scores_from_distances(distances: np.ndarray) -> np.ndarray:
-    """Turn distances (lower = more similar, e.g. Euclidean) into scores (higher = more similar): ``−d``."""
-    return -np.asarray(distances, dtype=np.float64)
-
-
 def pair_scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """Row-wise comparison scores of two N×D embedding arrays → N float64 (higher = more similar).
 
-    ``metric`` ``"euclidean"``: −‖a−b‖₂; ``"cosine"``: a·b / (‖a‖‖b‖). Raises ``ValueError`` for another metric.
+    ``metric`` ``"euclidean"``: −‖a−b‖₂; ``"cosine"``: a·b / (‖a‖‖b‖) (``scoring.compare_pairs`` in float64,
+    then ``scoring.to_higher_better``). Raises ``ValueError`` for another metric.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if metric == "euclidean":
-        return -np.linalg.norm(a - b, axis=1)
-    if metric == "cosine":
-        na = np.linalg.norm(a, axis=1)
-        nb = np.linalg.norm(b, axis=1)
-        return np.einsum("nd,nd->n", a, b) / np.maximum(na * nb, 1e-12)
-    raise ValueError(f"unknown metric {metric!r}; expected 'euclidean' or 'cosine'")
+    return scoring.to_higher_better(scoring.compare_pairs(a, b, metric, np.float64), metric)
 
 
 def score_matrix(probes: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
     """All-against-all scores: P×D probes vs G×D gallery → P×G float64 (higher = more similar).
 
-    Euclidean uses ‖p‖² + ‖g‖² − 2p·g (clipped at 0 before the square root) so that it is one matrix product.
+    ``scoring.compare`` in float64 (Euclidean as one matrix product, ‖p‖² + ‖g‖² − 2p·g clipped at 0), then
+    ``scoring.to_higher_better``. Raises ``ValueError`` for another metric.
     """
-    p = np.asarray(probes, dtype=np.float64)
-    g = np.asarray(gallery, dtype=np.float64)
-    if metric == "euclidean":
-        sq = (p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (p @ g.T)
-        return -np.sqrt(np.maximum(sq, 0.0))
-    if metric == "cosine":
-        pn = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-        gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-        return pn @ gn.T
-    raise ValueError(f"unknown metric {metric!r}; expected 'euclidean' or 'cosine'")
-
-
-def to_native(threshold: float, metric: str) -> float:
-    """A score threshold in the metric's own units: a distance for ``euclidean`` (−score), else unchanged."""
-    return -float(threshold) if metric == "euclidean" else float(threshold)
-
-
-def from_native(threshold: float, metric: str) -> float:
-    """Inverse of ``to_native``: a Euclidean distance threshold → a score threshold."""
-    return -float(threshold) if metric == "euclidean" else float(threshold)
+    return scoring.to_higher_better(scoring.compare(probes, gallery, metric, np.float64), metric)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate import scoring
 from facegate.errors import UsageError
 from facegate.evaluation import metrics as m
 from facegate.evaluation.lfw import resolve_root
@@ -69,7 +70,7 @@ def split_protocol(people: dict[str, list[Path]]) -> dict:
 
 def openset_report(searches: m.Searches, metric: str, pack_threshold: float | None) -> dict:
     """Rank-1, FNIR at the FPIR targets (thresholds in native units) and the rates at the pack threshold."""
-    native = (lambda t: round(m.to_native(t, metric), 6))  # noqa: E731
+    native = (lambda t: round(scoring.from_higher_better(t, metric), 6))  # noqa: E731
     report = {
         "searches": {"mated": int(searches.mate_scores.size), "nonmated": int(searches.nonmated_top.size)},
         "rank1": m.rank1(searches),
@@ -82,7 +83,7 @@ def openset_report(searches: m.Searches, metric: str, pack_threshold: float | No
             "wrong_identity_rate": m.misidentification_rate(searches, point.threshold),
         }
     if pack_threshold is not None:
-        t = m.from_native(pack_threshold, metric)
+        t = scoring.to_higher_better(pack_threshold, metric)
         fnir, fpir = m.fnir_fpir_at(searches, t)
         report["pack_threshold"] = {"value": pack_threshold, "fnir": fnir, "fpir": fpir,
                                     "wrong_identity_rate": m.misidentification_rate(searches, t)}
@@ -91,8 +92,8 @@ def openset_report(searches: m.Searches, metric: str, pack_threshold: float | No
 
 def all_pairs_report(emb: np.ndarray, labels: np.ndarray, metric: str, extra_native: list[float]) -> dict:
     """1:1 FMR/FNMR over every pair of images: thresholds at ``FMR_TARGETS`` and rates at ``extra_native``."""
-    native = (lambda t: round(m.to_native(t, metric), 6))  # noqa: E731
-    extra = tuple(m.from_native(t, metric) for t in extra_native)
+    native = (lambda t: round(scoring.from_higher_better(t, metric), 6))  # noqa: E731
+    extra = tuple(scoring.to_higher_better(t, metric) for t in extra_native)
     result = m.all_pairs(emb, labels, metric, fars=FMR_TARGETS, thresholds=extra)
     report = {"genuine": int(result.genuine.size), "impostor": result.impostor_count, "at_fmr": {}, "at_threshold": []}
     for far in FMR_TARGETS:
@@ -124,32 +125,33 @@ def evaluate_openset(
     people = list_identities(root, max_identities)
     split = split_protocol(people)
     files = [p for _, p in split["gallery"]] + [p for _, _, p in split["mated"]] + [p for _, p in split["nonmated"]]
+    scorer = pipeline.scorer  # the pack's metric and operating point (facegate/scoring.py)
     embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress, jitters=jitters)
     emb = embedded.embeddings
     g, k = len(split["gallery"]), len(split["mated"])
     mated_ids = np.array([row for row, _, _ in split["mated"]], dtype=np.int64)
-    searches = m.search(emb[g : g + k], mated_ids, emb[g + k :], emb[:g], pipeline.metric)
+    searches = m.search(emb[g : g + k], mated_ids, emb[g + k :], emb[:g], scorer.metric)
     report = {
         "protocol": "open-set 1:N on LFW: first image of each identity with >= 2 images enrolled; mated probes = "
                     "their other images; non-mated probes = single-image identities; exhaustive search; "
                     "FNIR counts a miss unless the mate is rank 1 with score past the threshold",
         "pack": pipeline.manifest.name,
-        "metric": pipeline.metric,
+        "metric": scorer.metric,
         "root": str(root),
         "identities": {"gallery": g, "nonmated": len(split["nonmated"])},
         "images": embedded.summary(),
         "embedding": describe(effective_count(jitters)),
     }
-    report.update(openset_report(searches, pipeline.metric, pipeline.threshold))
+    report.update(openset_report(searches, scorer.metric, scorer.threshold))
     labels = np.array([n for n, _ in split["gallery"]] + [n for _, n, _ in split["mated"]]
                       + [n for n, _ in split["nonmated"]])
-    extra = sorted({float(pipeline.threshold), *(extra_thresholds or [])})
-    report["all_pairs_1to1"] = all_pairs_report(emb, labels, pipeline.metric, extra)
+    extra = sorted({float(scorer.threshold), *(extra_thresholds or [])})
+    report["all_pairs_1to1"] = all_pairs_report(emb, labels, scorer.metric, extra)
     if groups_csv is not None:
         from facegate.evaluation.bias import load_groups, openset_by_group
 
         groups = load_groups(groups_csv)
-        report["by_group"] = openset_by_group(split, searches, groups, pipeline.metric, pipeline.threshold,
+        report["by_group"] = openset_by_group(split, searches, groups, scorer.metric, scorer.threshold,
                                               report["fnir_at_fpir"]["0.003"]["threshold"])
     if out_dir is not None:
         from facegate.evaluation.plots import det_plot, write_report

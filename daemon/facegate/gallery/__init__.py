@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from facegate.gallery.core import Gallery
-    from facegate.gallery.index import Match
     from facegate.gallery.store import Identity, PackBinding
 
-__all__ = ["Gallery", "Identity", "Match", "PackBinding"]
-_WHERE = {"Gallery": "core", "Match": "index", "Identity": "store", "PackBinding": "store"}
+__all__ = ["Gallery", "Identity", "PackBinding"]
+_WHERE = {"Gallery": "core", "Identity": "store", "PackBinding": "store"}
 
 
 def __getattr__(name: str) -> Any:

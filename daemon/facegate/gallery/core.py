@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
-from facegate.gallery.index import DEFAULT_EF, GalleryIndex, Match, remove_stale_files
+from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
 from facegate.gallery.store import FILE_MODE, Identity, PackBinding, Store
 from facegate.gallery.validate import groups_problem, name_problem
+from facegate.scoring import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +164,11 @@ class Gallery:
             "generation": self.store.generation,
         }
 
-    def search(self, probes: np.ndarray, k: int = 5) -> list[list[Match]]:
+    def search(self, probes: np.ndarray, k: int = 5) -> list[list[Candidate]]:
         """Top-``k`` identities per probe (N×D float32), best first; see ``GalleryIndex.search``."""
         return self.search_versioned(probes, k)[0]
 
-    def search_versioned(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Match]], int]:
+    def search_versioned(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Candidate]], int]:
         """``search`` plus the index version the answer reflects (for consistency checks)."""
         probes = np.asarray(probes, dtype=np.float32)
         if probes.ndim == 1:

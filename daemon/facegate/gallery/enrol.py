@@ -9,10 +9,11 @@ Gates (each refusal names its reason; limits in ``QualityLimits``):
    the face's size in the photo;
 4. pose: the nose's offset from the eye midpoint along the eye line, divided by the inter-eye distance (0 for a
    frontal face, growing with yaw);
-5. duplicate check: a face whose comparison score passes the pack's threshold against a *different* identity is
-   refused unless ``force`` (one person must not be enrolled under two names); an image already enrolled for this
-   identity (same sha256) is skipped ("already enrolled", not a refusal), so re-running an interrupted enrolment
-   only adds what is missing. SQLite's UNIQUE (identity, image sha256) index makes this hold across processes.
+5. duplicate check: a face whose comparison score passes the pack's threshold (``FacePipeline.scorer``,
+   ``facegate/scoring.py``) against a *different* identity is refused unless ``force`` (one person must not be
+   enrolled under two names); an image already enrolled for this identity (same sha256) is skipped ("already
+   enrolled", not a refusal), so re-running an interrupted enrolment only adds what is missing. SQLite's UNIQUE
+   (identity, image sha256) index makes this hold across processes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import numpy as np
 from facegate.detections import Detections
 from facegate.errors import FacegateError, GalleryError, UsageError
 from facegate.gallery.core import Gallery
-from facegate.gallery.index import better
 from facegate.gallery.store import PackBinding
 from facegate.imaging import file_sha256, load_image
 
@@ -160,6 +160,7 @@ class Enroller:
         self.gallery = gallery
         self.pipeline = pipeline
         self.pack = pack_binding(pipeline)
+        self.scorer = pipeline.scorer  # the pack's operating point: the duplicate check's threshold
         self.limits = limits or QualityLimits()
         self.force = force
         if gallery.pack is not None and gallery.pack != self.pack:
@@ -214,10 +215,10 @@ class Enroller:
         quality["image_sha256"] = sha
         if not self.force:
             best = [m for m in self.gallery.search(embedding, k=3)[0] if m.name != name]
-            if best and better(self.pack.metric, best[0].score, self.pipeline.threshold):
+            if best and self.scorer.passes(best[0].score):
                 return Outcome(str(path), name, False,
                                f"this face matches identity {best[0].name!r} (score {best[0].score:.3f}, threshold "
-                               f"{self.pipeline.threshold}); one person must not have two identities — use --force "
+                               f"{self.scorer.threshold}); one person must not have two identities — use --force "
                                "if they really are different people", quality)
         stored = {k: v for k, v in quality.items() if k != "image_sha256"}
         _, tids = self.gallery.enrol(name, embedding, self.pack, groups, [sha], [stored])
@@ -249,10 +250,12 @@ def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: in
     """1:N identification of every face of every image.
 
     Returns per image ``{"image", "faces": [{"box", "detector_score", "matches": [top-k], "decision",
-    "score"}]}``; ``decision`` is the best identity when its score passes the pack's threshold, else ``"unknown"``
-    (also for an empty gallery). An unreadable image gives ``{"image", "error"}``.
+    "score"}]}``; ``decision`` is the best identity when its score passes the pack's threshold
+    (``pipeline.scorer``), else ``"unknown"`` (also for an empty gallery). An unreadable image gives
+    ``{"image", "error"}``.
     """
     pack = pack_binding(pipeline)
+    scorer = pipeline.scorer
     if gallery.pack is not None and gallery.pack != pack:
         gallery.store.bind(pack)  # raises the mismatch error
     results: list[dict[str, Any]] = []
@@ -271,7 +274,7 @@ def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: in
             # Fail closed: a non-finite probe or score is "unknown" and printed as null (JSON has no NaN).
             matches = [m for m in matches if np.isfinite(m.score)] if finite[i] else []
             top = matches[0] if matches else None
-            accepted = top is not None and better(pack.metric, top.score, pipeline.threshold)
+            accepted = top is not None and scorer.passes(top.score)
             row = {
                 "box": face["box"],
                 "detector_score": face["score"] if np.isfinite(face["score"]) else None,
@@ -282,5 +285,5 @@ def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: in
             if not finite[i]:
                 row["error"] = "the face's embedding is not finite (NaN or infinity); treated as unknown"
             faces.append(row)
-        results.append({"image": str(path), "metric": pack.metric, "threshold": pipeline.threshold, "faces": faces})
+        results.append({"image": str(path), "metric": scorer.metric, "threshold": scorer.threshold, "faces": faces})
     return results

@@ -15,6 +15,9 @@ Metric (fixed by the gallery's pack):
 * ``cosine`` (ArcFace-style packs): hnswlib space ``cosine`` L2-normalises vectors on add and query and returns
   ``1 − cos``; ``search`` returns the cosine similarity ``1 − d`` (higher = more alike).
 
+These are the comparison scores of ``facegate/scoring.py``, which owns what passes and what is better; ``search``
+returns ``scoring.Candidate`` lists, the type the decision engine takes.
+
 Default parameters were chosen from bench/gallery_bench.py (README "Gallery and enrolment" has the full table) on
 the synthetic worst case of ../shared/notes/peers.md (128-d, 5 templates per identity), one query thread, on the
 shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU time per query is given too):
@@ -43,15 +46,14 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
 from facegate.fileio import folder_lock, sha256_file, write_atomic
+from facegate.scoring import METRICS, Candidate
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +71,6 @@ META_NAME = "index.json"
 INDEX_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Match:
-    """One identity found for a probe: its best template and comparison ``score`` in the pack's metric.
-
-    ``score`` is the Euclidean distance (metric ``euclidean``, lower = more alike) or the cosine similarity
-    (metric ``cosine``, higher = more alike).
-    """
-
-    identity_id: int
-    name: str
-    groups: tuple[str, ...]
-    score: float
-    template_id: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"identity": self.name, "identity_id": self.identity_id, "score": round(self.score, 5),
-                "template_id": self.template_id, "groups": list(self.groups)}
-
-
-def better(metric: str, a: float, threshold: float) -> bool:
-    """True when score ``a`` is a match at ``threshold``: distance ≤ threshold, or similarity ≥ threshold."""
-    return a <= threshold if metric == "euclidean" else a >= threshold
-
-
 class GalleryIndex:
     """Thread-safe hnswlib index of templates (see the module docstring); every method takes the one lock."""
 
@@ -105,7 +83,7 @@ class GalleryIndex:
         ef: int = DEFAULT_EF,
         capacity: int | None = INITIAL_CAPACITY,
     ) -> None:
-        if metric not in ("euclidean", "cosine"):
+        if metric not in METRICS:
             raise GalleryError(f"metric {metric!r} is not 'euclidean' or 'cosine'")
         self.dim, self.metric = dim, metric
         self.M, self.ef_construction, self.ef = M, ef_construction, ef
@@ -193,13 +171,14 @@ class GalleryIndex:
         with self._lock:
             return self._index.get_current_count() - self._alive
 
-    def search(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Match]], int]:
+    def search(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Candidate]], int]:
         """Top-``k`` identities per probe (best template per identity), best first.
 
         ``probes``: N×D float32 embeddings of the gallery's pack. Templates are over-fetched (``k`` × the largest
         number of templates one identity has, which guarantees ``k`` distinct identities if the graph search is
         exact) and grouped by identity. An empty gallery gives empty lists; fewer than ``k`` identities give
-        shorter lists. Returns (per-probe lists of ``Match``, the index version the answer reflects).
+        shorter lists. Returns (per-probe lists of ``scoring.Candidate`` with ``template_id`` set, the index
+        version the answer reflects).
         """
         probes = np.ascontiguousarray(probes, dtype=np.float32).reshape(-1, self.dim)
         if k < 1:
@@ -213,10 +192,10 @@ class GalleryIndex:
             labels, dists = self._query(probes, fetch)
             owner = self._owner
             meta = self._meta
-            out: list[list[Match]] = []
+            out: list[list[Candidate]] = []
             for row_l, row_d in zip(labels, dists, strict=True):
                 seen: set[int] = set()
-                matches: list[Match] = []
+                matches: list[Candidate] = []
                 for label, dist in zip(row_l, row_d, strict=True):
                     if label < 0:
                         continue
@@ -225,7 +204,7 @@ class GalleryIndex:
                         continue
                     seen.add(iid)
                     name, groups = meta.get(iid, (f"#{iid}", ()))
-                    matches.append(Match(iid, name, groups, self._score(float(dist)), int(label)))
+                    matches.append(Candidate(iid, name, groups, self._score(float(dist)), int(label)))
                     if len(matches) == k:
                         break
                 out.append(matches)

@@ -12,8 +12,9 @@ Upstream: ``minivision-ai/Silent-Face-Anti-Spoofing`` (Apache-2.0); the ONNX exp
 * output: 3 logits; softmax; **index 1 = real** (``test.py``: "Real Face"), 0 and 2 are spoof classes.
 
 Fusion (``test.py``): ``prediction = softmax(V2) + softmax(V1SE)``; facegate reports the live probability
-``prediction[1] / 2`` (the mean of the models' live probabilities) and calls a face live when it is at or above the
-manifest's ``threshold`` (default 0.5, which implies upstream's ``argmax == 1``).
+``prediction[1] / 2`` (the mean of the models' live probabilities); a face is live when it is at or above the
+threshold in force, ``facegate.scoring.liveness_threshold``: the config's or the command line's when given, else the
+manifest's ``liveness.threshold`` (default 0.5, which implies upstream's ``argmax == 1``).
 
 Upstream also says inputs must come from a camera with a frontal face turned less than 30°; photos of faces taken
 from the web (as in part of ../shared/data/antispoof) are outside that domain. Fail closed: a degenerate box
@@ -194,7 +195,3 @@ class LivenessFusion:
         degenerate = (dets.widths <= 0) | (dets.boxes[:, 3] - dets.boxes[:, 1] <= 0) | ~np.isfinite(dets.boxes).all(1)
         fused[degenerate] = 0.0
         return fused.astype(np.float32)
-
-    def is_live(self, scores: np.ndarray) -> np.ndarray:
-        """N bool: ``scores >= threshold``."""
-        return np.asarray(scores) >= self.threshold

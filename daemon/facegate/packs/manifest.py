@@ -99,7 +99,9 @@ class LivenessModel(ModelFile):
 class LivenessSpec(_Strict):
     models: list[LivenessModel]
     fusion: Literal["mean_softmax"] = "mean_softmax"
-    threshold: float = Field(0.5, ge=0, le=1, description="Fused live probability at or above which a face is live")
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="Fused live probability at or above which a face is live; the config's "
+        "liveness.threshold overrides it (facegate.scoring.liveness_threshold)")
 
 
 class OperatingPoint(_Strict):

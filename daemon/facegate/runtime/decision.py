@@ -4,7 +4,8 @@ For every frame of a camera, ``DecisionEngine.process`` tracks the faces (``Face
 each face's candidates, and records one observation per track. A track is then decided:
 
 * **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
-  same identity (score beyond ``threshold`` AND beating the best *other* identity of that frame by ``margin``),
+  same identity (score passing the ``Scorer``'s threshold — ``facegate/scoring.py`` says which threshold applies —
+  AND beating the best *other* identity of that frame by ``margin``),
   no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
   ``liveness.frames`` per-face live scores ≥ ``liveness.threshold``; no grant before that many scores exist), and
   the door's ``AccessRules`` allow it;
@@ -55,9 +56,11 @@ from facegate.detections import Detections
 from facegate.errors import UsageError
 from facegate.runtime.rules import AccessRules, camera_doors
 from facegate.runtime.tracking import FaceTracker
+from facegate.scoring import Candidate, Scorer, liveness_threshold
 
 if TYPE_CHECKING:
     from facegate.config import CameraConfig, Config, LivenessConfig
+    from facegate.packs.manifest import PackManifest
     from facegate.pipeline import FacePipeline
     from facegate.runtime.inference import FrameResult
 
@@ -66,17 +69,19 @@ log = logging.getLogger(__name__)
 GRANT, DENY, UNKNOWN = "grant", "deny", "unknown"
 
 
-class Candidate(NamedTuple):
-    """One gallery answer for a probe face: identity, display name, its groups, comparison score."""
+SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
+"""``search(embeddings N×D float32) → per face a list of ``scoring.Candidate``, best first`` (``Gallery.search``)."""
+
+
+class Vote(NamedTuple):
+    """One frame's match for a track: the identity it voted for, its comparison score and its ``margin`` over the
+    best other identity of that frame (None when the gallery had no other identity)."""
 
     identity_id: Any
     name: str
-    groups: tuple[str, ...] | frozenset[str]
+    groups: tuple[str, ...]
     score: float
-
-
-SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate | tuple]]]
-"""``search(embeddings N×D float32) → per face a list of (identity_id, name, groups, score), best first``."""
+    margin: float | None
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,12 @@ class LivenessGate:
     frames: int
 
     @classmethod
-    def from_config(cls, liveness: LivenessConfig) -> LivenessGate | None:
-        return cls(liveness.threshold, liveness.frames) if liveness.enabled else None
+    def from_config(cls, liveness: LivenessConfig, manifest: PackManifest) -> LivenessGate | None:
+        """The gate of the ``liveness:`` section (None when off); the threshold is ``liveness.threshold``, else the
+        pack's (``scoring.liveness_threshold``)."""
+        if not liveness.enabled:
+            return None
+        return cls(liveness_threshold(manifest, liveness.threshold), liveness.frames)
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ class Decision:
 
 class _Obs(NamedTuple):
     t: float  # monotonic capture time
-    match: tuple | None  # (identity_id, name, groups, score, margin) when the frame matched
+    match: Vote | None  # when the frame matched
     best: float | None  # best score of the frame (any identity), for unknown events
     live: float | None
 
@@ -139,9 +148,8 @@ class DecisionEngine:
     """Decisions for all cameras. Constructor (keyword only):
 
     * ``search``: ``SearchFn`` (the running daemon's: ``runtime/matching.py``);
-    * ``metric``: "distance" (lower is better, match when ``score ≤ threshold``) or "similarity" (higher is
-      better, match when ``score ≥ threshold``);
-    * ``threshold``: the operating point (the pack's measured one unless ``decision.threshold`` is set);
+    * ``scorer``: ``scoring.Scorer``, the metric and the threshold in force (``Scorer.resolve(manifest,
+      decision.threshold)``: ``facegate/scoring.py`` says which threshold applies);
     * ``camera_doors``: camera id → door id (``runtime/rules.camera_doors``);
     * ``rules``: ``AccessRules``; ``config``: the ``decision:`` section; ``liveness``: ``LivenessGate`` or None;
     * ``sink``: called with every decision ``on_result`` makes (the emitter's ``emit``); None keeps them;
@@ -152,8 +160,7 @@ class DecisionEngine:
         self,
         *,
         search: SearchFn,
-        metric: Literal["distance", "similarity"],
-        threshold: float,
+        scorer: Scorer,
         camera_doors: Mapping[str, str],
         rules: AccessRules,
         config: DecisionConfig | None = None,
@@ -162,13 +169,10 @@ class DecisionEngine:
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if metric not in ("distance", "similarity"):
-            raise UsageError(f"decision: metric must be 'distance' or 'similarity', got {metric!r}")
-        if not math.isfinite(threshold):
-            raise UsageError(f"decision: threshold must be a finite number, got {threshold}")
+        if not isinstance(scorer, Scorer):
+            raise UsageError(f"decision: scorer must be a facegate.scoring.Scorer, got {type(scorer).__name__}")
         self.search = search
-        self.metric = metric
-        self.threshold = float(threshold)
+        self.scorer = scorer
         self.camera_doors = dict(camera_doors)
         self.rules = rules
         self.config = config or DecisionConfig()
@@ -186,19 +190,19 @@ class DecisionEngine:
                     cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None) -> DecisionEngine:
         """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
         operating point), ``liveness:`` gating, each camera's door."""
-        threshold = config.decision.threshold if config.decision.threshold is not None else pipeline.threshold
-        engine = cls(search=search, metric="distance" if pipeline.metric == "euclidean" else "similarity",
-                     threshold=threshold, camera_doors=camera_doors(config, cameras), rules=rules,
-                     config=config.decision, liveness=LivenessGate.from_config(config.liveness), sink=sink)
+        engine = cls(search=search, scorer=Scorer.resolve(pipeline.manifest, config.decision.threshold),
+                     camera_doors=camera_doors(config, cameras), rules=rules, config=config.decision,
+                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink)
         engine._warn_doorless()
         return engine
 
-    def reconfigure(self, config: Config, cameras: Sequence[CameraConfig], pack_threshold: float) -> None:
-        """SIGHUP: new voting settings, threshold and camera→door map take effect at the next frame; tracks and
-        their votes are kept (liveness settings need a restart: the models are loaded at start)."""
+    def reconfigure(self, config: Config, cameras: Sequence[CameraConfig], manifest: PackManifest) -> None:
+        """SIGHUP: new voting settings, threshold (``decision.threshold`` or ``manifest``'s operating point) and
+        camera→door map take effect at the next frame; tracks and their votes are kept (liveness settings need a
+        restart: the models are loaded at start)."""
         with self._lock:
             self.config = config.decision
-            self.threshold = config.decision.threshold if config.decision.threshold is not None else pack_threshold
+            self.scorer = Scorer.resolve(manifest, config.decision.threshold)
             self.camera_doors = camera_doors(config, cameras)
         self._warn_doorless()
 
@@ -224,29 +228,21 @@ class DecisionEngine:
                     log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def _passes(self, score: float) -> bool:
-        # inclusive, as FacePipeline.matches and the operating point measurement
-        return score <= self.threshold if self.metric == "distance" else score >= self.threshold
+    def frame_match(self, candidates: Sequence[Candidate]) -> tuple[Vote | None, float | None]:
+        """One face's gallery answer → (its ``Vote`` or None, best score or None).
 
-    def _gap(self, best: float, other: float) -> float:
-        return other - best if self.metric == "distance" else best - other
-
-    def frame_match(self, candidates: Sequence[Candidate | tuple]) -> tuple[tuple | None, float | None]:
-        """One face's gallery answer → ((identity_id, name, groups, score, margin) or None, best score or None).
-
-        Candidates are re-sorted best first and reduced to one (the best) per identity; the margin is the gap to
-        the best other identity (None when there is none). A non-finite score never matches.
+        Candidates are re-sorted best first (``Scorer.best_first``); the margin is the ``Scorer.gap`` to the best
+        *other* identity (None when there is none). A non-finite score never matches.
         """
-        cands = [Candidate(*c) for c in candidates if math.isfinite(float(c[3]))]
+        cands = self.scorer.best_first(c for c in candidates if math.isfinite(float(c.score)))
         if not cands:
             return None, None
-        cands.sort(key=lambda c: float(c.score), reverse=self.metric == "similarity")
         best = cands[0]
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
-        margin = None if other is None else self._gap(score, float(other.score))
-        ok = self._passes(score) and (margin is None or margin >= self.config.margin)
-        return ((best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
+        margin = None if other is None else self.scorer.gap(score, other.score)
+        ok = self.scorer.passes(score) and (margin is None or margin >= self.config.margin)
+        return (Vote(best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
     def process(
@@ -374,7 +370,7 @@ class DecisionEngine:
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
-        votes = Counter(o.match[0] for o in fresh if o.match is not None)
+        votes = Counter(o.match.identity_id for o in fresh if o.match is not None)
         ranked = votes.most_common()
         winner = None
         if ranked and ranked[0][1] >= p.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
@@ -382,15 +378,14 @@ class DecisionEngine:
         track_age = cap - st.first_seen
         if winner is None:
             if len(fresh) >= p.n or track_age >= p.unknown_after_s:
-                bests = [o.best for o in fresh if o.best is not None]
-                best = (min(bests) if self.metric == "distance" else max(bests)) if bests else None
+                best = self.scorer.best(o.best for o in fresh if o.best is not None)
                 return self._make(UNKNOWN, camera, door, tid, cap, wall, score=best, frames_used=len(fresh))
             return None
-        used = [o.match for o in fresh if o.match is not None and o.match[0] == winner]
-        _, name, groups, _, _ = used[-1]
-        margins = [m[4] for m in used if m[4] is not None]
+        used = [o.match for o in fresh if o.match is not None and o.match.identity_id == winner]
+        name, groups = used[-1].name, used[-1].groups
+        margins = [v.margin for v in used if v.margin is not None]
         common = dict(
-            identity_id=winner, identity_name=name, score=float(np.mean([m[3] for m in used])),
+            identity_id=winner, identity_name=name, score=float(np.mean([v.score for v in used])),
             margin=min(margins) if margins else None, frames_used=len(used),
         )
         gate = self.liveness

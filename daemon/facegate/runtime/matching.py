@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from facegate.config import Config
     from facegate.gallery import Gallery
     from facegate.pipeline import FacePipeline
+    from facegate.scoring import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,12 @@ class LiveGallery:
         log.info("event=gallery_reloaded identities=%d", len(now))
         return True
 
-    def search(self, embeddings: np.ndarray) -> list[list[tuple]]:
-        """Per probe (N×D float32), its candidates best first: (identity_id, name, groups, score). Nothing while
-        the gallery is stale (fail closed)."""
+    def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
+        """Per probe (N×D float32), its ``Candidate`` identities best first. Nothing while the gallery is stale
+        (fail closed)."""
         if self.stale:
             return [[] for _ in range(len(embeddings))]
-        return [[(m.identity_id, m.name, m.groups, m.score) for m in row]
-                for row in self.gallery.search(embeddings, SEARCH_K)]
+        return self.gallery.search(embeddings, SEARCH_K)
 
     def close(self) -> None:
         """Save the index if it changed and close the database (idempotent through ``Gallery.close``)."""

@@ -302,7 +302,7 @@ class Service:
             log.warning("event=reload_needs_restart section=%s note=kept_running_value", name)
         new = new.model_copy(update={name: getattr(old, name) for name in RESTART_SECTIONS})
         s.engine.rules.update(AccessRules.from_config(new))
-        s.engine.reconfigure(new, all_cameras(new, self.extra_cameras), s.inference.pipeline.threshold)
+        s.engine.reconfigure(new, all_cameras(new, self.extra_cameras), s.inference.pipeline.manifest)
         s.emitter.reconfigure(new)
         changed = s.capture.reconfigure(new, self.extra_cameras)
         self.config = new
