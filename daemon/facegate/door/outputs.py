@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import threading
 import time
@@ -157,7 +158,8 @@ class CommandActuator:
         self.timeout_s = float(timeout_s)
 
     def _run(self, argv: list[str], hold_s: float) -> None:
-        args = [a.replace("{hold_s}", f"{hold_s:g}") for a in argv]
+        hold = f"{math.ceil(hold_s * 10) / 10:g}"  # tenths, rounded up: "3", "0.2"
+        args = [a.replace("{hold_s}", hold) for a in argv]
         try:
             done = subprocess.run(args, timeout=self.timeout_s, capture_output=True, stdin=subprocess.DEVNULL,
                                   check=False)
