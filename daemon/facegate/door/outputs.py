@@ -214,6 +214,12 @@ class PulseController:
             return self._active
 
     @property
+    def deadline(self) -> float | None:
+        """Until when (``clock`` seconds) the lock is wanted open; None when it is wanted locked."""
+        with self._cond:
+            return self._deadline
+
+    @property
     def alive(self) -> bool:
         """The controller thread runs (False before ``start`` and after ``stop``)."""
         return self._thread is not None and self._thread.is_alive()
