@@ -269,6 +269,15 @@ def test_home_assistant_lock_and_signed_remote_unlock(tmp_path, mosquitto_broker
         # a remote-unlock command on the event topic is not a grant
         publish(mosquitto_broker, encode_payload(sign_payload_v2(grant(type="remote_unlock"), keys["private"])))
         assert wait_until(lambda: agent.rejections()[-1:] == ["not_grant"])
+        # discovery turned off again: the agent removes its entity (empty retained payload)
+        agent.stop()
+        config.write_text(config.read_text().replace("enabled: true", "enabled: false"))
+        agent.start()
+        assert wait_until(lambda: seen.payloads(topic)[-1:] == [b""])
+        late = Subscriber(mosquitto_broker, topic).start()
+        time.sleep(0.5)
+        assert late.payloads(topic) == []  # nothing retained any more
+        late.stop()
     finally:
         seen.stop()
         agent.stop()

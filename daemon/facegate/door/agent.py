@@ -118,11 +118,11 @@ class DoorAgent:
         if self.remote_keys is not None:
             subs.append((self.topics["command"], 1))
         client.subscribe(subs)
-        if self.config.homeassistant.enabled:
-            for a in door_agent_entities(discovery_prefix=self.config.homeassistant.discovery_prefix,
-                                         topic_prefix=self.config.mqtt.topic_prefix, door=self.door,
-                                         name=self.config.homeassistant.name):
-                client.publish(a.topic, a.payload(), qos=1, retain=True)
+        ha = self.config.homeassistant
+        for a in door_agent_entities(discovery_prefix=ha.discovery_prefix, topic_prefix=self.config.mqtt.topic_prefix,
+                                     door=self.door, name=ha.name):
+            # retained config when enabled; an empty retained payload removes the entity once discovery is disabled
+            client.publish(a.topic, a.payload() if ha.enabled else b"", qos=1, retain=True)
         client.publish(self.topics["state"], self.machine.state.encode(), qos=1, retain=True)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
