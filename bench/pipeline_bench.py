@@ -231,7 +231,7 @@ def daemon_run(cameras: int, seconds: float, work: Path, gallery: Path, port: in
         "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "bench", "client_id": f"bench{cameras}"},
         "gallery": {"path": str(gallery)},
         "audit": {"path": str(work / f"audit{cameras}.jsonl")},
-        "signing": {"key_file": str(key)},
+        "signing": {"algorithm": "hmac-sha256", "key_file": str(key)},
         "inference": {"threads": threads},
         "service": {"state_dir": str(work / "state"), "stdout_events": False},
     }

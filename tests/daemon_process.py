@@ -59,7 +59,7 @@ class Daemon:
         self.key.write_text(KEY + "\n")
         self.key.chmod(0o600)
         self.audit = tmp / "audit.jsonl"
-        config.setdefault("signing", {"key_file": str(self.key)})
+        config.setdefault("signing", {"algorithm": "hmac-sha256", "key_file": str(self.key)})
         config.setdefault("audit", {"path": str(self.audit)})
         config.setdefault("service", {}).setdefault("state_dir", str(tmp / "state"))
         self.config = tmp / "facegate.yaml"

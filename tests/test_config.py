@@ -341,7 +341,7 @@ def test_check_runs_every_start_up_check_of_run(tmp_path):
         audit: {path: plainfile/audit.jsonl}
         gallery: {path: plainfile/gallery}
         service: {state_dir: state}
-        signing: {key_file: key}
+        signing: {algorithm: hmac-sha256, key_file: key}
         """)
     config, issues = check_file(cfg)
     got = {i.path: i for i in issues}
@@ -368,7 +368,8 @@ def test_check_runs_every_start_up_check_of_run(tmp_path):
     assert issue.path == "inference.providers[0]" and "unknown execution provider 'CPUExecutionProvidr'" in str(issue)
     key.chmod(0o600)
     (tmp_path / "plainfile").unlink()
-    cfg.write_text("cameras: [{id: a, usb: 0}]\naudit: {path: plainfile/audit.jsonl}\nsigning: {key_file: key}\n"
+    cfg.write_text("cameras: [{id: a, usb: 0}]\naudit: {path: plainfile/audit.jsonl}\n"
+                   "signing: {algorithm: hmac-sha256, key_file: key}\n"
                    "gallery: {path: g}\nservice: {state_dir: state}\n")
     assert check_file(cfg)[1] == []
 

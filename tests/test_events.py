@@ -17,7 +17,7 @@ from facegate.errors import ConfigError
 from facegate.runtime.audit import AuditLog, read_audit
 from facegate.runtime.decision import Decision
 from facegate.runtime.events import EventEmitter, build_payload, event_topic, status_topic
-from facegate.signing import canonical_bytes, load_signing_key, parse_rfc3339, sign_payload, verify_payload
+from facegate.signing import HmacSigner, canonical_bytes, load_signing_key, parse_rfc3339, sign_payload, verify_payload
 
 KEY = b"0123456789abcdef0123456789abcdef-test-key"
 DECIDED = datetime(2026, 6, 3, 12, 0, 0, 250000, tzinfo=UTC)
@@ -146,7 +146,7 @@ def test_audit_log_in_an_unwritable_place_is_a_config_error(tmp_path):
 def test_emitter_without_broker_writes_signed_events_to_the_audit_log(tmp_path):
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
-        em = EventEmitter(signing_key=KEY, sinks=[log], grant_ttl_s=1.5)
+        em = EventEmitter(signer=HmacSigner(KEY), sinks=[log], grant_ttl_s=1.5)
         sent = [em.emit(decision()), em.emit(decision("unknown", identity_id=None, identity_name=None))]
     records = read_audit(path)
     assert [r["event"] for r in records] == sent

@@ -19,7 +19,7 @@ from facegate.runtime.audit import AuditLog, read_audit
 from facegate.runtime.decision import Decision
 from facegate.runtime.events import EventEmitter
 from facegate.runtime.mqtt import EventPublisher
-from facegate.signing import verify_payload
+from facegate.signing import HmacSigner, verify_payload
 
 KEY = b"mqtt-test-key-0123456789abcdef0123456789"
 PREFIX = "site1/facegate"
@@ -48,7 +48,7 @@ def test_signed_event_arrives_verifies_and_is_not_retained(mosquitto_broker, tmp
     assert pub.start(wait_s=5.0)
     assert pub.connected.is_set()
     audit = AuditLog(tmp_path / "audit.jsonl")
-    em = EventEmitter(signing_key=KEY, sinks=[audit, pub], topic_prefix=PREFIX, grant_ttl_s=5.0)
+    em = EventEmitter(signer=HmacSigner(KEY), sinks=[audit, pub], topic_prefix=PREFIX, grant_ttl_s=5.0)
     sent = em.emit(decision("grant", 1))
     assert sub.wait_for(lambda s: len(s.events()) == 1)
     topic, raw, retained = next(m for m in sub.snapshot() if m[0].endswith("/event"))
@@ -73,7 +73,7 @@ def test_broker_outage_queues_events_and_never_sends_expired_grants(mosquitto_br
     pub = publisher(mosquitto_broker)
     pub.start(wait_s=5.0)
     audit = AuditLog(tmp_path / "audit.jsonl")
-    em = EventEmitter(signing_key=KEY, sinks=[audit, pub], topic_prefix=PREFIX, grant_ttl_s=0.5)
+    em = EventEmitter(signer=HmacSigner(KEY), sinks=[audit, pub], topic_prefix=PREFIX, grant_ttl_s=0.5)
     em.emit(decision("grant", 1))
     assert door.wait_for(lambda s: len(s.events()) == 1)
 
@@ -112,7 +112,7 @@ def test_grant_in_flight_when_the_broker_dies_is_not_resent_late(mosquitto_broke
     door = Subscriber(mosquitto_broker, f"{PREFIX}/#", persistent=True).start()
     pub = publisher(mosquitto_broker)
     pub.start(wait_s=5.0)
-    em = EventEmitter(signing_key=KEY, sinks=[pub], topic_prefix=PREFIX, grant_ttl_s=0.5)
+    em = EventEmitter(signer=HmacSigner(KEY), sinks=[pub], topic_prefix=PREFIX, grant_ttl_s=0.5)
     time.sleep(1.5)  # the broker autosaves (every 1 s) the door's session before it is killed below
     # freeze the broker: the publishes leave the client but are never acknowledged
     os.kill(mosquitto_broker.proc.pid, signal.SIGSTOP)
@@ -182,7 +182,7 @@ def test_start_without_broker_keeps_retrying_and_bounds_its_queue(tmp_path):
     broker = dead_broker(tmp_path)
     pub = publisher(broker, queue_max=3)
     assert pub.start(wait_s=0.5, require=False) is False
-    em = EventEmitter(signing_key=KEY, sinks=[pub], topic_prefix=PREFIX, grant_ttl_s=60.0)
+    em = EventEmitter(signer=HmacSigner(KEY), sinks=[pub], topic_prefix=PREFIX, grant_ttl_s=60.0)
     for i, t in enumerate(["unknown", "grant", "unknown", "unknown", "deny"], 1):
         em.emit(decision(t, i))
     assert pub.stats["dropped"] == 2 and pub.pending() == 3  # oldest non-grants went first
@@ -208,7 +208,7 @@ def test_tls_with_username_and_password(tmp_path):
         sub = Subscriber(broker, f"{PREFIX}/#", username="door", password="d00r").start()
         pub = publisher(broker, tls=True, ca_file=str(broker.ca_file), username="facegate", password="s3cret")
         assert pub.start(wait_s=5.0)
-        sent = EventEmitter(signing_key=KEY, sinks=[pub], topic_prefix=PREFIX).emit(decision("deny", 3))
+        sent = EventEmitter(signer=HmacSigner(KEY), sinks=[pub], topic_prefix=PREFIX).emit(decision("deny", 3))
         assert sub.wait_for(lambda s: s.events() == [sent], 5.0)
         pub.stop()
         sub.stop()

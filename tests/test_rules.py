@@ -121,3 +121,21 @@ def test_anti_passback_is_off_unless_enabled():
 def test_duplicate_doors_are_refused():
     with pytest.raises(ValueError, match="twice"):
         AccessRules([Door(id="a"), Door(id="a")])
+
+
+def test_confirmed_anti_passback_counts_only_a_real_passage():
+    rules = AccessRules([Door(id="in", anti_passback=True, anti_passback_s=600, anti_passback_confirmed=True,
+                              cooldown_s=0),
+                         Door(id="out", exit=True, anti_passback_confirmed=True, cooldown_s=0)])
+    kw = dict(groups=(), wall=WED_NOON)
+    rules.record_grant("p", "in", now=0.0)  # granted, but nobody walked through
+    assert rules.check(identity_id="p", door="in", now=60.0, **kw) is None
+    rules.record_grant("p", "in", now=70.0)
+    rules.record_passage("p", "in", now=72.0)  # the door contact saw the door open
+    assert rules.check(identity_id="p", door="in", now=100.0, **kw) == "anti_passback"
+    rules.record_grant("p", "out", now=110.0)  # an exit grant alone does not clear it …
+    assert rules.check(identity_id="p", door="in", now=120.0, **kw) == "anti_passback"
+    rules.record_passage("p", "out", now=121.0)  # … the exit passage does
+    assert rules.check(identity_id="p", door="in", now=130.0, **kw) is None
+    rules.record_passage("q", "lobby", now=131.0)  # a passage for a door without rules changes nothing
+    assert "lobby" not in rules.doors

@@ -16,6 +16,7 @@ from facegate.gallery.enrol import Enroller, pack_binding
 from facegate.runtime.audit import read_audit
 from facegate.runtime.events import SignedEvent
 from facegate.runtime.service import Service, build_stages
+from facegate.signing import key_id, load_public_key, verify_signature
 
 STAGE = "data/videos/stage_clip_640x360.mp4"
 MIRANDA = "Lin-Manuel Miranda"
@@ -83,6 +84,11 @@ def test_a_service_runs_in_process_with_an_injected_sink(tmp_path, enrolled):
     # the audit sink ran before the injected one, for every event, in order
     assert [r["event"]["event_id"] for r in read_audit(tmp_path / "audit.jsonl")] == [p["event_id"] for p in decided]
     assert stages.stats.counts["grant"] >= 1 and all(e.topic is None for e in collector.events)  # no broker
+    # no signing section: Ed25519 (version 2) with a key pair created in the state folder; the door's half verifies
+    public = load_public_key(tmp_path / "state" / "event-signing.pub")
+    keys = {key_id(public): public}
+    assert all(p["version"] == 2 and verify_signature(p, public_keys=keys) is None for p in decided)
+    assert oct((tmp_path / "state" / "event-signing.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_reload_hands_each_stage_its_changed_section(tmp_path, caplog):

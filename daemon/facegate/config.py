@@ -190,6 +190,10 @@ class DoorConfig(_Section):
     anti_passback_s: float = Field(
         600.0, gt=0, description="Anti-passback window in seconds (only with anti_passback: true)")
     exit: bool = Field(False, description="An exit door: a grant here clears the person's anti-passback state")
+    anti_passback_confirmed: bool = Field(
+        False, description="Count an entry (or an exit) for anti-passback only when the door agent reports that the "
+        "door really opened after the grant (its passage event, `facegate door` with a door contact), as "
+        "door-sensor-confirmed anti-passback does; needs mqtt.host")
 
 
 class TlsConfig(_Section):
@@ -233,6 +237,19 @@ class MqttConfig(_Section):
         return self
 
 
+class HomeAssistantConfig(_Section):
+    """Home Assistant MQTT discovery of the daemon's entities (status, per camera frames/s and online, per door an
+    event entity). Off by default."""
+
+    enabled: bool = Field(False, description="Announce the entities (retained discovery messages); needs mqtt.host")
+    discovery_prefix: str = Field("homeassistant", pattern=_TOPIC_PREFIX,
+                                  description="Home Assistant's discovery prefix (its MQTT integration setting)")
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                description="Device id in Home Assistant; None = facegate_<mqtt.client_id>")
+    state_every_s: float = Field(10.0, ge=1, le=3600,
+                                 description="How often the cameras' frames/s and online state are published")
+
+
 class AuditConfig(_Section):
     """The append-only audit log (JSON lines, fsync'd before any publish)."""
 
@@ -240,11 +257,16 @@ class AuditConfig(_Section):
 
 
 class SigningConfig(_Section):
-    """HMAC-SHA256 key for event signatures."""
+    """How door events are signed (``facegate.signing``): Ed25519 (payload version 2; doors hold only the public
+    key and cannot forge) or HMAC-SHA256 (version 1; every door holding the shared key could forge grants)."""
 
+    algorithm: Literal["ed25519", "hmac-sha256"] = Field(
+        "ed25519", description="ed25519 (payload version 2, the default) or hmac-sha256 (version 1, for door "
+        "controllers that only speak it)")
     key_file: str | None = Field(
-        None, description="File with the secret key bytes (≥16 bytes); None = signing.key in the state directory, "
-        "created with 32 random bytes on first run")
+        None, description="ed25519: the private key (PKCS#8 PEM, `facegate keys generate`); hmac-sha256: the secret "
+        "(≥32 bytes). None = in the state directory, created on first run: event-signing.key (+ .pub for the "
+        "doors) for ed25519, signing.key for hmac-sha256")
 
 
 class GalleryConfig(_Section):
@@ -299,6 +321,8 @@ class Config(_Section):
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Voting and thresholds")
     doors: list[DoorConfig] = Field(default_factory=list, description="Doors and their access rules")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection")
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
+                                               description="Home Assistant MQTT discovery")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Audit log")
     signing: SigningConfig = Field(default_factory=SigningConfig, description="Event signing key")
     gallery: GalleryConfig = Field(default_factory=GalleryConfig, description="Gallery location")
@@ -314,6 +338,13 @@ class Config(_Section):
         for what, ids in (("cameras", [c.id for c in self.cameras]), ("doors", [d.id for d in self.doors])):
             if problem := duplicate_ids_problem(what, ids):
                 raise ValueError(f"{what}: {problem}")
+        if self.mqtt.host is None:
+            needs = [f"doors: door {d.id!r} has anti_passback_confirmed" for d in self.doors
+                     if d.anti_passback_confirmed]
+            needs += ["homeassistant: enabled"] if self.homeassistant.enabled else []
+            if needs:
+                raise ValueError(f"{needs[0]}, which needs a broker (the passage events and announcements travel over "
+                                 "MQTT): set mqtt.host")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
         for d in self.doors:

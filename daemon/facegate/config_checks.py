@@ -58,7 +58,6 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
     """
     from facegate.packs.manifest import load_manifest
-    from facegate.signing import load_signing_key
 
     issues: list[ConfigIssue] = []
     cameras = list(config.cameras) + list(extra_cameras or [])
@@ -79,12 +78,7 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
                               ("gallery.path", Path(config.gallery.path or default_gallery_path()), True)):
         if problem := creatable(path, folder):
             issues.append(ConfigIssue(key, None, problem))
-    key_file = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
-    if config.signing.key_file or key_file.exists():  # a missing default key is created on first run
-        try:
-            load_signing_key(key_file)
-        except ConfigError as exc:
-            issues.append(ConfigIssue("signing.key_file", None, str(exc)))
+    issues += _signing_issues(config, state)
     files = [("mqtt.password_file", config.mqtt.password_file)]
     if config.mqtt.tls is not None:
         files += [(f"mqtt.tls.{k}", getattr(config.mqtt.tls, k)) for k in ("ca", "cert", "key")]
@@ -111,6 +105,23 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
             issues.append(ConfigIssue("liveness.enabled", None, f"pack {manifest.name!r} has no liveness model; "
                                       "choose a pack with one or set liveness.enabled: false"))
     return issues
+
+
+def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:
+    """The signing key must load as its algorithm needs (a missing default key is created on first run)."""
+    from facegate.signing import load_private_key, load_signing_key
+
+    s = config.signing
+    default = state / ("event-signing.key" if s.algorithm == "ed25519" else "signing.key")
+    key_file = Path(s.key_file) if s.key_file else default
+    if not (s.key_file or key_file.exists()):
+        return []
+    try:
+        load_private_key(key_file) if s.algorithm == "ed25519" else load_signing_key(key_file)
+    except ConfigError as exc:
+        hint = " (an HMAC secret? set signing.algorithm: hmac-sha256)" if s.algorithm == "ed25519" else ""
+        return [ConfigIssue("signing.key_file", None, f"{exc}{hint}")]
+    return []
 
 
 def _parse_path(path: str) -> tuple[Any, ...]:

@@ -22,7 +22,6 @@ from facegate.config import (
     AuditConfig,
     Config,
     DecisionConfig,
-    SigningConfig,
     duplicate_ids_problem,
     k_le_n_problem,
     tz_problem,
@@ -240,7 +239,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
         "pack": pack,
         "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
         "audit": AuditConfig(path=fix(config.audit.path)),
-        "signing": SigningConfig(key_file=fix(config.signing.key_file)),
+        "signing": config.signing.model_copy(update={"key_file": fix(config.signing.key_file)}),
         "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
         "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
     })

@@ -203,6 +203,39 @@ def verify_signature(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Signers: what the daemon's emitter holds
+
+
+class HmacSigner:
+    """Signs payloads as version 1 (HMAC-SHA256 with a shared secret)."""
+
+    version = 1
+    algorithm = "hmac-sha256"
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A signed copy of ``payload`` (``version`` 1, ``signature``)."""
+        return sign_payload({**payload, "version": 1}, self.key)
+
+
+class Ed25519Signer:
+    """Signs payloads as version 2 (Ed25519; ``kid`` names the public key the doors verify with)."""
+
+    version = 2
+    algorithm = ALG_ED25519
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self.private_key = private_key
+        self.kid = key_id(private_key.public_key())
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A signed copy of ``payload`` (``version`` 2, ``alg``, ``kid``, ``signature``)."""
+        return sign_payload_v2(payload, self.private_key, self.kid)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Key files
 
 

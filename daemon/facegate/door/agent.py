@@ -1,6 +1,6 @@
 """The door agent: MQTT in, verified grants to the lock output, door state and passages back.
 
-Topics (``facegate.door.homeassistant.door_topics``), with ``<prefix>`` the daemon's topic prefix:
+Topics (``facegate.homeassistant.door_topics``), with ``<prefix>`` the daemon's topic prefix:
 
 * ``<prefix>/<door>/event`` (in, QoS 1, persistent session: clean_session False and a fixed client id, so grants
   published while the agent restarts are delivered afterwards, and the verifier refuses those that expired);
@@ -31,12 +31,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facegate.door.config import DoorAgentConfig
-from facegate.door.homeassistant import door_agent_entities, door_topics
 from facegate.door.inputs import DoorStateMachine, GpiodInput, InputLine, InputPoller
 from facegate.door.outputs import Actuator, PulseController, build_actuator
 from facegate.door.replay import ReplayCache
 from facegate.door.verify import AcceptedKeys, check_event
 from facegate.errors import ConfigError
+from facegate.homeassistant import door_agent_entities, door_topics
 from facegate.signing import encode_payload, load_signing_key
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ Payload (a JSON object, every key always present; times RFC 3339 UTC with micros
 unknown), ``score`` and ``margin`` (rounded to 6 decimals; margin null when the gallery had no second identity),
 ``frames_used``, ``camera``, ``door``, ``track_id``, ``reason`` (deny reason or null), ``captured_at``,
 ``decided_at``, ``expires_at`` (grants: ``decided_at`` + the grant TTL; null for deny/unknown, which open nothing),
-``version`` (1), and ``signature`` (``facegate.signing``: the canonical form and how a door verifies it).
+``version``, and ``signature``; version 2 (Ed25519, the default) adds ``alg`` and ``kid`` (``facegate.signing``: the
+canonical form, both versions, and how a door verifies them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from facegate.signing import load_signing_key, rfc3339, sign_payload
+from facegate.signing import (
+    Ed25519Signer,
+    HmacSigner,
+    generate_key_pair,
+    load_private_key,
+    load_signing_key,
+    rfc3339,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -122,26 +130,47 @@ class StdoutSink:
                 log.warning("event=stdout_closed error=%r note=events_still_audited_and_published", str(exc))
 
 
-def signing_key_from_config(config: Config, state: Path) -> bytes:
-    """The HMAC key of ``signing.key_file``; without one, ``signing.key`` in the state folder, created with 32
-    random bytes (hex, mode 0600) on first run. Raises ``ConfigError`` naming the file (``load_signing_key``)."""
+class Signer(Protocol):
+    """``facegate.signing.HmacSigner`` or ``Ed25519Signer``."""
+
+    version: int
+    algorithm: str
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def signer_from_config(config: Config, state: Path) -> Signer:
+    """The signer of the ``signing:`` section. Without ``signing.key_file`` the key lives in the state folder and is
+    created on first run: ``event-signing.key`` + ``event-signing.pub`` (Ed25519; give the .pub to the doors) or
+    ``signing.key`` (HMAC: 32 random bytes as hex, 0600). Raises ``ConfigError`` naming the file."""
     from pathlib import Path
 
-    key_path = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
-    if config.signing.key_file is None and not key_path.exists():
+    s = config.signing
+    if s.algorithm == "ed25519":
+        path = Path(s.key_file) if s.key_file else state / "event-signing.key"
+        if s.key_file is None and not path.exists():
+            pair = generate_key_pair(state, "event-signing")
+            log.warning("event=signing_key_created path=%s public_key=%s kid=%s note=give_the_public_key_to_the_doors",
+                        pair.private, pair.public, pair.kid)
+        ed = Ed25519Signer(load_private_key(path))
+        log.info("event=signing alg=ed25519 version=2 kid=%s key=%s", ed.kid, path)
+        return ed
+    path = Path(s.key_file) if s.key_file else state / "signing.key"
+    if s.key_file is None and not path.exists():
         old = os.umask(0o077)
         try:
-            key_path.write_text(secrets.token_hex(32) + "\n")
+            path.write_text(secrets.token_hex(32) + "\n")
         finally:
             os.umask(old)
-        log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", key_path)
-    return load_signing_key(key_path)
+        log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", path)
+    log.info("event=signing alg=hmac-sha256 version=1 key=%s", path)
+    return HmacSigner(load_signing_key(path))
 
 
 class EventEmitter:
     """Decision → signed payload → each sink in order. Keyword-only constructor:
 
-    * ``signing_key``: bytes (``signing_key_from_config``);
+    * ``signer``: ``Signer`` (``signer_from_config``);
     * ``sinks``: ordered ``Sink`` objects (audit log first);
     * ``topic_prefix``: the MQTT prefix, or None without a broker (the events then carry no topic);
     * ``grant_ttl_s``: grant lifetime in seconds (``decision.grant_ttl_s``).
@@ -150,17 +179,17 @@ class EventEmitter:
     sinks after it (every published event must be in the audit log).
     """
 
-    def __init__(self, *, signing_key: bytes, sinks: list[Sink], topic_prefix: str | None = None,
+    def __init__(self, *, signer: Signer, sinks: list[Sink], topic_prefix: str | None = None,
                  grant_ttl_s: float = 2.0) -> None:
-        self.key = signing_key
+        self.signer = signer
         self.sinks = list(sinks)
         self.topic_prefix = topic_prefix
         self.grant_ttl_s = grant_ttl_s
 
     @classmethod
-    def from_config(cls, config: Config, *, signing_key: bytes, sinks: list[Sink]) -> EventEmitter:
+    def from_config(cls, config: Config, *, signer: Signer, sinks: list[Sink]) -> EventEmitter:
         """The emitter of ``config`` (``decision.grant_ttl_s``; topics only when ``mqtt.host`` is set)."""
-        return cls(signing_key=signing_key, sinks=sinks, grant_ttl_s=config.decision.grant_ttl_s,
+        return cls(signer=signer, sinks=sinks, grant_ttl_s=config.decision.grant_ttl_s,
                    topic_prefix=config.mqtt.topic_prefix if config.mqtt.host else None)
 
     def reconfigure(self, config: Config) -> None:
@@ -168,7 +197,7 @@ class EventEmitter:
         self.grant_ttl_s = config.decision.grant_ttl_s
 
     def emit(self, decision: Decision) -> dict[str, Any]:
-        payload = sign_payload(build_payload(decision, grant_ttl_s=self.grant_ttl_s), self.key)
+        payload = self.signer.sign(build_payload(decision, grant_ttl_s=self.grant_ttl_s))
         topic = event_topic(self.topic_prefix, decision.door) if self.topic_prefix is not None else None
         event = SignedEvent(payload, decision, topic)
         for sink in self.sinks:

@@ -27,6 +27,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,9 @@ class EventPublisher:
         c.on_disconnect = self._on_disconnect
         c.on_connect_fail = self._on_connect_fail
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
+        self._connect_hooks: list[Callable[[], None]] = []
         self._client = c
 
     @classmethod
@@ -222,6 +226,25 @@ class EventPublisher:
             self._sender.join(timeout=2.0)
         self.connected.clear()
 
+    # ------------------------------------------------------------------------------------------- other traffic
+    def subscribe(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Call ``handler(topic, payload)`` (on paho's thread: return quickly, never raise on bad input) for every
+        message matching ``topic_filter`` (QoS 1); the subscription is renewed after every reconnect."""
+        self._subscriptions[topic_filter] = handler
+        if self.connected.is_set():
+            self._client.subscribe(topic_filter, qos=1)
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` after every (re)connect, e.g. to publish retained announcements (paho's thread)."""
+        self._connect_hooks.append(hook)
+        if self.connected.is_set():
+            hook()
+
+    def publish_retained(self, topic: str, payload: bytes | str) -> None:
+        """A retained QoS 1 message outside the event queue (state and announcements, never door events); an empty
+        payload clears the retained message. Dropped silently while disconnected: the connect hooks re-send."""
+        self._client.publish(topic, payload, qos=1, retain=True)
+
     # ------------------------------------------------------------------------------------------- publishing
     def publish_event(self, payload: dict[str, Any]) -> None:
         """Queue a signed payload for ``<prefix>/<payload['door']>/event``; returns at once."""
@@ -315,9 +338,16 @@ class EventPublisher:
         self._purge_expired_inflight()
         client.publish(status_topic(self.topic_prefix), ONLINE, qos=1, retain=True)
         log.info("event=mqtt_connected broker=%s:%d", self.host, self.port)
+        for topic in list(self._subscriptions):  # a clean session forgets subscriptions: renew them every time
+            client.subscribe(topic, qos=1)
         with self._cond:
             self.connected.set()
             self._cond.notify_all()
+        for hook in list(self._connect_hooks):
+            try:
+                hook()
+            except Exception:  # an announcement must not break the connection that events need
+                log.exception("event=mqtt_connect_hook_failed hook=%s", getattr(hook, "__qualname__", hook))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         was = self.connected.is_set()
@@ -330,6 +360,14 @@ class EventPublisher:
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.last_error = "connection failed (broker down or unreachable)"
         log.debug("event=mqtt_connect_failed broker=%s:%d", self.host, self.port)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        for topic_filter, handler in list(self._subscriptions.items()):
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                try:
+                    handler(message.topic, bytes(message.payload))
+                except Exception:  # input from the broker is untrusted: a handler's bug must not stop the loop
+                    log.exception("event=mqtt_message_handler_failed topic=%s", message.topic)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         # called with paho's message lock held: hand the mid over without taking any lock of ours

@@ -10,7 +10,10 @@
 * ``"anti_passback"``: an entry door with ``anti_passback: true`` granted this person less than ``anti_passback_s``
   seconds ago and they have not passed an exit door since. A grant at a door with ``exit: true``, or a call to
   ``record_exit`` (e.g. an exit reader outside facegate), clears the person's anti-passback state at every door.
-  This is the simple "timed" anti-passback of access-control panels, not a full area/zone model.
+  This is the simple "timed" anti-passback of access-control panels, not a full area/zone model. With
+  ``anti_passback_confirmed: true`` a door's grant counts for anti-passback only once the door agent reports that
+  the door really opened (``record_passage``; a grant nobody walked through blocks nothing), as
+  door-sensor-confirmed anti-passback does.
 
 The rules are the validated ``doors:`` section itself (``facegate.config.DoorConfig``): every setting keeps its YAML
 name here and is trusted (ids, time zone names, window order were checked when the config was loaded). With no
@@ -151,15 +154,30 @@ class AccessRules:
         return None
 
     def record_grant(self, identity_id: Any, door: str, now: float) -> None:
-        """Remember a grant (monotonic ``now``) for cooldown and anti-passback."""
+        """Remember a grant (monotonic ``now``) for cooldown, and for anti-passback unless the door waits for a
+        confirmed passage."""
         d = self.doors.get(door)
         with self._lock:
             self._last_grant[(identity_id, door)] = now
-            if d is not None and d.exit:
-                self._clear_entries(identity_id)
-            elif d is not None and d.anti_passback:
-                self._entries[(identity_id, door)] = now
+            if d is not None and not d.anti_passback_confirmed:
+                self._passed(d, identity_id, now)
             self._prune(now)
+
+    def record_passage(self, identity_id: Any, door: str, now: float) -> None:
+        """The door agent reports that the person granted at ``door`` really went through (monotonic ``now``):
+        anti-passback counts it at a door with ``anti_passback_confirmed`` (elsewhere the grant already did)."""
+        d = self.doors.get(door)
+        if d is None or not d.anti_passback_confirmed:
+            return
+        with self._lock:
+            self._passed(d, identity_id, now)
+            self._prune(now)
+
+    def _passed(self, d: DoorConfig, identity_id: Any, now: float) -> None:
+        if d.exit:
+            self._clear_entries(identity_id)
+        elif d.anti_passback:
+            self._entries[(identity_id, d.id)] = now
 
     def record_exit(self, identity_id: Any) -> None:
         """The person left (an exit door outside facegate): clear their anti-passback state at every door."""

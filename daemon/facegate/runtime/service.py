@@ -35,12 +35,14 @@ from typing import Any
 from facegate.config import CameraConfig, Config
 from facegate.config_checks import check_file, default_state_dir
 from facegate.errors import ConfigError, FacegateError, VideoError
+from facegate.runtime.announce import HomeAssistantDiscovery
 from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage, all_cameras
 from facegate.runtime.decision import DecisionEngine
-from facegate.runtime.events import EventEmitter, Sink, StdoutSink, signing_key_from_config
+from facegate.runtime.events import EventEmitter, Sink, StdoutSink, signer_from_config
 from facegate.runtime.inference import InferenceStage, load_pipeline
 from facegate.runtime.matching import LiveGallery
+from facegate.runtime.passages import PassageTracker
 from facegate.runtime.rules import AccessRules
 from facegate.runtime.stats import DecisionStats
 
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 #: Inference counts as stuck (no watchdog ping) when one cycle has been running longer than this (s).
 STUCK_CYCLE_S = 30.0
 #: Sections a SIGHUP cannot change in a running daemon (they open files, models or connections at start).
-RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service")
+RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service",
+                    "homeassistant")
 
 
 def state_dir(config: Config) -> Path:
@@ -66,6 +69,16 @@ Closer = tuple[str, Callable[[], Any]]
 
 
 @dataclass
+class Periodic:
+    """Work a stage wants done every ``every_s`` seconds on the service's thread (``fn`` must not block long)."""
+
+    name: str
+    every_s: float
+    fn: Callable[[], Any]
+    last: float = 0.0
+
+
+@dataclass
 class Stages:
     """The running parts, built in order by ``build_stages`` (or injected by a test); ``publisher`` is None
     without a broker; ``closers`` are closed in order when the service shuts down."""
@@ -78,6 +91,8 @@ class Stages:
     stats: DecisionStats
     publisher: Any = None
     closers: list[Closer] = field(default_factory=list)
+    periodic: list[Periodic] = field(default_factory=list)
+    announcer: HomeAssistantDiscovery | None = None
 
 
 def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list[Closer]) -> Stages:
@@ -85,7 +100,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     as it is open, in closing order (MQTT flushed first, the audit log and gallery after), so a failure half-way
     closes what it opened."""
     state = state_dir(config)
-    key = signing_key_from_config(config, state)
+    signer = signer_from_config(config, state)
     audit = AuditLog.from_config(config, state)
     opened.append(("audit", audit.close))
     pipeline = load_pipeline(config)
@@ -101,17 +116,24 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
         publisher = EventPublisher.from_config(config.mqtt)
         publisher.start(config.mqtt.connect_timeout_s, require=True)
         opened.insert(0, ("mqtt", lambda: publisher.stop(timeout_s=config.service.stop_timeout_s)))
+    rules = AccessRules.from_config(config)
+    passages = PassageTracker.from_config(config, rules, publisher)
     stats = DecisionStats()
     sinks: list[Sink] = [audit] + ([publisher] if publisher else [])
     sinks += [StdoutSink()] if config.service.stdout_events else []
-    emitter = EventEmitter.from_config(config, signing_key=key, sinks=[*sinks, stats])
-    rules = AccessRules.from_config(config)
+    sinks += [passages] if passages else []
+    emitter = EventEmitter.from_config(config, signer=signer, sinks=[*sinks, stats])
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
                                         cameras=cameras, sink=emitter.emit)
     capture = CaptureStage(cameras)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
-    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened)
+    periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
+        if config.gallery.refresh_s else []
+    announcer = HomeAssistantDiscovery.from_config(config, publisher, capture, list(rules.doors))
+    if announcer is not None:
+        periodic.append(Periodic("homeassistant_states", config.homeassistant.state_every_s, announcer.publish_states))
+    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, periodic, announcer)
 
 
 class Service:
@@ -194,7 +216,9 @@ class Service:
         usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         ping_every = usec / 2e6 if usec else None
         last_ping = 0.0
-        last_stats = last_refresh = time.monotonic()
+        last_stats = time.monotonic()
+        for task in s.periodic:
+            task.last = last_stats
         idle_checks = 0  # two idle looks 0.2 s apart: a frame taken but not yet marked busy is not missed
         while not self._stop.wait(0.2):
             now = time.monotonic()
@@ -205,13 +229,16 @@ class Service:
                 else:
                     log.error("event=unhealthy inference_alive=%s busy_s=%.1f note=watchdog_not_pinged",
                               s.inference.alive, s.inference.busy_for())
-            refresh_s = self.config.gallery.refresh_s
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            elif refresh_s and now - last_refresh >= refresh_s:
-                last_refresh = now
-                s.gallery.refresh()
+            for task in s.periodic:
+                if now - task.last >= task.every_s:
+                    task.last = now
+                    try:
+                        task.fn()
+                    except Exception:  # a stage's periodic work must not stop the daemon
+                        log.exception("event=periodic_failed task=%s", task.name)
             if now - last_stats >= 30.0:
                 last_stats = now
                 self.log_stats()
@@ -305,6 +332,8 @@ class Service:
         s.engine.reconfigure(new, all_cameras(new, self.extra_cameras), s.inference.pipeline.manifest)
         s.emitter.reconfigure(new)
         changed = s.capture.reconfigure(new, self.extra_cameras)
+        if s.announcer is not None:
+            s.announcer.reconfigure(list(s.engine.rules.doors))
         self.config = new
         log.info("event=config_reloaded cameras_changed=%s doors=%s", ",".join(changed) or "none",
                  ",".join(s.engine.rules.doors))

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery payloads (facegate/door/homeassistant.py) checked against HA's documentation.
+"""Home Assistant MQTT discovery payloads (facegate/homeassistant.py) checked against HA's documentation.
 
 The key lists below are copied from Home Assistant's MQTT integration docs (home-assistant.io, source files
 source/_integrations/{lock,binary_sensor,sensor,event}.mqtt.markdown, "Configuration Variables"): ``required`` are
@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from facegate.door.homeassistant import (
+from facegate.homeassistant import (
     EVENT_TYPES,
     daemon_entities,
     discovery_topic,
