@@ -72,3 +72,22 @@ def rtsp_server():
         yield server
     finally:
         server.stop()
+
+
+#: Who ``enrolled_gallery`` holds: name → (group, photo under enroll_examples/single).
+ENROLLED = {"Lin-Manuel Miranda": ("staff", "lin-manuel-miranda.png"), "Barack Obama": ("guests", "obama-480p.jpg")}
+
+
+@pytest.fixture(scope="session")
+def enrolled_gallery(tmp_path_factory) -> Path:
+    """A gallery of the built-in pack with ``ENROLLED`` (Lin-Manuel Miranda, the stage clip's performer, in group
+    staff), enrolled once per run with `facegate enroll`. Tests that change a gallery copy it first."""
+    import subprocess
+
+    single = need_shared("data", "enroll_examples", "single")
+    folder = tmp_path_factory.mktemp("enrolled-gallery")
+    for name, (group, photo) in ENROLLED.items():
+        run = subprocess.run([sys.executable, "-m", "facegate.cli", "enroll", "--gallery", str(folder), "--name", name,
+                              "--group", group, str(single / photo)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    return folder

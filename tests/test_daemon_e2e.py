@@ -42,16 +42,10 @@ MIRANDA = "Lin-Manuel Miranda"
 PREFIX = "fg"
 
 
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory) -> Path:
+@pytest.fixture
+def gallery(enrolled_gallery) -> Path:
     need_shared(STAGE)
-    folder = tmp_path_factory.mktemp("gallery")
-    single = DATA / "enroll_examples" / "single"
-    for name, group, photo in ((MIRANDA, "staff", "lin-manuel-miranda.png"), ("Barack Obama", "guests",
-                                                                               "obama-480p.jpg")):
-        run = facegate("enroll", "--gallery", str(folder), "--name", name, "--group", group, str(single / photo))
-        assert run.returncode == 0, run.stderr
-    return folder
+    return enrolled_gallery
 
 
 def _camera(cid: str, video: str, door: str, **kw) -> dict:

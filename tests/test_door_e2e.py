@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import DATA, need_shared  # noqa: E402
+from conftest import need_shared  # noqa: E402
 from daemon_process import Daemon, facegate, grants  # noqa: E402
 from mosquitto import Subscriber  # noqa: E402
 from shelly_server import ShellyRelay  # noqa: E402
@@ -31,14 +31,10 @@ MIRANDA = "Lin-Manuel Miranda"
 PREFIX = "site"
 
 
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory) -> Path:
+@pytest.fixture
+def gallery(enrolled_gallery) -> Path:
     need_shared(STAGE)
-    folder = tmp_path_factory.mktemp("gallery")
-    photo = DATA / "enroll_examples" / "single" / "lin-manuel-miranda.png"
-    run = facegate("enroll", "--gallery", str(folder), "--name", MIRANDA, "--group", "staff", str(photo))
-    assert run.returncode == 0, run.stderr
-    return folder
+    return enrolled_gallery
 
 
 @pytest.fixture
