@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 
-from facegate.runtime.health import REMIND_S, RENOTIFY_S, Health
+from facegate.runtime.health import REMIND_S, RENOTIFY_S, SETTLE_S, Health
 
 
 class Clock:
@@ -90,3 +90,18 @@ def test_thread_safe_counts():
     for t in threads:
         t.join()
     assert health.snapshot()["parts"]["inference"]["count"] == 2000
+
+
+def test_a_flapping_part_is_one_episode_until_it_settles(caplog):
+    clock = Clock()
+    health = Health(clock=clock)
+    with caplog.at_level(logging.INFO, logger="facegate"):
+        for _ in range(50):  # a model failing on every other batch
+            health.problem("inference", "RuntimeError: shape")
+            clock.t += 0.05
+            assert not health.clear("inference", settle_s=SETTLE_S)
+            clock.t += 0.05
+        clock.t += SETTLE_S
+        assert health.clear("inference", settle_s=SETTLE_S)
+    assert len(_events(caplog, "degraded")) == 1 and len(_events(caplog, "recovered")) == 1
+    assert "count=50" in _events(caplog, "recovered")[0]

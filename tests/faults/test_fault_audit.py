@@ -16,9 +16,19 @@ from faultkit import chattr_append_only, fill, small_tmpfs
 from facegate.runtime.audit import AuditLog, AuditWriteError, read_audit
 from facegate.runtime.decision import Decision
 from facegate.runtime.events import EventEmitter, SignedEvent
-from facegate.runtime.health import Health
+from facegate.runtime.health import SETTLE_S, Health
 
 KEY = b"audit-fault-test-key-0123456789abcdef"
+
+
+class Clock:
+    """Monotonic seconds the test moves on (the health registry's clock)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
 
 
 class Collector:
@@ -46,7 +56,8 @@ def _parse_every_line(path) -> list[dict]:
 
 def test_full_file_system_no_event_passes_without_its_record_and_recovery_is_automatic(tmp_path, caplog):
     with small_tmpfs(tmp_path / "fs", 64) as fs:
-        health = Health()
+        clock = Clock()
+        health = Health(clock=clock)
         audit = AuditLog(fs / "audit.jsonl", health=health)
         later = Collector()
         emitter = EventEmitter(signing_key=KEY, sinks=[audit, later], grant_ttl_s=2.0)
@@ -64,10 +75,13 @@ def test_full_file_system_no_event_passes_without_its_record_and_recovery_is_aut
             assert {e.payload["event_id"] for e in later.events} <= recorded
             filler.unlink()  # space returns
             back = emitter.emit(_decision(99))
-        assert back is not None and not health.degraded("audit")
+            assert back is not None and health.degraded("audit")  # one good record: not settled yet
+            clock.t += SETTLE_S
+            assert emitter.emit(_decision(100)) is not None
+        assert not health.degraded("audit")
         lines = _parse_every_line(audit.path)
         assert [r["event"]["event_id"] for r in lines] == [e.payload["event_id"] for e in later.events]
-        assert lines[-1]["event"]["track_id"] == 99
+        assert [r["event"]["track_id"] for r in lines[-2:]] == [99, 100]
         assert "Traceback" not in caplog.text  # (the torn tail read above mid-episode was skipped with a warning)
         degraded = [r for r in caplog.records if "event=degraded part=audit" in r.getMessage()]
         recovered = [r.getMessage() for r in caplog.records if "event=recovered part=audit" in r.getMessage()]

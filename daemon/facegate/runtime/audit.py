@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegate.errors import ConfigError
+from facegate.runtime.health import SETTLE_S, Health
 
 if TYPE_CHECKING:
     from facegate.config import Config
     from facegate.runtime.events import SignedEvent
-    from facegate.runtime.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ class AuditLog:
     """Writer for ``path`` (created with mode ``FILE_MODE``, parent folders too). Thread-safe.
 
     Raises ``ConfigError`` when the file cannot be opened for appending; ``append`` raises ``AuditWriteError``
-    when the record cannot be written and synced (the caller must then not publish it). ``health`` (optional)
-    hears of each episode of failed records (part ``audit``). As the emitter's first sink (``emit``) it is
-    critical: an event it cannot record goes no further.
+    when the record cannot be written and synced (the caller must then not publish it). ``health`` hears of each
+    episode of failed records (part ``audit``; a private registry when None). As the emitter's first sink
+    (``emit``) it is critical: an event it cannot record goes no further.
     """
 
     name = "audit"
@@ -66,11 +66,10 @@ class AuditLog:
 
     def __init__(self, path: str | os.PathLike[str], health: Health | None = None) -> None:
         self.path = Path(path)
-        self.health = health
+        self.health = health if health is not None else Health()
         self._lock = threading.Lock()
         self._fd, self._good = self._open()
         self._torn = False  # a write or fsync failed after the last durable line: repair before the next record
-        self.lost = 0  # records not recorded in the current failure episode
 
     def _open(self) -> tuple[int, int]:
         """Open ``path`` for appending (end of its last line ensured); returns (fd, size = end of the last line)."""
@@ -121,16 +120,12 @@ class AuditLog:
                     self._repair()
                 self._write(data)
             except OSError as exc:
-                self._failed(exc)
+                self.health.problem("audit", f"{self.path}: {exc.strerror or exc}")  # one line per episode
                 raise AuditWriteError(exc.errno or errno.EIO,
-                                       f"audit log {self.path}: record not written ({exc.strerror or exc})") from None
+                                      f"audit log {self.path}: record not written ({exc.strerror or exc})") from None
             self._good = os.fstat(self._fd).st_size
-            lost, self.lost = self.lost, 0
-        if lost and self.health is not None:
-            self.health.clear("audit")  # its "recovered" line carries the count
-        elif lost:
-            log.warning("event=audit_records_lost count=%d path=%s note=those_events_were_not_published", lost,
-                        self.path)
+        # its "recovered" line counts the records lost; a disk with room for some records only is one episode
+        self.health.clear("audit", settle_s=SETTLE_S)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -156,13 +151,6 @@ class AuditLog:
             self._good = os.fstat(self._fd).st_size
         self._torn = False
 
-    def _failed(self, exc: OSError) -> None:
-        self.lost += 1
-        if self.health is not None:
-            self.health.problem("audit", f"{self.path}: {exc.strerror or exc}")
-        elif self.lost == 1:
-            log.error("event=audit_write_failed path=%s error=%r note=not_published", self.path, str(exc))
-
     def reopen(self) -> None:
         """Open ``path`` again (SIGHUP after a rotation); the old file is closed once the new one is open. When
         the new one cannot be opened the old one is kept and the problem logged."""
@@ -185,9 +173,10 @@ class AuditLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-            if self.lost:
-                log.error("event=audit_records_lost count=%d path=%s note=not_published_closed_while_failing",
-                          self.lost, self.path)
+        if self.health.degraded("audit"):
+            lost = self.health.snapshot()["parts"]["audit"]["count"]
+            log.error("event=audit_records_lost count=%d path=%s note=closed_while_failing_not_published", lost,
+                      self.path)
 
     def __enter__(self) -> AuditLog:
         return self

@@ -12,6 +12,11 @@ the time from a part's first problem to its ``clear``. Logging is per episode, n
 * ``event=recovered part=P after_s=… count=N`` when it ends (``count``: occurrences in the episode, e.g. events
   the audit log could not record).
 
+A part whose problem comes and goes with every frame (a model failing on some batches only, a disk with room for
+some records) must not log a pair of lines per frame: its reporter clears with ``settle_s`` (``SETTLE_S``), and
+the episode ends only once no problem was reported for that long, so a flapping part is one long episode whose
+count grows.
+
 ``state`` is ``"ok"`` or ``"degraded"`` (any part with a problem); ``snapshot()`` is a JSON-able dict for the
 MQTT ``<prefix>/health`` topic and future consumers (metrics, console, Home Assistant). ``subscribe(fn)`` calls
 ``fn()`` (no arguments: read ``snapshot()`` then) after every change of a part's state or reason, from the
@@ -34,14 +39,21 @@ log = logging.getLogger(__name__)
 
 #: While an episode lasts, one reminder line at most this often (s).
 REMIND_S = 60.0
-#: What the daemon does while each known part is degraded (the ``effect`` of the ``degraded`` line).
+#: The parts every snapshot lists from the start (``decision:<camera>`` parts appear when they first report).
+PARTS = ("gallery", "audit", "inference", "mqtt", "cameras")
+#: What the daemon does while each known part is degraded (the ``effect`` of the ``degraded`` line; a part
+#: ``name:detail`` takes the effect of ``name``).
 EFFECTS: dict[str, str] = {
     "gallery": "no_grants_until_recovered",
     "audit": "events_not_published_until_recorded",
     "inference": "no_decisions",
     "mqtt": "events_queued_grants_expire",
     "cameras": "no_decisions_from_those_cameras",
+    "decision": "no_decisions_from_that_camera",
 }
+#: How long (s) a flapping part must stay free of problems before its episode ends (reporters that clear after
+#: every good frame or record pass it to ``clear``).
+SETTLE_S = 2.0
 #: Reasons are cut to this many characters (a status topic, not a traceback).
 REASON_MAX = 300
 #: A reason that changes within an episode (e.g. an error naming each batch's shape) is passed on to listeners at
@@ -58,6 +70,7 @@ class _Part:
     episodes: int = 0  # episodes since start
     reminded: float = 0.0
     notified: float = 0.0  # monotonic s listeners last heard of this part
+    last_problem: float = 0.0  # monotonic s of the latest problem report
 
     @property
     def ok(self) -> bool:
@@ -68,7 +81,7 @@ class Health:
     """Registry of part states (see the module docstring). ``parts``: the part names listed in every snapshot
     even before they report (others are added on first report); ``clock``: monotonic seconds (tests)."""
 
-    def __init__(self, parts: tuple[str, ...] = tuple(EFFECTS), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, parts: tuple[str, ...] = PARTS, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._parts: dict[str, _Part] = {name: _Part() for name in parts}
@@ -92,25 +105,28 @@ class Health:
                 p.episodes += 1
             p.reason = reason
             p.count += count
+            p.last_problem = now
             remind = not started and now - p.reminded >= REMIND_S
             if remind:
                 p.reminded = now
             since, total = p.since or now, p.count
         if started:
-            log.warning("event=degraded part=%s reason=%r effect=%s", part, reason, EFFECTS.get(part, "see_reason"))
+            effect = EFFECTS.get(part.split(":")[0], "see_reason")
+            log.warning("event=degraded part=%s reason=%r effect=%s", part, reason, effect)
         elif remind:
             log.warning("event=still_degraded part=%s reason=%r count=%d for_s=%.0f", part, reason, total,
                         now - since)
         if changed:
             self._notify()
 
-    def clear(self, part: str) -> bool:
-        """``part`` works again: ends its episode (one ``recovered`` line). Returns True when an episode ended;
+    def clear(self, part: str, settle_s: float = 0.0) -> bool:
+        """``part`` works again: ends its episode (one ``recovered`` line), unless a problem was reported less than
+        ``settle_s`` seconds ago (then the episode goes on; call again later). Returns True when an episode ended;
         a part that was ok stays silent."""
         now = self._clock()
         with self._lock:
-            p = self._parts.setdefault(part, _Part())
-            if p.ok:
+            p = self._parts.get(part)
+            if p is None or p.ok or now - p.last_problem < settle_s:
                 return False
             after, count = now - (p.since or now), p.count
             p.reason, p.since, p.since_wall = None, None, None

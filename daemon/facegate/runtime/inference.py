@@ -33,7 +33,7 @@ import numpy as np
 from facegate.detections import Detections
 from facegate.pipeline import FacePipeline
 from facegate.runtime.capture import Frame, FrameSlots
-from facegate.runtime.health import Health
+from facegate.runtime.health import SETTLE_S, Health
 
 if TYPE_CHECKING:
     from facegate.config import Config
@@ -194,9 +194,8 @@ class InferenceStage:
             except Exception as exc:  # a failing model must not kill the thread; those frames decide nothing
                 self._failed(exc, len(chunk))
                 continue
-            if self._failing_since is not None:
-                self._failing_since = None
-                self.health.clear("inference")
+            self._failing_since = None
+            self.health.clear("inference", settle_s=SETTLE_S)  # a model failing on some batches only is one episode
             dt = time.monotonic() - t0
             st = self.stats
             st.cycles += 1

@@ -116,7 +116,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     rules = AccessRules.from_config(config)
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
-                                        cameras=cameras, sink=emitter.emit)
+                                        cameras=cameras, sink=emitter.emit, health=health)
     capture = CaptureStage(cameras, health=health)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health)
     return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, health)
