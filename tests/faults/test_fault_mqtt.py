@@ -12,9 +12,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import yaml
 from faultkit import record_recovery
 from mosquitto import Subscriber
+from pydantic import ValidationError
 
 from facegate.config import Config, MqttConfig
 from facegate.runtime.decision import Decision
@@ -148,3 +150,11 @@ def _wait(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def test_reconnect_delays_are_validated():
+    with pytest.raises(ValidationError, match="reconnect_max_s must be ≥ reconnect_min_s"):
+        MqttConfig(host="x", reconnect_min_s=5, reconnect_max_s=1)
+    for bad in ({"reconnect_min_s": 0}, {"reconnect_max_s": -1}, {"reconnect_max_s": 1e9}):
+        with pytest.raises(ValidationError):
+            MqttConfig(host="x", **bad)
