@@ -6,6 +6,7 @@ similarity, so every probe's scores are exact and known from its construction.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -248,13 +249,20 @@ def test_similarity_metric_direction():
     assert d.type == "grant" and d.score == pytest.approx(1 / np.sqrt(1.09), abs=1e-6)
 
 
-def test_search_failure_grants_nothing():
+def test_search_failure_grants_nothing(caplog):
     def broken_search(emb):
         raise RuntimeError("index is being rebuilt")
 
     engine, clock = make(search=broken_search)
-    assert [d for _ in range(8) for d in feed(engine, clock, face(ALICE))] == []
+    with caplog.at_level(logging.INFO, logger="facegate"):
+        assert [d for _ in range(8) for d in feed(engine, clock, face(ALICE))] == []
     assert engine.stats["errors"] == 8
+    # one line for the episode (health part decision:cam1), no traceback per frame
+    assert [r.getMessage() for r in caplog.records if "event=degraded" in r.getMessage()] == [
+        "event=degraded part=decision:cam1 reason='RuntimeError: index is being rebuilt' "
+        "effect=no_decisions_from_that_camera"]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert engine.health.snapshot()["parts"]["decision:cam1"]["count"] == 8
 
 
 def test_wrong_answers_from_search_grant_nothing():

@@ -16,6 +16,7 @@ import pytest
 
 from facegate.homeassistant import (
     EVENT_TYPES,
+    STATUS_UP_TEMPLATE,
     daemon_entities,
     discovery_topic,
     door_agent_entities,
@@ -77,10 +78,16 @@ def test_daemon_entities_cover_status_cameras_and_doors():
     ann = daemon_entities(discovery_prefix="homeassistant", topic_prefix="facegate", node_id="gate-1",
                           cameras=["cam1", "cam2"], doors=["front"])
     kinds = [check_announcement(a) for a in ann]
-    assert kinds.count("binary_sensor") == 3 and kinds.count("sensor") == 2 and kinds.count("event") == 1
+    assert kinds.count("binary_sensor") == 4 and kinds.count("sensor") == 2 and kinds.count("event") == 1
     status = ann[0].config
     assert status["state_topic"] == "facegate/status" and status["device_class"] == "connectivity"
     assert (status["payload_on"], status["payload_off"]) == ("online", "offline")
+    # a degraded daemon is up (connected, available); the problem sensor shows it from the health JSON
+    assert status["value_template"] == STATUS_UP_TEMPLATE and "value in ('online', 'degraded')" in STATUS_UP_TEMPLATE
+    problem = ann[1].config
+    assert problem["device_class"] == "problem" and problem["state_topic"] == "facegate/health"
+    assert "value_json.state == 'degraded'" in problem["value_template"]
+    assert all(a.config["availability"][0]["value_template"] == STATUS_UP_TEMPLATE for a in ann[1:])
     event = next(a.config for a in ann if "/event/" in a.topic)
     assert event["event_types"] == list(EVENT_TYPES) and event["state_topic"] == "facegate/front/event"
     assert "value_json.type" in event["value_template"] and "person_name" in event["value_template"]

@@ -220,13 +220,27 @@ class MqttConfig(_Section):
     username: str | None = Field(None, description="User name for the broker")
     password_file: str | None = Field(None, description="File holding the password (first line)")
     password_env: str | None = Field(None, description="Environment variable holding the password")
-    client_id: str = Field("facegate", min_length=1, max_length=64, description="MQTT client id")
+    client_id: str | None = Field(
+        None, min_length=1, max_length=64, description="MQTT client id; None = facegate-<host name>-<8 hex of "
+        "sha256(topic_prefix)>, unique per host and prefix (two clients with one id knock each other off the broker)")
     topic_prefix: str = Field("facegate", pattern=_TOPIC_PREFIX, description="Topics are <prefix>/<door>/event and "
                               "<prefix>/status")
     qos: Literal[1, 2] = Field(1, description="QoS of events and status (≥1: door events must not be lost silently)")
     keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive; the broker publishes the last will after 1.5×")
     connect_timeout_s: float = Field(10.0, gt=0, description="Start-up waits this long for the first connection")
     queue_max: int = Field(1000, ge=1, description="Events kept while the broker is away (oldest dropped first)")
+    reconnect_min_s: float = Field(
+        0.5, gt=0, le=3600, description="First reconnect delay after the broker went away (s); doubled after each "
+        "failed attempt up to reconnect_max_s")
+    reconnect_max_s: float = Field(
+        2.0, gt=0, le=3600, description="Longest reconnect delay (s): the daemon is back within about this long "
+        "of the broker's return")
+
+    @model_validator(mode="after")
+    def _reconnect(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be ≥ reconnect_min_s")
+        return self
 
     @model_validator(mode="after")
     def _password(self) -> MqttConfig:
@@ -311,6 +325,9 @@ class ServiceConfig(_Section):
         30.0, gt=0, description="Start-up fails when cameras are not delivering within this long")
     stop_timeout_s: float = Field(3.0, gt=0, description="SIGTERM: threads get this long to finish")
     stdout_events: bool = Field(True, description="Also print every decision as one JSON line on stdout")
+    failure_watchdog_s: float = Field(
+        30.0, gt=0, le=86400, description="When every inference batch has failed for this long (s), the systemd "
+        "watchdog is no longer fed, so systemd restarts the daemon (WatchdogSec later)")
 
 
 class Config(_Section):

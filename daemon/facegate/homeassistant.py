@@ -69,8 +69,14 @@ def device_block(identifier: str, name: str, *, model: str, via_device: str | No
     return block
 
 
+#: The daemon's ``<prefix>/status`` is ``online``, ``degraded`` (running, a part failing closed) or ``offline``: a
+#: degraded daemon is still there (available, connected); its problem shows on the problem sensor.
+STATUS_UP_TEMPLATE = "{{ 'online' if value in ('online', 'degraded') else 'offline' }}"
+
+
 def _availability(topic: str, online: str = "online", offline: str = "offline") -> list[dict[str, str]]:
-    return [{"topic": topic, "payload_available": online, "payload_not_available": offline}]
+    return [{"topic": topic, "payload_available": online, "payload_not_available": offline,
+             "value_template": STATUS_UP_TEMPLATE}]
 
 
 def _common(name: str, unique_id: str, device: dict[str, Any], availability_topic: str | None) -> dict[str, Any]:
@@ -102,6 +108,17 @@ def connectivity_entity(*, discovery_prefix: str, node_id: str, object_id: str, 
                   payload_off=payload_off, entity_category="diagnostic")
     if value_template:
         config["value_template"] = value_template
+    return Announcement(discovery_topic(discovery_prefix, "binary_sensor", node_id, object_id), config)
+
+
+def problem_entity(*, discovery_prefix: str, node_id: str, object_id: str, name: str, unique_id: str,
+                   state_topic: str, device: dict[str, Any], availability_topic: str | None = None) -> Announcement:
+    """A ``binary_sensor`` with ``device_class: problem``, on while the daemon's retained health JSON
+    (``<prefix>/health``, ``runtime/health.py``) says ``degraded``; its problems become attributes."""
+    config = _common(name, unique_id, device, availability_topic)
+    config.update(state_topic=state_topic, device_class="problem", payload_on="ON", payload_off="OFF",
+                  value_template="{{ 'ON' if value_json.state == 'degraded' else 'OFF' }}",
+                  json_attributes_topic=state_topic, entity_category="diagnostic")
     return Announcement(discovery_topic(discovery_prefix, "binary_sensor", node_id, object_id), config)
 
 
@@ -163,7 +180,11 @@ def daemon_entities(*, discovery_prefix: str, topic_prefix: str, node_id: str, c
     node = slug(node_id)
     device = device_block(node, f"facegate {node_id}", model="face-recognition daemon")
     out = [connectivity_entity(discovery_prefix=discovery_prefix, node_id=node, object_id="status",
-                               name="Status", unique_id=f"{node}_status", state_topic=status, device=device)]
+                               name="Status", unique_id=f"{node}_status", state_topic=status, device=device,
+                               value_template=STATUS_UP_TEMPLATE),
+           problem_entity(discovery_prefix=discovery_prefix, node_id=node, object_id="problem", name="Problem",
+                          unique_id=f"{node}_problem", state_topic=f"{prefix}/health", device=device,
+                          availability_topic=status)]
     for cam in cameras:
         topic = camera_state_topic.format(prefix=prefix, camera=cam)
         out.append(sensor_entity(discovery_prefix=discovery_prefix, node_id=node, object_id=f"{cam}_fps",

@@ -39,11 +39,17 @@ class Gallery:
 
     ``pack`` (optional) is the pack the caller will add or search with; a gallery bound to another pack raises
     ``GalleryError``. A new gallery is bound by its first enrolment.
+
+    ``saves_index=False`` makes a read-only consumer of the index files (the running daemon,
+    ``runtime/matching.py``): ``save``/``close`` never write one. The commands that change the gallery (enrol,
+    remove, import, compact) keep them up to date; a consumer that saved would write its in-memory graph, in which
+    hnswlib's ``mark_deleted`` keeps every erased template's vector, back into the folder after a ``compact``.
     """
 
     def __init__(self, folder: str | Path, pack: PackBinding | None = None, ef: int = DEFAULT_EF,
-                 index_params: dict[str, int] | None = None) -> None:
+                 index_params: dict[str, int] | None = None, saves_index: bool = True) -> None:
         self.folder = Path(folder)
+        self.saves_index = saves_index
         self.store = Store(self.folder)
         self._write_lock = threading.RLock()
         self._ef = ef
@@ -65,14 +71,14 @@ class Gallery:
         self.close()
 
     def close(self) -> None:
-        """Persist the index if it changed and close the database."""
+        """Persist the index if it changed (unless ``saves_index`` is False) and close the database."""
         self.save()
         self.store.close()
 
     def save(self) -> None:
-        """Write the index atomically if it changed since it was loaded or saved."""
+        """Write the index atomically if it changed since it was loaded or saved; never with ``saves_index=False``."""
         with self._write_lock:
-            if self._index is not None and self._dirty and self.pack is not None:
+            if self.saves_index and self._index is not None and self._dirty and self.pack is not None:
                 self._index.save(self.folder, self.store.gallery_id, self.pack.name)
                 self._dirty = False
 
@@ -89,6 +95,12 @@ class Gallery:
         tids, iids = self.store.template_ids()
         loaded = None if self._params else GalleryIndex.load(
             self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
+        if loaded is not None and loaded[1] > generation:
+            # an index newer than the database: gallery.db was restored from a backup. Its graph may hold templates
+            # of the backup as deleted marks, which attach cannot revive: rebuild from SQLite, the truth.
+            log.warning("gallery_index_ignored reason=newer_than_database index_generation=%d generation=%d",
+                        loaded[1], generation)
+            loaded = None
         if loaded is not None:
             index, saved_generation = loaded
             in_graph = index.labels()

@@ -42,7 +42,10 @@ def make_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
-    options.log_severity_level = 3  # ORT warns about shape inference on some third-party graphs; we check shapes
+    # 4 = fatal only. ORT warns about shape inference on some third-party graphs (we check shapes), and it would
+    # print an error line per failed run on stderr: a model failing at run time is reported by the inference stage
+    # once per episode (runtime/health.py), and load errors are raised and named below.
+    options.log_severity_level = 4
     providers = list(providers or default_providers())
     if isinstance(model, str | Path) and not Path(model).is_file():
         raise ModelError(f"{name}: model file {model} not found; run `facegate models prepare`")

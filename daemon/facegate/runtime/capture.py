@@ -32,6 +32,7 @@ import numpy as np
 
 from facegate.config import CameraConfig, Config
 from facegate.errors import VideoError
+from facegate.runtime.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ State = Literal["starting", "opening", "reading", "backoff", "missing", "failed"
 WATCHDOG_PERIOD_S = 0.5
 #: Jitter applied to each backoff delay: delay × U(1 − J, 1 + J).
 BACKOFF_JITTER = 0.2
+#: Camera states reported to ``Health`` as a problem (part ``cameras``).
+UNHEALTHY: tuple[State, ...] = ("backoff", "missing", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,18 +377,22 @@ def cameras_from_args(specs: list[str], loop: bool = False, first: int = 1) -> l
 
 
 class CaptureStage:
-    """All cameras plus the watchdog thread. ``slots`` is what the inference stage reads."""
+    """All cameras plus the watchdog thread. ``slots`` is what the inference stage reads. The watchdog also reports
+    cameras that cannot deliver (states in ``UNHEALTHY``) to ``health`` (part ``cameras``; a private registry when
+    None)."""
 
-    def __init__(self, cameras: list[CameraConfig]) -> None:
+    def __init__(self, cameras: list[CameraConfig], health: Health | None = None) -> None:
+        self.health = health if health is not None else Health()
         self.slots = FrameSlots()
         self._stop = threading.Event()
         self.cameras = {c.id: Camera(c, self.slots, self._stop) for c in cameras}
         self._watchdog: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, config: Config, extra: list[CameraConfig] | None = None) -> CaptureStage:
+    def from_config(cls, config: Config, extra: list[CameraConfig] | None = None,
+                    health: Health | None = None) -> CaptureStage:
         """The ``cameras:`` of ``config`` followed by ``extra`` (the command line's ``--camera`` ones)."""
-        return cls(all_cameras(config, extra))
+        return cls(all_cameras(config, extra), health=health)
 
     def reconfigure(self, config: Config, extra: list[CameraConfig] | None = None) -> list[str]:
         """SIGHUP: apply the new camera list (``replace``); returns the ids that changed."""
@@ -400,8 +407,17 @@ class CaptureStage:
     def _watch(self) -> None:
         while not self._stop.wait(WATCHDOG_PERIOD_S):
             now = time.monotonic()
-            for cam in self.cameras.values():
+            for cam in list(self.cameras.values()):
                 cam.check_watchdog(now)
+            self._report_health()
+
+    def _report_health(self) -> None:
+        bad = {cid: c.stats.last_error or c.stats.state for cid, c in list(self.cameras.items())
+               if c.stats.state in UNHEALTHY}
+        if bad:
+            self.health.problem("cameras", "; ".join(f"{cid}: {why}" for cid, why in sorted(bad.items())), count=0)
+        else:
+            self.health.clear("cameras")
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask every reader to stop and wait up to ``timeout`` s in total (stuck readers are daemon threads)."""

@@ -54,6 +54,7 @@ import numpy as np
 from facegate.config import DecisionConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
+from facegate.runtime.health import SETTLE_S, Health
 from facegate.runtime.rules import AccessRules, camera_doors
 from facegate.runtime.tracking import FaceTracker
 from facegate.scoring import Candidate, Scorer, liveness_threshold
@@ -153,7 +154,9 @@ class DecisionEngine:
     * ``camera_doors``: camera id → door id (``runtime/rules.camera_doors``);
     * ``rules``: ``AccessRules``; ``config``: the ``decision:`` section; ``liveness``: ``LivenessGate`` or None;
     * ``sink``: called with every decision ``on_result`` makes (the emitter's ``emit``); None keeps them;
-    * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds.
+    * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds;
+    * ``health``: where a frame that cannot be observed (tracking or gallery search failing) is reported, once per
+      episode (part ``decision:<camera>``; a private registry when None), instead of a traceback per frame.
     """
 
     def __init__(
@@ -168,6 +171,7 @@ class DecisionEngine:
         sink: Callable[[Decision], Any] | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
+        health: Health | None = None,
     ) -> None:
         if not isinstance(scorer, Scorer):
             raise UsageError(f"decision: scorer must be a facegate.scoring.Scorer, got {type(scorer).__name__}")
@@ -180,6 +184,7 @@ class DecisionEngine:
         self.sink = sink
         self.wall_clock = wall_clock
         self.clock = clock
+        self.health = health if health is not None else Health()
         self._trackers: dict[str, FaceTracker] = {}
         self._tracks: dict[str, dict[int, _TrackState]] = {}
         self._lock = threading.Lock()
@@ -187,12 +192,14 @@ class DecisionEngine:
 
     @classmethod
     def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
-                    cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None) -> DecisionEngine:
+                    cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None,
+                    health: Health | None = None) -> DecisionEngine:
         """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
-        operating point), ``liveness:`` gating, each camera's door."""
+        operating point), ``liveness:`` gating, each camera's door; failures reported to ``health``."""
         engine = cls(search=search, scorer=Scorer.resolve(pipeline.manifest, config.decision.threshold),
                      camera_doors=camera_doors(config, cameras), rules=rules, config=config.decision,
-                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink)
+                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink,
+                     health=health)
         engine._warn_doorless()
         return engine
 
@@ -274,10 +281,14 @@ class DecisionEngine:
             return []
         try:
             track_ids, states = self._observe(camera, dets, captured_at)
-        except Exception:
+        except Exception as exc:  # e.g. a search that raises on every frame: one line per episode, not a traceback
             self.stats["errors"] += 1
-            log.exception("event=decision_error camera=%s stage=observe", camera)
+            part = f"decision:{camera}"
+            if not self.health.degraded(part):
+                log.debug("event=decision_error camera=%s stage=observe", camera, exc_info=exc)
+            self.health.problem(part, f"{type(exc).__name__}: {exc}")
             return []
+        self.health.clear(f"decision:{camera}", settle_s=SETTLE_S)
         out: list[Decision] = []
         for tid in dict.fromkeys(int(t) for t in track_ids):
             try:

@@ -54,8 +54,13 @@ def event_topic(prefix: str, door: str) -> str:
 
 
 def status_topic(prefix: str) -> str:
-    """``<prefix>/status``: retained "online"/"offline"."""
+    """``<prefix>/status``: retained "online" / "degraded" / "offline" (``runtime/mqtt.py``)."""
     return f"{prefix.rstrip('/')}/status"
+
+
+def health_topic(prefix: str) -> str:
+    """``<prefix>/health``: retained JSON of ``Health.snapshot()`` (``runtime/health.py``)."""
+    return f"{prefix.rstrip('/')}/health"
 
 
 def _round(x: float | None) -> float | None:
@@ -98,7 +103,8 @@ class SignedEvent:
 
 class Sink(Protocol):
     """A consumer of signed events. ``critical``: an exception from ``emit`` stops the event there (the later
-    sinks never see it); otherwise it is logged and the event goes on."""
+    sinks never see it); otherwise it is logged and the event goes on. A sink that writes a file may also have a
+    ``reopen()`` method, called on SIGHUP (``EventEmitter.reopen``)."""
 
     name: str
     critical: bool
@@ -175,8 +181,10 @@ class EventEmitter:
     * ``topic_prefix``: the MQTT prefix, or None without a broker (the events then carry no topic);
     * ``grant_ttl_s``: grant lifetime in seconds (``decision.grant_ttl_s``).
 
-    ``emit`` returns the signed payload. A critical sink's ``OSError`` propagates: the event was NOT handed to the
-    sinks after it (every published event must be in the audit log).
+    ``emit`` returns the signed payload, or None when a critical sink could not take it (an ``OSError``: e.g. the
+    audit log's file system is full): the event then goes to no later sink (every published event must be in the
+    audit log) and nothing is logged here, as the critical sink reports its own failures once per episode
+    (``runtime/health.py``). Any other exception of a critical sink propagates.
     """
 
     def __init__(self, *, signer: Signer, sinks: list[Sink], topic_prefix: str | None = None,
@@ -196,13 +204,23 @@ class EventEmitter:
         """SIGHUP: the grant lifetime follows the new config (the sinks need a restart to change)."""
         self.grant_ttl_s = config.decision.grant_ttl_s
 
-    def emit(self, decision: Decision) -> dict[str, Any]:
+    def reopen(self) -> None:
+        """SIGHUP: sinks that write files (``reopen`` method, e.g. the audit log after logrotate) open them again."""
+        for sink in self.sinks:
+            reopen = getattr(sink, "reopen", None)
+            if callable(reopen):
+                reopen()
+
+    def emit(self, decision: Decision) -> dict[str, Any] | None:
         payload = self.signer.sign(build_payload(decision, grant_ttl_s=self.grant_ttl_s))
         topic = event_topic(self.topic_prefix, decision.door) if self.topic_prefix is not None else None
         event = SignedEvent(payload, decision, topic)
         for sink in self.sinks:
             if sink.critical:
-                sink.emit(event)
+                try:
+                    sink.emit(event)
+                except OSError:  # not durable: no later sink may see it; the sink reported it (once per episode)
+                    return None
                 continue
             try:
                 sink.emit(event)

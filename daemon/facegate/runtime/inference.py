@@ -8,6 +8,14 @@ comparison score), aligns every remaining face of every frame and runs the recog
 
 Only this thread touches the ONNX Runtime sessions. ``from_config`` loads the pack before the thread starts, so that
 model errors surface before start-up completes; it logs the execution provider really obtained.
+
+Run-time model failures (a session that raises on a batch): the frames of that batch decide nothing (no grant can
+come of them), the thread goes on with the next frames, and the failure is reported once per episode through
+``Health`` (part ``inference``: one ``degraded`` line with the error, reminders at most once a minute, a
+``recovered`` line with the count), not as a traceback per frame. ``healthy()`` — what the service's systemd
+watchdog asks — turns False when the thread died, a cycle is stuck for ``stuck_cycle_s``, or every batch has failed
+for ``failure_watchdog_s`` (``service.failure_watchdog_s``): systemd then stops hearing WATCHDOG=1 and restarts
+the daemon.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from facegate.detections import Detections
 from facegate.pipeline import FacePipeline
 from facegate.runtime.capture import Frame, FrameSlots
+from facegate.runtime.health import SETTLE_S, Health
 
 if TYPE_CHECKING:
     from facegate.config import Config
@@ -87,7 +96,8 @@ class InferenceStage:
 
     Keyword parameters: ``max_batch`` frames per detection run (≥ 1); ``min_face_px`` (faces with a narrower box
     are dropped; 0 keeps all); ``liveness`` (run the pack's PAD models; a pack without them gives no live scores,
-    which the decision stage treats as not live).
+    which the decision stage treats as not live); ``health`` (where failures are reported; a private registry when
+    None); ``failure_watchdog_s`` and ``stuck_cycle_s`` (seconds, see ``healthy``).
     """
 
     def __init__(
@@ -99,8 +109,15 @@ class InferenceStage:
         max_batch: int = 8,
         min_face_px: int = 0,
         liveness: bool = False,
+        health: Health | None = None,
+        failure_watchdog_s: float = 30.0,
+        stuck_cycle_s: float = 30.0,
     ) -> None:
         self.pipeline = pipeline
+        self.health = health if health is not None else Health()
+        self.failure_watchdog_s = failure_watchdog_s
+        self.stuck_cycle_s = stuck_cycle_s
+        self._failing_since: float | None = None  # monotonic s of the first failed batch since the last good one
         self.slots = slots
         self.on_result = on_result
         self.max_batch = max(1, int(max_batch))
@@ -113,11 +130,13 @@ class InferenceStage:
 
     @classmethod
     def from_config(cls, config: Config, pipeline: FacePipeline, slots: FrameSlots,
-                    on_result: Callable[[FrameResult], None]) -> InferenceStage:
+                    on_result: Callable[[FrameResult], None], health: Health | None = None) -> InferenceStage:
         """The stage for ``pipeline`` (``load_pipeline``) with the ``inference:`` batch limit, the decision's
-        ``min_face_px`` and ``liveness.enabled``; results go to ``on_result`` (the decision stage)."""
+        ``min_face_px``, ``liveness.enabled`` and ``service.failure_watchdog_s``; results go to ``on_result`` (the
+        decision stage), failures to ``health``."""
         return cls(pipeline, slots, on_result, max_batch=config.inference.max_batch,
-                   min_face_px=config.decision.min_face_px, liveness=config.liveness.enabled)
+                   min_face_px=config.decision.min_face_px, liveness=config.liveness.enabled, health=health,
+                   failure_watchdog_s=config.service.failure_watchdog_s)
 
     def start(self) -> None:
         log.info("event=inference_start providers=%s max_batch=%d liveness=%s",
@@ -139,6 +158,16 @@ class InferenceStage:
         """Seconds the current cycle has been running (0 when waiting for frames)."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def failing_for(self) -> float:
+        """Seconds every batch has failed (0 while the last batch succeeded or none ran yet)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def healthy(self) -> bool:
+        """What the systemd watchdog is fed on: the thread is alive, no cycle has run for ``stuck_cycle_s`` and
+        batches have not all been failing for ``failure_watchdog_s``."""
+        return self.alive and self.busy_for() < self.stuck_cycle_s and self.failing_for() < self.failure_watchdog_s
 
     def idle(self) -> bool:
         """True when no frame is waiting and no cycle is running."""
@@ -162,10 +191,11 @@ class InferenceStage:
             t0 = time.monotonic()
             try:
                 results = self.analyse(chunk)
-            except Exception:  # a failing model must not kill the thread; those frames decide nothing
-                self.stats.errors += 1
-                log.exception("event=inference_error frames=%d", len(chunk))
+            except Exception as exc:  # a failing model must not kill the thread; those frames decide nothing
+                self._failed(exc, len(chunk))
                 continue
+            self._failing_since = None
+            self.health.clear("inference", settle_s=SETTLE_S)  # a model failing on some batches only is one episode
             dt = time.monotonic() - t0
             st = self.stats
             st.cycles += 1
@@ -179,6 +209,16 @@ class InferenceStage:
                 except Exception:
                     self.stats.errors += 1
                     log.exception("event=decision_stage_error camera=%s", r.frame.camera_id)
+
+    def _failed(self, exc: Exception, frames: int) -> None:
+        """One failed batch: counted, reported to ``health`` (its episode logic keeps the log to one line per
+        episode); the traceback of an episode's first failure goes to the debug log."""
+        self.stats.errors += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.debug("event=inference_error frames=%d", frames, exc_info=exc)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        self.health.problem("inference", f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
 
     def analyse(self, frames: list[Frame]) -> list[FrameResult]:
         """Detect, filter, align and embed (and score liveness) for ``frames``: one detection batch, one

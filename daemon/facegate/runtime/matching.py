@@ -1,20 +1,38 @@
 """The running daemon's view of the gallery: opened for the loaded pack, followed while other processes enrol and
 erase, and searched by the decision stage — failing closed whenever it cannot be trusted.
 
-``LiveGallery.search`` is the decision engine's ``SearchFn``. While the gallery cannot be refreshed (a locked or
-damaged database, so an erasure made by another process may not be applied yet) every probe gets no candidates:
-every face stays unknown and no door opens, until a refresh succeeds again.
+``LiveGallery.search`` is the decision engine's ``SearchFn``. Every ``refresh`` (each ``gallery.refresh_s`` and on
+SIGHUP) first looks at the file now at the gallery path (``gallery/watch.py``: exists, is an SQLite database, which
+file and which gallery id), then:
+
+* the same file, readable: the gallery is followed incrementally (``Gallery.refresh``), identities added and
+  removed are logged;
+* missing, unreadable, overwritten with garbage, locked past the busy timeout, holding a corrupt template, or bound
+  to another pack: the gallery is *stale* — every probe gets no candidates, so every face stays unknown and no door
+  opens (an erasure may be among the changes that cannot be read) — reported once per episode through ``Health``
+  (part ``gallery``), and retried at every refresh;
+* another file or another gallery (its gallery id changed: the folder was replaced, a backup restored) or the end
+  of a stale episode: the gallery at the path is opened afresh and loaded whole (never merged into what was loaded
+  before), searches answering nothing meanwhile; the old one is closed.
+
+The daemon is a read-only consumer of the index files (``Gallery(saves_index=False)``): it never writes one, so
+after ``facegate gallery remove`` and ``compact`` by another process nothing it does (refresh, SIGHUP, SIGTERM,
+SIGKILL) can put an erased template back into the folder.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facegate.errors import GalleryError
 from facegate.gallery.location import default_gallery_path
+from facegate.gallery.watch import GalleryFile, probe
+from facegate.runtime.health import Health
 
 if TYPE_CHECKING:
     from facegate.config import Config
@@ -29,58 +47,135 @@ SEARCH_K = 5
 
 
 class LiveGallery:
-    """The gallery of one pack, refreshed incrementally (``refresh``) and searched (``search``). Thread-safe as
-    ``Gallery`` is (its index serialises searches and updates)."""
+    """The gallery of one pack, refreshed (``refresh``) and searched (``search``). Thread-safe as ``Gallery`` is
+    (its index serialises searches and updates); ``refresh`` runs on one thread (the service's).
 
-    def __init__(self, gallery: Gallery) -> None:
+    ``gallery``: the opened gallery; ``opener``: opens the same folder afresh for a whole reload (None: the folder
+    of ``gallery`` with its pack, index files never saved); ``health``: where episodes are reported (a private
+    registry when None). Raises ``GalleryError`` when the opened folder holds no readable gallery.
+    """
+
+    def __init__(self, gallery: Gallery, opener: Callable[[], Gallery] | None = None,
+                 health: Health | None = None) -> None:
         self.gallery = gallery
-        self.stale = False  # set while the gallery cannot be refreshed: search answers nothing (fail closed)
+        self.folder = gallery.folder
+        self.opener = opener or self._default_opener(gallery)
+        self.health = health if health is not None else Health()
+        self.stale = False  # set while the gallery cannot be trusted: search answers nothing (fail closed)
+        self._reopen = False  # load the gallery whole at the next refresh (after a stale episode)
+        self._file: GalleryFile = probe(self.folder)
         self._identities = self._names()
-        stats = gallery.stats()
-        log.info("event=gallery_opened folder=%s identities=%s templates=%s", stats["folder"], stats["identities"],
-                 stats["templates"])
-        if not stats["identities"]:
-            log.warning("event=gallery_empty folder=%s note=every_face_will_be_unknown", stats["folder"])
+        self._opened_log()
+
+    @staticmethod
+    def _default_opener(gallery: Gallery) -> Callable[[], Gallery]:
+        from facegate.gallery import Gallery
+
+        folder, pack = gallery.folder, gallery.pack
+        return lambda: Gallery(folder, pack=pack, saves_index=False)
 
     @classmethod
-    def from_config(cls, config: Config, pipeline: FacePipeline) -> LiveGallery:
+    def from_config(cls, config: Config, pipeline: FacePipeline, health: Health | None = None) -> LiveGallery:
         """Open ``gallery.path`` (default: ``facegate.gallery.location``) bound to ``pipeline``'s pack: a gallery
-        enrolled with another pack is refused (``GalleryError``)."""
+        enrolled with another pack is refused (``GalleryError``). The index files are never saved by it."""
         from facegate.gallery import Gallery
         from facegate.gallery.enrol import pack_binding
 
         folder = Path(config.gallery.path) if config.gallery.path else default_gallery_path()
-        return cls(Gallery(folder, pack=pack_binding(pipeline)))
+        pack = pack_binding(pipeline)
+        return cls(Gallery(folder, pack=pack, saves_index=False),
+                   opener=lambda: Gallery(folder, pack=pack, saves_index=False), health=health)
+
+    def _opened_log(self) -> None:
+        stats = self.gallery.stats()
+        log.info("event=gallery_opened folder=%s identities=%s templates=%s gallery_id=%s", stats["folder"],
+                 stats["identities"], stats["templates"], self._file.gallery_id)
+        if not stats["identities"]:
+            log.warning("event=gallery_empty folder=%s note=every_face_will_be_unknown", stats["folder"])
 
     def _names(self) -> dict[Any, str]:
         return {i.id: i.name for i in self.gallery.identities()}
 
+    # ------------------------------------------------------------------------------------------------ refresh
     def refresh(self) -> bool:
-        """Follow enrolments and erasures made by other processes (``Gallery.refresh``: incremental, searches go
-        on meanwhile). Logs each identity added or removed. Returns True when the gallery changed; a failure is
-        logged once per episode, makes the gallery stale (no matches) and is retried at the next call."""
+        """Follow the gallery at the path (see the module docstring). Returns True when what is searched changed.
+        Never raises: a failure makes the gallery stale (no matches) until a later refresh succeeds."""
+        try:
+            now = probe(self.folder)
+        except GalleryError as exc:
+            self._fail(str(exc))
+            return False
+        if now.gallery_id != self._file.gallery_id:
+            self._fail(f"another gallery (id {now.gallery_id}, was {self._file.gallery_id}) is now at "
+                       f"{self.folder}: loading it whole")
+            return self._reload()
+        if self._reopen or (now.device, now.inode) != (self._file.device, self._file.inode):
+            return self._reload()
         try:
             changed = self.gallery.refresh()
-            if self.stale:
-                log.warning("event=gallery_refresh_recovered note=matching_resumed")
-            self.stale = False
-            if not changed:
-                return False
-            now = self._names()
-        except Exception as exc:  # a locked or damaged gallery must not stop the daemon; said loudly, fail closed
-            if not self.stale:
-                log.error("event=gallery_refresh_failed error=%r note=no_grants_until_it_recovers", str(exc))
-            self.stale = True
+            names = self._names() if changed else self._identities
+        except Exception as exc:  # a locked or damaged gallery must not stop the daemon; fail closed, reload later
+            self._fail(f"refresh failed: {exc}")
             return False
-        before = self._identities
-        for iid in sorted(set(now) - set(before)):
-            log.info("event=gallery_identity_added id=%s name=%r", iid, now[iid])
-        for iid in sorted(set(before) - set(now)):
-            log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
-        self._identities = now
-        log.info("event=gallery_reloaded identities=%d", len(now))
+        self._log_changes(names)
+        self._recovered()
+        return changed
+
+    def _reload(self) -> bool:
+        """Open the gallery at the path afresh and search it from now on; the old one is closed."""
+        self.stale = True  # nothing matches while the new one loads
+        try:
+            new = self.opener()
+        except Exception as exc:
+            self._fail(f"cannot open: {exc}")
+            return False
+        try:
+            now = probe(self.folder)
+            if now.gallery_id != new.store.gallery_id:
+                raise GalleryError(f"the gallery at {self.folder} changed again while it was being opened")
+        except GalleryError as exc:
+            new.close()
+            self._fail(str(exc))
+            return False
+        old, self.gallery = self.gallery, new
+        replaced = now.gallery_id != self._file.gallery_id
+        self._file = now
+        try:
+            old.close()  # never saves an index (saves_index=False); closes its database connection
+        except Exception as exc:  # the old file may be gone or garbage: nothing of it is needed any more
+            log.debug("event=gallery_old_close_failed error=%r", str(exc))
+        names = self._names()
+        if replaced:
+            log.warning("event=gallery_replaced folder=%s gallery_id=%s identities=%d note=loaded_whole", self.folder,
+                        now.gallery_id, len(names))
+            self._identities = {}
+        self._opened_log()
+        self._log_changes(names)
+        self._recovered()
         return True
 
+    def _log_changes(self, names: dict[Any, str]) -> None:
+        before = self._identities
+        if names == before:
+            return
+        for iid in sorted(set(names) - set(before)):
+            log.info("event=gallery_identity_added id=%s name=%r", iid, names[iid])
+        for iid in sorted(set(before) - set(names)):
+            log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
+        self._identities = names
+        log.info("event=gallery_reloaded identities=%d", len(names))
+
+    def _fail(self, reason: str) -> None:
+        self.stale = True
+        self._reopen = True
+        self.health.problem("gallery", reason)
+
+    def _recovered(self) -> None:
+        self.stale = False
+        self._reopen = False
+        self.health.clear("gallery")
+
+    # ------------------------------------------------------------------------------------------------ search
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
         """Per probe (N×D float32), its ``Candidate`` identities best first. Nothing while the gallery is stale
         (fail closed)."""
@@ -89,5 +184,5 @@ class LiveGallery:
         return self.gallery.search(embeddings, SEARCH_K)
 
     def close(self) -> None:
-        """Save the index if it changed and close the database (idempotent through ``Gallery.close``)."""
+        """Close the database (idempotent through ``Gallery.close``); no index file is written."""
         self.gallery.close()

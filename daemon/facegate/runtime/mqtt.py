@@ -1,9 +1,20 @@
 """MQTT transport for door events (paho-mqtt ≥ 2, callback API VERSION2, MQTT 3.1.1).
 
-* ``<prefix>/status``: retained "online" after every (re)connect; the last will (retained, QoS 1) says "offline"
-  when the connection dies without a DISCONNECT (crash, SIGKILL, network loss); a clean ``stop`` publishes
-  "offline" itself.
+* ``<prefix>/status``: retained "online" (every part healthy) or "degraded" (``runtime/health.py``: some part
+  has a problem; the daemon runs and fails closed), published after every (re)connect and whenever the health
+  state changes; the last will (retained, QoS 1) says "offline" when the connection dies without a DISCONNECT
+  (crash, SIGKILL, network loss); a clean ``stop`` publishes "offline" itself.
+* ``<prefix>/health``: retained JSON of ``Health.snapshot()`` (state, and per part its reason, since, count),
+  published with the status.
 * ``<prefix>/<door>/event``: signed event payloads (events.py), QoS 1 by default, never retained.
+
+Availability. paho reconnects with an exponential backoff from ``reconnect_min_s`` to ``reconnect_max_s``
+(defaults 0.5 → 2 s, so the daemon is back within about 2 s of the broker's return). The default client id is
+``facegate-<host name>-<8 hex of sha256(topic prefix)>`` (``default_client_id``): unique per host and prefix. Two
+clients with one id take the session from each other at every reconnect (MQTT 3.1.1 §3.1.4: the broker
+disconnects the existing client); ``CONFLICT_AFTER`` connections in a row that end within ``SHORT_CONNECTION_S``
+of their CONNACK are reported once as ``event=mqtt_client_id_conflict`` (health part ``mqtt``) instead of a
+disconnect warning every second, until a connection lasts.
 
 Events go through a bounded in-memory queue, handed to paho only while connected, in order. While the broker is
 away they wait; when the queue is full the oldest non-grant is dropped (then the oldest grant) and counted in
@@ -19,9 +30,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -40,12 +54,28 @@ from facegate.errors import BrokerError, ConfigError
 if TYPE_CHECKING:
     from facegate.config import MqttConfig
     from facegate.runtime.events import SignedEvent
-from facegate.runtime.events import event_topic, status_topic
+from facegate.runtime.events import event_topic, health_topic, status_topic
+from facegate.runtime.health import Health
 from facegate.signing import encode_payload, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
-ONLINE, OFFLINE = b"online", b"offline"
+ONLINE, DEGRADED, OFFLINE = b"online", b"degraded", b"offline"
+#: A connection that ends within this many seconds of its CONNACK counts as short (client-id takeover heuristic).
+SHORT_CONNECTION_S = 5.0
+#: Short connections in a row that are reported as a client-id conflict.
+CONFLICT_AFTER = 3
+#: MQTT 5 reason code "Session taken over" (MQTT 5.0 §3.14.2.1), sent by brokers that speak 5 to 5 clients.
+SESSION_TAKEN_OVER = 142
+
+
+def default_client_id(topic_prefix: str, hostname: str | None = None) -> str:
+    """``facegate-<host>-<hash>``: the host name (letters, digits and ``-`` only, at most 32 characters) and the
+    first 8 hex digits of SHA-256 over ``topic_prefix``, so two daemons on one host with different prefixes, or on
+    two hosts, never share a client id. ``hostname`` defaults to ``socket.gethostname()``."""
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", hostname if hostname is not None else socket.gethostname())
+    digest = hashlib.sha256(topic_prefix.encode("utf-8")).hexdigest()[:8]
+    return f"facegate-{host.strip('-')[:32] or 'host'}-{digest}"
 
 
 class _Item:
@@ -63,8 +93,9 @@ class EventPublisher:
     ``ca_file``/``cert_file``/``key_file`` (PEM paths; None: system CAs, no client certificate),
     ``tls_insecure`` (skip host-name check; tests only), ``topic_prefix`` ("facegate"), ``qos`` (0, 1 or 2; 1),
     ``keepalive_s`` (30), ``queue_max`` (events held while disconnected, 1000), ``reconnect_min_s`` /
-    ``reconnect_max_s`` (1 / 30 s, paho's exponential backoff; whole seconds). The values are trusted: the
-    ``mqtt:`` config section (``from_config``) validated them.
+    ``reconnect_max_s`` (0.5 / 2 s, paho's exponential backoff), ``health`` (the registry whose state the status
+    and health topics carry, and where broker problems are reported; a private one when None). The values are
+    trusted: the ``mqtt:`` config section (``from_config``) validated them.
 
     As a sink of the emitter (``emit``) it is not critical: a full queue or a broker that is away never stops an
     event from reaching the sinks after it.
@@ -90,10 +121,13 @@ class EventPublisher:
         qos: int = 1,
         keepalive_s: int = 30,
         queue_max: int = 1000,
-        reconnect_min_s: int = 1,
-        reconnect_max_s: int = 30,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 2.0,
+        health: Health | None = None,
     ) -> None:
         self.host, self.port, self.qos = host, int(port), qos
+        self.client_id = client_id
+        self.health = health if health is not None else Health()
         self.topic_prefix = topic_prefix.rstrip("/")
         self.keepalive_s = int(keepalive_s)
         self.queue_max = queue_max
@@ -109,6 +143,10 @@ class EventPublisher:
         self._sender: threading.Thread | None = None
         self._started = False
         self._stopped = False
+        self._status_lock = threading.Lock()
+        self._connected_at = 0.0
+        self._short = 0  # short connections in a row (see SHORT_CONNECTION_S)
+        self._conflict = False  # a client-id conflict episode is going on
 
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=paho.MQTTv311)
         if username is not None:
@@ -121,7 +159,7 @@ class EventPublisher:
                 raise ConfigError(f"mqtt.tls: cannot load the CA/certificate/key files ({exc})") from exc
             c.tls_insecure_set(tls_insecure)
         c.will_set(status_topic(self.topic_prefix), OFFLINE, qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=max(1, int(reconnect_min_s)), max_delay=max(1, int(reconnect_max_s)))
+        c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=max(reconnect_min_s, reconnect_max_s))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_connect_fail = self._on_connect_fail
@@ -130,18 +168,22 @@ class EventPublisher:
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self._connect_hooks: list[Callable[[], None]] = []
         self._client = c
+        self.health.subscribe(self.publish_health)
 
     @classmethod
-    def from_config(cls, m: MqttConfig) -> EventPublisher:
+    def from_config(cls, m: MqttConfig, health: Health | None = None) -> EventPublisher:
         """A publisher for the ``mqtt:`` section (``m.host`` must be set); the password comes from
-        ``password_file``/``password_env`` (``read_password``)."""
+        ``password_file``/``password_env`` (``read_password``); the client id, when ``m.client_id`` is not set,
+        from ``default_client_id``; ``health`` is the daemon's registry."""
         assert m.host is not None, "from_config needs mqtt.host"
         tls = m.tls
         return cls(
-            host=m.host, port=m.port, client_id=m.client_id, username=m.username, password=read_password(m),
+            host=m.host, port=m.port, client_id=m.client_id or default_client_id(m.topic_prefix),
+            username=m.username, password=read_password(m),
             tls=tls is not None, ca_file=tls.ca if tls else None, cert_file=tls.cert if tls else None,
             key_file=tls.key if tls else None, tls_insecure=bool(tls and tls.insecure), topic_prefix=m.topic_prefix,
-            qos=m.qos, keepalive_s=m.keepalive_s, queue_max=m.queue_max,
+            qos=m.qos, keepalive_s=m.keepalive_s, queue_max=m.queue_max, reconnect_min_s=m.reconnect_min_s,
+            reconnect_max_s=m.reconnect_max_s, health=health,
         )
 
     def emit(self, event: SignedEvent) -> None:
@@ -246,6 +288,20 @@ class EventPublisher:
         self._client.publish(topic, payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------------------------------- publishing
+    def publish_health(self) -> None:
+        """Publish the retained ``<prefix>/health`` snapshot and ``<prefix>/status`` ("online"/"degraded") now,
+        if connected (``on_connect`` publishes them after every reconnect). Serialised, and the snapshot is read
+        inside the lock, so the last message retained is never older than the last change (``Health``
+        listener)."""
+        with self._status_lock:
+            if not self.connected.is_set() or self._stopped:
+                return
+            snap = self.health.snapshot()
+            self._client.publish(health_topic(self.topic_prefix), json.dumps(snap, sort_keys=True), qos=1,
+                                 retain=True)
+            self._client.publish(status_topic(self.topic_prefix), ONLINE if snap["state"] == "ok" else DEGRADED,
+                                 qos=1, retain=True)
+
     def publish_event(self, payload: dict[str, Any]) -> None:
         """Queue a signed payload for ``<prefix>/<payload['door']>/event``; returns at once."""
         expires = parse_rfc3339(payload["expires_at"]) if payload.get("type") == "grant" else None
@@ -335,14 +391,21 @@ class EventPublisher:
             log.error("event=mqtt_refused broker=%s:%d reason=%s", self.host, self.port, reason)
             return
         self.last_error = None
+        self._connected_at = _mono()
         self._purge_expired_inflight()
-        client.publish(status_topic(self.topic_prefix), ONLINE, qos=1, retain=True)
-        log.info("event=mqtt_connected broker=%s:%d", self.host, self.port)
         for topic in list(self._subscriptions):  # a clean session forgets subscriptions: renew them every time
             client.subscribe(topic, qos=1)
         with self._cond:
             self.connected.set()
             self._cond.notify_all()
+        if not self._conflict:
+            log.info("event=mqtt_connected broker=%s:%d client_id=%s", self.host, self.port, self.client_id)
+            self.health.clear("mqtt")  # its listener publishes the status when it changed …
+        else:  # the conflict is over if this connection lasts (checked off paho's thread, holding no lock)
+            timer = threading.Timer(SHORT_CONNECTION_S, self._check_connection, args=(self._connected_at,))
+            timer.daemon = True
+            timer.start()
+        self.publish_health()  # … and the retained status and health are refreshed after every connect anyway
         for hook in list(self._connect_hooks):
             try:
                 hook()
@@ -354,8 +417,36 @@ class EventPublisher:
         self.connected.clear()
         if was or self.last_error is None:  # keep a refusal's reason: it says more than the disconnect after it
             self.last_error = f"disconnected: {reason}"
-        if was:
+        if not was or self._stopped:
+            return
+        short = _mono() - self._connected_at < SHORT_CONNECTION_S
+        self._short = self._short + 1 if short else 0
+        taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
+        if not self._conflict and (taken_over or self._short >= CONFLICT_AFTER):
+            self._conflict = True
+            log.error("event=mqtt_client_id_conflict broker=%s:%d client_id=%s short_connections=%d "
+                      "note=another_client_connects_with_this_id_and_the_broker_drops_one_of_them "
+                      "fix='give each daemon its own mqtt.client_id (or leave it unset for facegate-HOST-HASH)'",
+                      self.host, self.port, self.client_id, self._short)
+            self.health.problem("mqtt", f"client id {self.client_id} is used by another client: the broker "
+                                        "disconnects one of them whenever the other connects")
+        elif self._conflict:
+            self.health.problem("mqtt", "client id conflict")  # counted; the episode's line was logged
+            log.debug("event=mqtt_disconnected broker=%s:%d reason=%s note=client_id_conflict", self.host,
+                      self.port, reason)
+        else:
             log.warning("event=mqtt_disconnected broker=%s:%d reason=%s", self.host, self.port, reason)
+            self.health.problem("mqtt", f"broker {self.host}:{self.port} disconnected: {reason}")
+
+    def _check_connection(self, connected_at: float) -> None:
+        """Timer: the connection made at ``connected_at`` is still up after ``SHORT_CONNECTION_S``, which ends a
+        client-id conflict."""
+        if self._conflict and self.connected.is_set() and self._connected_at == connected_at:
+            self._conflict = False
+            self._short = 0
+            log.info("event=mqtt_client_id_conflict_over broker=%s:%d client_id=%s", self.host, self.port,
+                     self.client_id)
+            self.health.clear("mqtt")
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.last_error = "connection failed (broker down or unreachable)"

@@ -13,10 +13,16 @@ decision engine → MQTT broker (when configured; the first connection must succ
 dead camera does not stop the others) → ``READY=1``.
 
 While running, the main thread pings the systemd watchdog (``WATCHDOG=1`` every ``WATCHDOG_USEC``/2) only while the
-inference thread is alive and not stuck, follows the gallery every ``gallery.refresh_s`` (an enrolment or erasure by
+inference stage is healthy (``InferenceStage.healthy``: alive, not stuck, not failing every batch for
+``service.failure_watchdog_s``), follows the gallery every ``gallery.refresh_s`` (an enrolment or erasure by
 another process takes effect without a signal), handles SIGTERM/SIGINT (stop within ``service.stop_timeout_s`` plus
-the MQTT flush) and SIGHUP (``reload``). When every camera is a non-looping file that has ended, the service drains
-the last frames and exits 0 (demo and tests).
+the MQTT flush) and SIGHUP (``reload``: the gallery, the audit log reopened after a rotation, the config file).
+
+One ``Health`` registry (``runtime/health.py``) is built first and handed to every stage that reports: the gallery,
+the audit log, inference, MQTT (which publishes it as ``<prefix>/status`` and ``<prefix>/health``) and capture.
+
+When every camera is a non-looping file that has ended, the service drains the last frames and exits 0 (demo and
+tests).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage, all_cameras
 from facegate.runtime.decision import DecisionEngine
 from facegate.runtime.events import EventEmitter, Sink, StdoutSink, signer_from_config
+from facegate.runtime.health import Health
 from facegate.runtime.inference import InferenceStage, load_pipeline
 from facegate.runtime.matching import LiveGallery
 from facegate.runtime.passages import PassageTracker
@@ -48,8 +55,6 @@ from facegate.runtime.stats import DecisionStats
 
 log = logging.getLogger(__name__)
 
-#: Inference counts as stuck (no watchdog ping) when one cycle has been running longer than this (s).
-STUCK_CYCLE_S = 30.0
 #: Sections a SIGHUP cannot change in a running daemon (they open files, models or connections at start).
 RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service",
                     "homeassistant")
@@ -81,7 +86,8 @@ class Periodic:
 @dataclass
 class Stages:
     """The running parts, built in order by ``build_stages`` (or injected by a test); ``publisher`` is None
-    without a broker; ``closers`` are closed in order when the service shuts down."""
+    without a broker; ``closers`` are closed in order when the service shuts down; ``health`` is the registry the
+    stages report to."""
 
     capture: CaptureStage
     inference: InferenceStage
@@ -93,18 +99,20 @@ class Stages:
     closers: list[Closer] = field(default_factory=list)
     periodic: list[Periodic] = field(default_factory=list)
     announcer: HomeAssistantDiscovery | None = None
+    health: Health = field(default_factory=Health)
 
 
 def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list[Closer]) -> Stages:
     """Every stage of ``config``, wired, not started. Each part that must be closed is put on ``opened`` as soon
     as it is open, in closing order (MQTT flushed first, the audit log and gallery after), so a failure half-way
     closes what it opened."""
+    health = Health()
     state = state_dir(config)
     signer = signer_from_config(config, state)
-    audit = AuditLog.from_config(config, state)
+    audit = AuditLog.from_config(config, state, health=health)
     opened.append(("audit", audit.close))
     pipeline = load_pipeline(config)
-    gallery = LiveGallery.from_config(config, pipeline)
+    gallery = LiveGallery.from_config(config, pipeline, health=health)
     opened.append(("gallery", gallery.close))
     publisher = None
     if config.mqtt.host is None:
@@ -113,7 +121,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     else:
         from facegate.runtime.mqtt import EventPublisher
 
-        publisher = EventPublisher.from_config(config.mqtt)
+        publisher = EventPublisher.from_config(config.mqtt, health=health)
         publisher.start(config.mqtt.connect_timeout_s, require=True)
         opened.insert(0, ("mqtt", lambda: publisher.stop(timeout_s=config.service.stop_timeout_s)))
     rules = AccessRules.from_config(config)
@@ -125,15 +133,15 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     emitter = EventEmitter.from_config(config, signer=signer, sinks=[*sinks, stats])
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
-                                        cameras=cameras, sink=emitter.emit)
-    capture = CaptureStage(cameras)
-    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
+                                        cameras=cameras, sink=emitter.emit, health=health)
+    capture = CaptureStage(cameras, health=health)
+    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health)
     periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
         if config.gallery.refresh_s else []
     announcer = HomeAssistantDiscovery.from_config(config, publisher, capture, list(rules.doors))
     if announcer is not None:
         periodic.append(Periodic("homeassistant_states", config.homeassistant.state_every_s, announcer.publish_states))
-    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, periodic, announcer)
+    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, periodic, announcer, health)
 
 
 class Service:
@@ -223,12 +231,14 @@ class Service:
         while not self._stop.wait(0.2):
             now = time.monotonic()
             if ping_every and now - last_ping >= ping_every:
-                if self._healthy():
+                if s.inference.healthy():
                     self._notify("WATCHDOG=1")
                     last_ping = now
                 else:
-                    log.error("event=unhealthy inference_alive=%s busy_s=%.1f note=watchdog_not_pinged",
-                              s.inference.alive, s.inference.busy_for())
+                    log.error("event=unhealthy inference_alive=%s busy_s=%.1f failing_s=%.1f "
+                              "note=watchdog_not_pinged", s.inference.alive, s.inference.busy_for(),
+                              s.inference.failing_for())
+                    last_ping = now  # said once per ping period, not every loop
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -249,21 +259,17 @@ class Service:
             if not s.inference.alive:
                 raise FacegateError("the inference thread died; see the log above")
 
-    def _healthy(self) -> bool:
-        inference = self.stages.inference
-        return inference.alive and inference.busy_for() < STUCK_CYCLE_S
-
     def log_stats(self) -> None:
         """One ``event=stats`` line: inference counters, decisions and latencies, cameras, MQTT."""
         s = self.stages
         inf = s.inference.stats
         summary = s.stats.summary()
         log.info("event=stats frames=%d faces=%d cycle_ms=%.0f decisions=%s latency_ms_inferred_p50=%s "
-                 "latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s latency_ms_emitted_p99=%s cameras=%s mqtt=%s",
-                 inf.frames, inf.faces, 1000 * inf.busy_s / max(1, inf.cycles), summary["decisions"],
+                 "latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s latency_ms_emitted_p99=%s cameras=%s mqtt=%s "
+                 "health=%s", inf.frames, inf.faces, 1000 * inf.busy_s / max(1, inf.cycles), summary["decisions"],
                  summary["latency_ms_inferred_p50"], summary["latency_ms_inferred_p99"],
                  summary["latency_ms_emitted_p50"], summary["latency_ms_emitted_p99"],
-                 json.dumps(s.capture.snapshot()), dict(s.publisher.stats) if s.publisher else None)
+                 json.dumps(s.capture.snapshot()), dict(s.publisher.stats) if s.publisher else None, s.health.state)
 
     # ------------------------------------------------------------------------------------------- signals
     def _install_signals(self) -> dict[int, Any]:
@@ -298,12 +304,13 @@ class Service:
 
     # ------------------------------------------------------------------------------------------- reload/stop
     def reload(self) -> None:
-        """SIGHUP: follow the gallery, then re-read the config file (if any). A file failing any check that
-        ``facegate config check`` makes is refused whole, each problem logged with its key, and the running config
-        kept; otherwise ``apply``."""
+        """SIGHUP: follow the gallery, reopen the sinks' files (the audit log after logrotate), then re-read the
+        config file (if any). A file failing any check that ``facegate config check`` makes is refused whole, each
+        problem logged with its key, and the running config kept; otherwise ``apply``."""
         self._notify("RELOADING=1")
         try:
             self.stages.gallery.refresh()
+            self.stages.emitter.reopen()
             if self.config_path is not None:
                 new, issues = check_file(self.config_path, self.extra_cameras)
                 if issues or new is None:
