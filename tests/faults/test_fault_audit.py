@@ -17,6 +17,7 @@ from facegate.runtime.audit import AuditLog, AuditWriteError, read_audit
 from facegate.runtime.decision import Decision
 from facegate.runtime.events import EventEmitter, SignedEvent
 from facegate.runtime.health import SETTLE_S, Health
+from facegate.signing import HmacSigner
 
 KEY = b"audit-fault-test-key-0123456789abcdef"
 
@@ -60,7 +61,7 @@ def test_full_file_system_no_event_passes_without_its_record_and_recovery_is_aut
         health = Health(clock=clock)
         audit = AuditLog(fs / "audit.jsonl", health=health)
         later = Collector()
-        emitter = EventEmitter(signing_key=KEY, sinks=[audit, later], grant_ttl_s=2.0)
+        emitter = EventEmitter(signer=HmacSigner(KEY), sinks=[audit, later], grant_ttl_s=2.0)
         with caplog.at_level(logging.INFO, logger="facegate"):
             sent = [emitter.emit(_decision(i)) for i in range(3)]
             assert all(sent) and len(later.events) == 3
