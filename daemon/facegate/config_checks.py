@@ -18,6 +18,7 @@ from facegate.config import CameraConfig, Config, duplicate_ids_problem, tz_prob
 from facegate.config_file import ConfigIssue, node_line, parse_config, read_text, resolve_paths
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
+from facegate.limits import thread_count_problem
 
 
 def default_state_dir(config: Config) -> Path:
@@ -31,10 +32,20 @@ def default_state_dir(config: Config) -> Path:
 
 
 def creatable(path: Path, folder: bool) -> str | None:
-    """Why ``path`` (a file, or a folder when ``folder``) cannot be used or created by this process, else None."""
+    """Why ``path`` (a file, or a folder when ``folder``) cannot be used or created by this process, else None.
+    A file must be a regular file: an audit log on ``/dev/null`` or a FIFO would record nothing durable."""
+    try:
+        return _creatable(path, folder)
+    except OSError as exc:  # a name too long, a loop of symbolic links, a folder we may not search
+        return f"{path}: cannot use this path ({exc.strerror or exc})"
+
+
+def _creatable(path: Path, folder: bool) -> str | None:
     if path.exists():
         if folder != path.is_dir():
             return f"{path} exists and is {'not a folder' if folder else 'a folder, not a file'}"
+        if not folder and not path.is_file():
+            return f"{path} is a device, FIFO or socket, not a regular file"
         if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
             return f"{path} is not writable by this user"
         return None
@@ -52,7 +63,8 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     """Every check ``facegate run`` makes before it starts (run on a validated, resolved config; ``extra_cameras``
     are the command line's ``--camera`` ones): at least one camera and unique ids, video files exist, time zones
     exist, the pack is known (with a liveness model when ``liveness.enabled``), the audit log, state folder and
-    gallery can be created, the signing key is a readable file that others cannot read, TLS and password files
+    gallery can be created (the audit log a regular file), ``inference.threads`` fits this machine's CPUs, the
+    signing key is a readable file that others cannot read, TLS and password files
     are readable and the password variable is set.
 
     Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
@@ -71,8 +83,9 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if door.schedule is not None and (problem := tz_problem(door.schedule.timezone)):
             issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None, problem))
     for i, cam in enumerate(config.cameras):
-        if cam.file is not None and not Path(cam.file).is_file():
-            issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist"))
+        if cam.file is not None and not os.path.isfile(cam.file):  # False for a name too long, too
+            issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist (or is not "
+                                      "a regular file)"))
     state = default_state_dir(config)
     for key, path, folder in (("service.state_dir", state, True),
                               ("audit.path", Path(config.audit.path or state / "audit.jsonl"), False),
@@ -80,7 +93,7 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if problem := creatable(path, folder):
             issues.append(ConfigIssue(key, None, problem))
     key_file = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
-    if config.signing.key_file or key_file.exists():  # a missing default key is created on first run
+    if config.signing.key_file or os.path.lexists(key_file):  # a missing default key is created on first run
         try:
             load_signing_key(key_file)
         except ConfigError as exc:
@@ -94,6 +107,8 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     if config.mqtt.password_env and config.mqtt.password_env not in os.environ:
         issues.append(ConfigIssue("mqtt.password_env", None,
                                   f"environment variable {config.mqtt.password_env} is not set"))
+    if config.inference.threads is not None and (problem := thread_count_problem(config.inference.threads)):
+        issues.append(ConfigIssue("inference.threads", None, problem))
     if config.inference.providers:
         import onnxruntime as ort
 

@@ -28,6 +28,7 @@ from facegate.config import (
     tz_problem,
 )
 from facegate.errors import ConfigError
+from facegate.fileio import read_limited
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list
 
 #: A real config has a few hundred values; this bounds what validation has to walk.
 MAX_VALUES = 100_000
+#: Largest config file read (bytes): a real one is a few KB; a bigger file is the wrong file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
@@ -205,10 +208,11 @@ def load_config(path: str | Path) -> Config:
 
 
 def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
-    """The config file as text, or ("", issue) when it cannot be read or is not UTF-8 text (e.g. a binary file
+    """The config file as text, or ("", issue) when it cannot be read, is not a regular file (a device or a FIFO
+    is refused before reading), holds more than ``MAX_CONFIG_BYTES`` or is not UTF-8 text (e.g. a binary file
     given by mistake)."""
     try:
-        data = path.read_bytes()
+        data = read_limited(path, MAX_CONFIG_BYTES, "a config file")
     except OSError as exc:
         return "", ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")
     try:

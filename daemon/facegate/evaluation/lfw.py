@@ -233,13 +233,17 @@ def evaluate_lfw(
         from facegate.evaluation.plots import roc_plot, write_report
 
         out = Path(out_dir)
-        if plot:
-            curve = m.roc(scores[same], scores[~same])
-            marks = {f"TAR@FAR {k}": (v["fmr"], v["tar"]) for k, v in report["tar_at_far"].items()}
-            title = (f"LFW View 2 ROC, pack {pipeline.manifest.name} "
-                     f"(accuracy {report['accuracy']['mean'] * 100:.2f} %)")
-            report["plot"] = str(roc_plot(curve, out / "lfw_roc.png", title=title, marks=marks))
-        report["report_file"] = str(write_report(report, out / "lfw_report.json"))
+        try:
+            if plot:
+                curve = m.roc(scores[same], scores[~same])
+                marks = {f"TAR@FAR {k}": (v["fmr"], v["tar"]) for k, v in report["tar_at_far"].items()}
+                title = (f"LFW View 2 ROC, pack {pipeline.manifest.name} "
+                         f"(accuracy {report['accuracy']['mean'] * 100:.2f} %)")
+                report["plot"] = str(roc_plot(curve, out / "lfw_roc.png", title=title, marks=marks))
+            report["report_file"] = str(write_report(report, out / "lfw_report.json"))
+        except OSError as exc:  # a full disk: the report is still printed on stdout by the command
+            report["output_error"] = (f"{out}: cannot write the report files ({exc.strerror or exc}); the report is "
+                                      "on stdout only")
     log.info("event=lfw_done pairs=%d accuracy=%.4f", len(pairs), report["accuracy"]["mean"])
     return report
 

@@ -41,6 +41,7 @@ only then are older index files removed. A crash at any point leaves ``index.jso
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -248,7 +249,13 @@ class GalleryIndex:
         path = folder / name
         with self._lock:
             self._index.save_index(str(path))
+            expected = int(self._index.index_file_size())
             os.chmod(path, 0o600)  # biometric data: owner only, whatever the umask
+            written = path.stat().st_size
+            if written != expected:  # hnswlib's ofstream ignores write errors (a full disk leaves a short file)
+                path.unlink(missing_ok=True)
+                raise OSError(errno.ENOSPC, f"index file written short ({written} of {expected} bytes; is the "
+                              "disk full?)", str(path))
             generation = self.generation
             meta = {
                 "format": INDEX_FORMAT, "gallery_id": gallery_id, "generation": generation, "pack": pack,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegate.errors import ConfigError
+from facegate.fileio import open_private
 
 if TYPE_CHECKING:
     from facegate.config import Config
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class AuditLog:
-    """Writer for ``path`` (created with mode 0640, parent folders too). Thread-safe.
+    """Writer for ``path`` (created 0600 whatever the umask, missing parent folders 0700: audit records name
+    people, ``fileio.open_private``; an existing file keeps its mode). Thread-safe.
 
     Raises ``ConfigError`` when the file cannot be opened for appending; ``append`` raises ``OSError`` when the
     record cannot be written and synced (the caller must then not publish it). As the emitter's first sink
@@ -40,8 +42,7 @@ class AuditLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ConfigError(f"audit log {self.path}: cannot open for appending ({exc.strerror}); "
                               "check the path and the service user's permissions") from exc

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from facegate.errors import ConfigError
+from facegate.fileio import PRIVATE_FILE_MODE, create_new_file
 from facegate.signing import load_signing_key, rfc3339, sign_payload
 
 if TYPE_CHECKING:
@@ -124,17 +125,20 @@ class StdoutSink:
 
 def signing_key_from_config(config: Config, state: Path) -> bytes:
     """The HMAC key of ``signing.key_file``; without one, ``signing.key`` in the state folder, created with 32
-    random bytes (hex, mode 0600) on first run. Raises ``ConfigError`` naming the file (``load_signing_key``)."""
+    random bytes (hex, mode 0600 whatever the umask) on first run. Raises ``ConfigError`` naming the file
+    (``load_signing_key``)."""
     from pathlib import Path
 
     key_path = Path(config.signing.key_file) if config.signing.key_file else state / "signing.key"
     if config.signing.key_file is None and not key_path.exists():
-        old = os.umask(0o077)
-        try:
-            key_path.write_text(secrets.token_hex(32) + "\n")
-        finally:
-            os.umask(old)
-        log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", key_path)
+        try:  # 0600 whatever the umask, never over a key another process just wrote
+            create_new_file(key_path, (secrets.token_hex(32) + "\n").encode(), PRIVATE_FILE_MODE)
+            log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", key_path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"signing key {key_path}: cannot create ({exc.strerror or exc}); check the state "
+                              "folder (service.state_dir)") from None
     return load_signing_key(key_path)
 
 
