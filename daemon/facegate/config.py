@@ -278,7 +278,7 @@ class MqttConfig(_Section):
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give password_file or password_env, not both")
         if (self.password_file or self.password_env) and not self.username:
-            raise ValueError("a password needs a username")
+            raise ValueError("a password (password_file or password_env) needs a username")
         return self
 
 
@@ -344,7 +344,8 @@ class ServiceConfig(_Section):
         "None = $STATE_DIRECTORY (systemd) or "
         "$XDG_STATE_HOME/facegate")
     ready_timeout_s: float = Field(
-        30.0, gt=0, le=MAX_WAIT_S, description="Start-up fails when cameras are not delivering within this long (s)")
+        30.0, ge=1, le=MAX_WAIT_S, description="Start-up fails when cameras are not delivering within this long (s, "
+        "1…86400: opening a camera takes longer than a second's fraction)")
     stop_timeout_s: float = Field(3.0, gt=0, le=300, description="SIGTERM: threads get this long to finish (s, at "
                                   "most 300; systemd's own stop timeout is 90 s by default)")
     stdout_events: bool = Field(True, description="Also print every decision as one JSON line on stdout")
@@ -370,28 +371,31 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        # each message starts with the key path it is about ("cameras[0].door: …"): config_file reports it there
         if self.liveness.enabled and self.liveness.frames > self.decision.n:
-            raise ValueError(f"liveness: frames ({self.liveness.frames}) must be ≤ decision.n ({self.decision.n}): "
-                             "the live scores are fused over the voting window")
+            raise ValueError(f"liveness.frames: frames ({self.liveness.frames}) must be ≤ decision.n "
+                             f"({self.decision.n}): the live scores are fused over the voting window")
         for what, ids in (("cameras", [c.id for c in self.cameras]), ("doors", [d.id for d in self.doors])):
             if problem := duplicate_ids_problem(what, ids):
                 raise ValueError(f"{what}: {problem}")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
-        for d in self.doors:
+        for i, d in enumerate(self.doors):
             for cid in d.cameras:
                 if cid not in cams:
-                    raise ValueError(f"doors: door {d.id!r} lists camera {cid!r}, which is not in cameras")
-        for c in self.cameras:
+                    raise ValueError(f"doors[{i}].cameras: door {d.id!r} lists camera {cid!r}, which is not in "
+                                     "cameras")
+        for i, c in enumerate(self.cameras):
             if c.door is not None and doors and c.door not in doors:
-                raise ValueError(f"cameras: camera {c.id!r} watches door {c.door!r}, which is not in doors")
+                raise ValueError(f"cameras[{i}].door: camera {c.id!r} watches door {c.door!r}, which is not in "
+                                 "doors")
             listed = [d.id for d in self.doors if c.id in d.cameras]
             if len(listed) > 1:
                 raise ValueError(f"doors: camera {c.id!r} is listed by several doors ({', '.join(listed)})")
             if listed and c.door is not None and listed[0] != c.door:
-                raise ValueError(f"cameras: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} lists it")
+                raise ValueError(f"cameras[{i}].door: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} "
+                                 "lists it")
         return self
-
 
 
 def k_le_n_problem(k: int, n: int) -> str | None:

@@ -8,14 +8,10 @@ disk and the environment, which validators never do.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from facegate.config import CameraConfig, Config, duplicate_ids_problem, tz_problem
-from facegate.config_file import ConfigIssue, node_line, parse_config, read_text, resolve_paths
+from facegate.config_file import ConfigIssue, key_loc, node_line, parse_config_tree, read_text, resolve_paths
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
 from facegate.limits import thread_count_problem
@@ -112,11 +108,13 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     if config.inference.providers:
         import onnxruntime as ort
 
-        known = ort.get_all_providers()
+        available = ort.get_available_providers()  # what sessions of this build accept (not every known name)
         for i, name in enumerate(config.inference.providers):
-            if name not in known:
-                issues.append(ConfigIssue(f"inference.providers[{i}]", None, f"unknown execution provider {name!r}; "
-                                          f"this ONNX Runtime has {', '.join(ort.get_available_providers())}"))
+            if name not in available:
+                what = (f"execution provider {name!r} is not available in this ONNX Runtime build"
+                        if name in ort.get_all_providers() else f"unknown execution provider {name!r}")
+                issues.append(ConfigIssue(f"inference.providers[{i}]", None,
+                                          f"{what}; this ONNX Runtime has {', '.join(available)}"))
     try:
         manifest = load_manifest(config.pack)
     except ConfigError as exc:
@@ -126,10 +124,6 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
             issues.append(ConfigIssue("liveness.enabled", None, f"pack {manifest.name!r} has no liveness model; "
                                       "choose a pack with one or set liveness.enabled: false"))
     return issues
-
-
-def _parse_path(path: str) -> tuple[Any, ...]:
-    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
 
 
 def check_file(path: str | Path | None,
@@ -145,14 +139,10 @@ def check_file(path: str | Path | None,
     text, issue = read_text(path)
     if issue is not None:
         return None, [issue]
-    config, issues = parse_config(text, str(path))
+    config, issues, root = parse_config_tree(text, str(path))
     if config is None:
         return None, issues
     config = resolve_paths(config, path.parent)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:  # parse_config already accepted it
-        root = None
-    env = [ConfigIssue(i.path, node_line(root, _parse_path(i.path)), i.message)
+    env = [ConfigIssue(i.path, node_line(root, key_loc(i.path)), i.message)
            for i in check_environment(config, extra_cameras)]
     return config, env

@@ -11,6 +11,7 @@ and ``__main__.py`` (see shared/notes/style.md).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from facegate.config import (
-    AuditConfig,
     Config,
     DecisionConfig,
-    SigningConfig,
     duplicate_ids_problem,
     k_le_n_problem,
     tz_problem,
@@ -70,12 +69,23 @@ def node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def key_loc(path: str) -> tuple[Any, ...]:
+    """A key path as written in issues (``doors[0].schedule.timezone``) → pydantic's loc tuple."""
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
+
+
+#: A rule spanning sections (``Config``'s validator) starts its message with the key it is about.
+_KEYED = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)$", re.S)
+
+
 def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
     issues = []
     for err in exc.errors():
         # pydantic appends the union member / validator names ("function-after[...]") to loc; drop them
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc and (keyed := _KEYED.match(msg)):
+            loc, msg = key_loc(keyed.group(1)), keyed.group(2)
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(
                 err["input"], dict | list):
             msg += f" (got {err['input']!r})"
@@ -85,16 +95,45 @@ def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
     return issues
 
 
+#: libyaml's safe loader when PyYAML was built with it (the same documents, marks and errors, ~10× faster), else the
+#: pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def compose_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse YAML text once: (the node tree, with each node's line, for ``node_line``; the plain Python value built
+    from that same tree). Raises ``yaml.YAMLError`` and ``RecursionError`` (nesting too deep)."""
+    loader = _LOADER(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
 def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue]]:
     """Validate YAML text. Returns (config, []) or (None, every issue found). Never raises for bad input."""
+    config, issues, _ = parse_config_tree(text, name)
+    return config, issues
+
+
+def parse_config_tree(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue], yaml.Node | None]:
+    """``parse_config`` plus the YAML node tree (None when the text is not YAML), for the lines of later issues."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        root, raw = compose_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]
+        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")], None
     except RecursionError:
-        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")]
+        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")], None
+    try:
+        config, issues = _validate(raw, root)
+    except RecursionError:  # libyaml composes any depth; walking the tree (or validating it) is what overflows
+        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")], None
+    return config, issues, root
+
+
+def _validate(raw: Any, root: yaml.Node | None) -> tuple[Config | None, list[ConfigIssue]]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -243,8 +282,9 @@ def resolve_paths(config: Config, base: Path) -> Config:
         "cameras": cams,
         "pack": pack,
         "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
-        "audit": AuditConfig(path=fix(config.audit.path)),
-        "signing": SigningConfig(key_file=fix(config.signing.key_file)),
+        # model_copy, not a new model: a resolved path may be longer than the written one and must not fail here
+        "audit": config.audit.model_copy(update={"path": fix(config.audit.path)}),
+        "signing": config.signing.model_copy(update={"key_file": fix(config.signing.key_file)}),
         "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
         "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
     })

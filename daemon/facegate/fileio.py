@@ -34,9 +34,10 @@ PRIVATE_FILE_MODE = 0o600
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks. Raises ``OSError`` as ``open`` does."""
+    """Hex sha256 of a regular file's bytes, read in chunks. Raises ``OSError`` as ``open`` does, and
+    ``InputRefusedError`` for a device, FIFO or folder (``open_regular``: hashing /dev/zero would never end)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while block := handle.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()

@@ -70,7 +70,7 @@ class MqttSection(_Section):
     @model_validator(mode="after")
     def _password(self) -> MqttSection:
         if self.password_file and not self.username:
-            raise ValueError("a password needs a username")
+            raise ValueError("a password (password_file) needs a username")
         return self
 
 
@@ -217,7 +217,8 @@ class RemoteUnlock(_Section):
     @model_validator(mode="after")
     def _key(self) -> RemoteUnlock:
         if self.enabled and not self.hmac_key_file:
-            raise ValueError("remote unlock needs its own hmac_key_file (an unsigned command must never open a door)")
+            raise ValueError("enabled remote unlock needs its own hmac_key_file (an unsigned command must never open "
+                             "a door)")
         return self
 
 

@@ -18,8 +18,12 @@ import numpy as np
 from facegate import scoring
 from facegate.errors import UsageError
 from facegate.evaluation import metrics as m
+from facegate.fileio import read_limited
 
 log = logging.getLogger(__name__)
+
+#: Largest pairs file read (bytes): LFW's pairs.txt is 120 KB.
+MAX_PAIRS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def parse_pairs(path: str | Path) -> list[Pair]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_limited(path, MAX_PAIRS_BYTES, "a pairs file").decode("utf-8").splitlines()  # bounded; no FIFO
     except FileNotFoundError:
         raise UsageError(f"{path}: no such pairs file; give LFW's pairs.txt with --pairs") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -53,7 +53,7 @@ import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
-from facegate.fileio import folder_lock, sha256_file, write_atomic
+from facegate.fileio import folder_lock, read_limited, sha256_file, write_atomic
 from facegate.scoring import METRICS, Candidate
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ class GalleryIndex:
         """
         folder = Path(folder)
         try:
-            meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+            meta = json.loads(read_limited(folder / META_NAME, 1 << 20, "an index.json").decode("utf-8"))
             path = folder / str(meta["file"])
             expected = (INDEX_FORMAT, gallery_id, pack, dim, metric)
             found = (meta.get("format"), meta.get("gallery_id"), meta.get("pack"), meta.get("dim"), meta.get("metric"))
