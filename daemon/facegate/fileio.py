@@ -139,17 +139,27 @@ def open_private(path: str | Path, flags: int, *, tighten_existing: bool = False
     """``os.open`` that creates ``path`` 0600 whatever the umask when it does not exist (missing parent folders are
     created 0700, ``private_dir``). ``flags`` are the access flags (``os.O_WRONLY | os.O_APPEND`` …; ``O_CREAT`` is
     added). An existing file keeps its mode (an administrator's ``chmod 640`` for a log-reading group is theirs to
-    choose) unless ``tighten_existing``. Returns the descriptor; raises ``OSError``."""
+    choose) unless ``tighten_existing``. Returns the descriptor; raises ``OSError`` (``InputRefusedError`` when a
+    device, FIFO or folder is in the way: it is never opened for writing)."""
     path = Path(path)
     private_dir(path.parent)
     for _ in range(3):  # a file removed between the two opens below is simply created again
         try:
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
         except FileExistsError:
-            try:
-                fd = os.open(path, (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+            try:  # O_NONBLOCK: a FIFO in the way must be refused, not wait for a reader
+                fd = os.open(path, (flags & ~os.O_CREAT) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
             except FileNotFoundError:
                 continue
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # a FIFO opened for writing without a reader
+                    raise InputRefusedError(path, "a FIFO (named pipe), not a regular file") from None
+                raise
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                raise InputRefusedError(path, f"{_kind(info.st_mode)}, not a regular file") from None
+            os.set_blocking(fd, True)
             if tighten_existing:
                 try:
                     os.fchmod(fd, PRIVATE_FILE_MODE)
@@ -168,12 +178,16 @@ def open_private(path: str | Path, flags: int, *, tighten_existing: bool = False
 def create_private_file(path: str | Path) -> bool:
     """Create an empty ``path`` 0600 whatever the umask unless it exists (for a database that SQLite opens next:
     SQLite would create it with the umask's mode, and gives its ``-wal``/``-shm`` files the database's mode).
-    Returns True when created. Raises ``OSError``."""
+    Returns True when created. Raises ``OSError`` (``InputRefusedError`` when something else than a regular file
+    is in the way: SQLite would block reading a FIFO)."""
     path = Path(path)
     private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     except FileExistsError:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputRefusedError(path, f"{_kind(info.st_mode)}, not a regular file") from None
         return False
     try:
         os.fchmod(fd, PRIVATE_FILE_MODE)
