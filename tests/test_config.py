@@ -113,7 +113,7 @@ def test_every_error_has_its_key_path_and_line():
     ("doors:\n  - {id: d1, cameras: [ghost]}\n", "which is not in cameras"),
     ("cameras:\n  - {id: a, url: 10.0.0.1/stream}\n", "has no scheme"),
     ("cameras:\n  - {id: a, usb: 0, loop: true}\n", "file cameras only"),
-    ("mqtt: {password_env: X}\n", "a password needs a username"),
+    ("mqtt: {password_env: X}\n", "needs a username"),
     ("mqtt: {tls: {cert: c.pem}}\n", "cert and key go together"),
     ("doors:\n  - id: d\n    schedule: {timezone: 'not a zone', windows: [{days: [mon], start: '08:00', "
      "end: '09:00'}]}\n",

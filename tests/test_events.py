@@ -119,7 +119,7 @@ def test_audit_appends_across_reopen_and_survives_a_torn_line(tmp_path, caplog):
     path = tmp_path / "sub" / "audit.jsonl"
     with AuditLog(path) as log:
         log.append({"n": 1, "name": "José"})
-    assert oct(path.stat().st_mode & 0o777) == oct(0o640)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)  # audit records name people: owner only
     with AuditLog(path) as log:
         log.append({"n": 2})
     assert [r["n"] for r in read_audit(path)] == [1, 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import cv2
 import numpy as np
 import pytest
@@ -79,6 +81,7 @@ def test_huge_image_is_refused_before_decoding(tmp_path):
     data = bytearray(png.tobytes())
     data[16:20] = (50_000).to_bytes(4, "big")  # IHDR width
     data[20:24] = (50_000).to_bytes(4, "big")  # IHDR height: 2.5 gigapixels claimed
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # a valid IHDR CRC, as a real bomb has
     with pytest.raises(ImageError, match="px limit"):
         decode_image(bytes(data), "huge.png")
     with pytest.raises(ImageError, match="px limit"):

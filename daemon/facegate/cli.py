@@ -3,14 +3,17 @@
 Each sub-command lives in ``facegate.commands.<module>`` with ``register(subparsers)``; its handler parses nothing
 itself, calls the library, prints JSON on stdout and returns an exit code. Errors a user can cause are
 ``FacegateError``: printed as ``facegate: error: …`` on stderr without a traceback (``--debug`` shows it), exit code
-from the error (1 runtime, 2 usage/config). Exit 130 on Ctrl-C.
+from the error (1 runtime, 2 usage/config). Exit 130 on Ctrl-C. A full disk (ENOSPC, EDQUOT, SQLite's "disk is
+full") that a command does not report itself ends as such an error too (exit 1), naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except (OSError, sqlite3.OperationalError) as exc:
+        # a full disk (or quota) where a command writes: its own message where it has one (enroll, gallery, eval,
+        # keys), this one anywhere else — a clear error, never a traceback
+        if args.debug or not _disk_full(exc):
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"facegate: error: no space left on the device{where}: {exc}; free space and run the command again",
+              file=sys.stderr)
+        return 1
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from the OS, or SQLite's "database or disk is full" (SQLITE_FULL)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return ((getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 
 
 if __name__ == "__main__":

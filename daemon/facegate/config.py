@@ -18,41 +18,64 @@ import re
 from datetime import time as dtime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from facegate.limits import MAX_THREADS, MAX_WAIT_S, StrictSection
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Weekday keys of schedule windows, in ``datetime.weekday()`` order.
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: A topic segment must not contain MQTT wildcards or separators (MQTT 3.1.1 §4.7).
 _TOPIC_PREFIX = r"^[^#+\x00]+$"
+#: Longest path a setting may name: Linux's PATH_MAX (4096 bytes with the NUL; ≤ 4 bytes per character).
+_PATH_MAX = 4095
+#: Longest position in a video file (s): a year; OpenCV seeks in milliseconds held as a double and FFmpeg converts
+#: them to 64-bit stream ticks, far above a year at any time base.
+_MAX_VIDEO_POS_S = 31_536_000.0
+#: Longest rule duration (cooldown, anti-passback): a week; they are compared with monotonic seconds only, but a
+#: longer value is a typo (an anti-passback that outlasts the week nobody would reset).
+_MAX_RULE_S = 604_800.0
 
 
-class _Section(BaseModel):
-    # inf/nan are never meant: .inf as a timeout overflows threading waits, nan compares false everywhere
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class _Section(StrictSection):
+    """Every section: unknown keys are errors, no inf/NaN, no boolean for a number, no number for a boolean, no NUL
+    in text (``facegate.limits.StrictSection``)."""
 
 
 class CameraConfig(_Section):
     """One camera: exactly one of ``url``, ``usb``, ``device`` or ``file``."""
 
     id: str = Field(..., pattern=_ID, description="Camera id used in events, logs and topics (letters, digits, _.-)")
-    url: str | None = Field(None, description="Stream URL, e.g. rtsp://user:pass@10.0.0.5:554/stream1 (FFmpeg)")
-    usb: int | None = Field(None, ge=0, description="USB/V4L2 camera index (0 = /dev/video0)")
-    device: str | None = Field(None, description="Video device path, e.g. /dev/video2")
-    file: str | None = Field(None, description="Video file (demo/tests); relative to the config file's folder")
+    # bounds: OpenCV takes timeouts as C ints of milliseconds (1 ms … 24.8 days; 0 would mean "its default"), the
+    # waits go to threading (≤ MAX_WAIT_S), V4L2 numbers its devices /dev/video0…255, paths stop at PATH_MAX
+    url: str | None = Field(None, min_length=4, max_length=2048, description="Stream URL, e.g. "
+                            "rtsp://user:pass@10.0.0.5:554/stream1 (FFmpeg; at most 2048 characters)")
+    usb: int | None = Field(None, ge=0, le=255, description="USB/V4L2 camera index 0…255 (0 = /dev/video0)")
+    device: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                               description="Video device path, e.g. /dev/video2")
+    file: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                             description="Video file (demo/tests); relative to the config file's folder")
     loop: bool = Field(False, description="file only: start again at the end instead of stopping the camera")
-    start_s: float = Field(0.0, ge=0, description="file only: start playing at this position (s)")
-    stop_s: float | None = Field(None, gt=0, description="file only: treat this position (s) as the end of the file")
+    start_s: float = Field(0.0, ge=0, le=_MAX_VIDEO_POS_S,
+                           description="file only: start playing at this position (s, at most a year)")
+    stop_s: float | None = Field(None, gt=0, le=_MAX_VIDEO_POS_S,
+                                 description="file only: treat this position (s) as the end of the file")
     realtime: bool = Field(True, description="file only: play at the file's own fps (False: as fast as decoded)")
-    fps_limit: float | None = Field(None, gt=0, description="Deliver at most this many frames per second (None: all)")
+    fps_limit: float | None = Field(None, ge=0.01, le=1000, description="Deliver at most this many frames per "
+                                    "second, 0.01…1000 (None: all)")
     door: str | None = Field(None, pattern=_ID, description="Id of the door this camera watches (see doors)")
-    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening the source after this many seconds")
-    read_timeout_s: float = Field(5.0, gt=0, description="A single read that takes longer counts as a failure")
+    open_timeout_s: float = Field(10.0, ge=0.001, le=MAX_WAIT_S,
+                                  description="Give up opening the source after this many seconds (0.001…86400)")
+    read_timeout_s: float = Field(5.0, ge=0.001, le=MAX_WAIT_S, description="A single read that takes longer "
+                                  "counts as a failure (s, 0.001…86400)")
     stall_timeout_s: float = Field(
-        8.0, gt=0, description="Watchdog: rebuild the capture when no frame arrived for this long (an OpenCV read "
-        "can block forever after an RTSP source comes back)")
-    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubled after each failure")
-    backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (±20 % jitter is added)")
+        8.0, ge=1, le=MAX_WAIT_S, description="Watchdog: rebuild the capture when no frame arrived for this long "
+        "(s, 1…86400; the watchdog looks every 0.5 s; an OpenCV read can block forever after an RTSP source comes "
+        "back)")
+    backoff_initial_s: float = Field(0.5, ge=0.01, le=MAX_WAIT_S, description="First reconnect delay (s, "
+                                     "0.01…86400; shorter would hammer the source); doubled after each failure")
+    backoff_max_s: float = Field(30.0, ge=0.01, le=MAX_WAIT_S,
+                                 description="Longest reconnect delay (s, ≤ 86400; ±20 % jitter is added)")
 
     @model_validator(mode="after")
     def _one_source(self) -> CameraConfig:
@@ -88,27 +111,37 @@ class CameraConfig(_Section):
 class DecisionConfig(_Section):
     """When a track becomes a grant, a deny or unknown (k-of-n voting; see runtime/decision.py)."""
 
+    # bounds: scores of the known metrics lie in [-1, 1] (cosine) or [0, a few] (Euclidean distance); a vote window
+    # is a deque (its length must fit memory and Py_ssize_t); expires_at is a datetime (year ≤ 9999) that the door
+    # agent accepts only up to its checks.max_ttl_s ≤ 300 s; durations are compared with monotonic seconds
     threshold: float | None = Field(
-        None, description="Comparison-score threshold (pack metric: distance ≤ t or similarity ≥ t); "
-        "None = the pack's measured operating point")
-    k: int = Field(3, ge=1, description="Frames of the last n that must match the same identity for a decision")
-    n: int = Field(5, ge=1, description="Voting window in frames per track")
+        None, ge=-1, le=1000, description="Comparison-score threshold (pack metric: distance ≤ t or similarity ≥ t; "
+        "-1…1000); None = the pack's measured operating point")
+    k: int = Field(3, ge=1, le=1000, description="Frames of the last n that must match the same identity for a "
+                   "decision (1…n)")
+    n: int = Field(5, ge=1, le=1000, description="Voting window in frames per track (1…1000: 33 s at 30 fps, "
+                   "longer than a face stays in view)")
     margin: float = Field(
-        0.05, ge=0, description="Required gap between the best and the second-best identity's score (same units "
-        "as the threshold)")
+        0.05, ge=0, le=1000, description="Required gap between the best and the second-best identity's score (same "
+        "units as the threshold)")
     unknown_after_s: float = Field(
-        2.0, gt=0, description="A track this old (seconds) without a grant or deny is unknown (so is one with n "
-        "fresh frames and no identity reaching k)")
+        2.0, gt=0, le=MAX_WAIT_S, description="A track this old (seconds) without a grant or deny is unknown (so "
+        "is one with n fresh frames and no identity reaching k)")
     max_frame_age_s: float = Field(
-        1.0, gt=0, description="Frames older than this (capture to decision, seconds) are dropped, never decided on")
-    grant_ttl_s: float = Field(2.0, gt=0, description="A grant's expires_at is its decided_at plus this (seconds)")
+        1.0, gt=0, le=MAX_WAIT_S, description="Frames older than this (capture to decision, seconds) are dropped, "
+        "never decided on")
+    grant_ttl_s: float = Field(2.0, ge=0.1, le=300, description="A grant's expires_at is its decided_at plus this "
+                               "(seconds, 0.1…300: the door agent refuses grants living longer than its "
+                               "checks.max_ttl_s, at most 300)")
     repeat_after_s: float = Field(
-        30.0, ge=0, description="The same decision is not repeated for one track within this many seconds")
+        30.0, ge=0, le=MAX_WAIT_S, description="The same decision is not repeated for one track within this many "
+        "seconds")
     track_min_affinity: float = Field(
         0.3, gt=0, le=1, description="Minimum box-IoU/landmark affinity for a face to continue a track")
-    track_max_age_s: float = Field(1.0, gt=0, description="A track without a detection for this long ends")
+    track_max_age_s: float = Field(1.0, gt=0, le=MAX_WAIT_S, description="A track without a detection for this "
+                                   "long ends (s)")
     min_face_px: int = Field(
-        40, ge=0, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
+        40, ge=0, le=100_000, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> DecisionConfig:
@@ -122,7 +155,7 @@ class TimeWindow(_Section):
     An ``end`` before ``start`` runs across midnight into the next day (a night shift, 22:00–06:00)."""
 
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        ..., min_length=1, description="Weekdays (mon…sun) this window starts on")
+        ..., min_length=1, max_length=7, description="Weekdays (mon…sun) this window starts on")
     start: dtime = Field(..., description="Opening time \"HH:MM\" or \"HH:MM:SS\" (24 h), local to the door's "
                          "time zone")
     end: dtime = Field(..., description="Closing time (exclusive), \"HH:MM\" or \"HH:MM:SS\"; \"24:00\" = midnight; "
@@ -163,8 +196,10 @@ class TimeWindow(_Section):
 class ScheduleConfig(_Section):
     """A weekly schedule. No windows at all means the door is never open by schedule (fail closed)."""
 
-    timezone: str = Field(..., description="IANA time zone name, e.g. Europe/Berlin (checked against tzdata)")
-    windows: list[TimeWindow] = Field(..., min_length=1, description="Opening windows; a grant needs one to match")
+    timezone: str = Field(..., max_length=255, description="IANA time zone name, e.g. Europe/Berlin (checked "
+                          "against tzdata)")
+    windows: list[TimeWindow] = Field(..., min_length=1, max_length=1000,
+                                      description="Opening windows; a grant needs one to match")
 
     @field_validator("timezone")
     @classmethod
@@ -179,16 +214,19 @@ class DoorConfig(_Section):
 
     id: str = Field(..., pattern=_ID, description="Door id; events go to <topic_prefix>/<door id>/event")
     cameras: list[str] = Field(
-        default_factory=list, description="Camera ids watching this door (or set door: on the camera)")
+        default_factory=list, max_length=64, description="Camera ids watching this door (or set door: on the camera)")
     allowed_groups: list[str] | None = Field(
-        None, description="Gallery groups allowed through; null = every enrolled identity, [] = nobody")
+        None, max_length=1000, description="Gallery groups allowed through; null = every enrolled identity, [] = "
+        "nobody")
     schedule: ScheduleConfig | None = Field(None, description="Weekly opening schedule; None = at any time")
     cooldown_s: float = Field(
-        5.0, ge=0, description="After a grant, the same person at this door is not granted again for this long")
+        5.0, ge=0, le=_MAX_RULE_S, description="After a grant, the same person at this door is not granted again for "
+        "this long (s, at most a week)")
     anti_passback: bool = Field(
         False, description="Refuse a second grant for the same person at this door until anti_passback_s passed")
     anti_passback_s: float = Field(
-        600.0, gt=0, description="Anti-passback window in seconds (only with anti_passback: true)")
+        600.0, gt=0, le=_MAX_RULE_S, description="Anti-passback window in seconds, at most a week (only with "
+        "anti_passback: true)")
     exit: bool = Field(False, description="An exit door: a grant here clears the person's anti-passback state")
     anti_passback_confirmed: bool = Field(
         False, description="Count an entry (or an exit) for anti-passback only when the door agent reports that the "
@@ -199,9 +237,12 @@ class DoorConfig(_Section):
 class TlsConfig(_Section):
     """TLS to the broker; paths relative to the config file."""
 
-    ca: str | None = Field(None, description="CA bundle that signed the broker's certificate (None: system CAs)")
-    cert: str | None = Field(None, description="Client certificate (PEM) for mutual TLS")
-    key: str | None = Field(None, description="Client private key (PEM) for mutual TLS")
+    ca: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                           description="CA bundle that signed the broker's certificate (None: system CAs)")
+    cert: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                             description="Client certificate (PEM) for mutual TLS")
+    key: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                            description="Client private key (PEM) for mutual TLS")
     insecure: bool = Field(False, description="Skip host-name verification (testing only)")
 
     @model_validator(mode="after")
@@ -214,21 +255,29 @@ class TlsConfig(_Section):
 class MqttConfig(_Section):
     """The broker the door controllers listen on. ``host: null`` runs without a broker (no door can be driven)."""
 
-    host: str | None = Field(None, description="Broker host name or IP; None = no broker (audit log/stdout only)")
+    # bounds: a DNS name has at most 253 characters; MQTT strings are UTF-8 of at most 65535 bytes without U+0000
+    # (3.1.1 §1.5.3) and its keep-alive a 16-bit number of seconds (§3.1.2.10); waits go to threading
+    host: str | None = Field(None, min_length=1, max_length=253,
+                             description="Broker host name or IP; None = no broker (audit log/stdout only)")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS)")
     tls: TlsConfig | None = Field(None, description="TLS settings; None = plain TCP")
-    username: str | None = Field(None, description="User name for the broker")
-    password_file: str | None = Field(None, description="File holding the password (first line)")
-    password_env: str | None = Field(None, description="Environment variable holding the password")
+    username: str | None = Field(None, min_length=1, max_length=1024, description="User name for the broker")
+    password_file: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                                      description="File holding the password (first line)")
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$",
+                                     description="Environment variable holding the password")
     client_id: str | None = Field(
         None, min_length=1, max_length=64, description="MQTT client id; None = facegate-<host name>-<8 hex of "
         "sha256(topic_prefix)>, unique per host and prefix (two clients with one id knock each other off the broker)")
-    topic_prefix: str = Field("facegate", pattern=_TOPIC_PREFIX, description="Topics are <prefix>/<door>/event and "
-                              "<prefix>/status")
+    topic_prefix: str = Field("facegate", max_length=1024, pattern=_TOPIC_PREFIX,
+                              description="Topics are <prefix>/<door>/event and <prefix>/status")
     qos: Literal[1, 2] = Field(1, description="QoS of events and status (≥1: door events must not be lost silently)")
-    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive; the broker publishes the last will after 1.5×")
-    connect_timeout_s: float = Field(10.0, gt=0, description="Start-up waits this long for the first connection")
-    queue_max: int = Field(1000, ge=1, description="Events kept while the broker is away (oldest dropped first)")
+    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keep-alive (s, 5…65535: a 16-bit field); the "
+                             "broker publishes the last will after 1.5×")
+    connect_timeout_s: float = Field(10.0, ge=0.5, le=MAX_WAIT_S, description="Start-up waits this long for the "
+                                     "first connection (s, 0.5…86400)")
+    queue_max: int = Field(1000, ge=1, le=100_000, description="Events kept while the broker is away, 1…100000 "
+                           "(≈ 1 KB each; oldest dropped first)")
     reconnect_min_s: float = Field(
         0.5, gt=0, le=3600, description="First reconnect delay after the broker went away (s); doubled after each "
         "failed attempt up to reconnect_max_s")
@@ -247,7 +296,7 @@ class MqttConfig(_Section):
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give password_file or password_env, not both")
         if (self.password_file or self.password_env) and not self.username:
-            raise ValueError("a password needs a username")
+            raise ValueError("a password (password_file or password_env) needs a username")
         return self
 
 
@@ -256,10 +305,10 @@ class HomeAssistantConfig(_Section):
     event entity). Off by default."""
 
     enabled: bool = Field(False, description="Announce the entities (retained discovery messages); needs mqtt.host")
-    discovery_prefix: str = Field("homeassistant", pattern=_TOPIC_PREFIX,
+    discovery_prefix: str = Field("homeassistant", max_length=1024, pattern=_TOPIC_PREFIX,
                                   description="Home Assistant's discovery prefix (its MQTT integration setting)")
     node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
-                                description="Device id in Home Assistant; None = facegate_<mqtt.client_id>")
+                                description="Device id in Home Assistant; None = facegate_<the MQTT client id>")
     state_every_s: float = Field(10.0, ge=1, le=3600,
                                  description="How often the cameras' frames/s and online state are published")
 
@@ -267,7 +316,8 @@ class HomeAssistantConfig(_Section):
 class AuditConfig(_Section):
     """The append-only audit log (JSON lines, fsync'd before any publish)."""
 
-    path: str | None = Field(None, description="Audit log file; None = audit.jsonl in the state directory")
+    path: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                             description="Audit log file; None = audit.jsonl in the state directory")
 
 
 class SigningConfig(_Section):
@@ -278,19 +328,21 @@ class SigningConfig(_Section):
         "ed25519", description="ed25519 (payload version 2, the default) or hmac-sha256 (version 1, for door "
         "controllers that only speak it)")
     key_file: str | None = Field(
-        None, description="ed25519: the private key (PKCS#8 PEM, `facegate keys generate`); hmac-sha256: the secret "
-        "(≥32 bytes). None = in the state directory, created on first run: event-signing.key (+ .pub for the "
-        "doors) for ed25519, signing.key for hmac-sha256")
+        None, min_length=1, max_length=_PATH_MAX, description="ed25519: the private key (PKCS#8 PEM, `facegate keys "
+        "generate`); hmac-sha256: the secret (≥32 bytes). None = in the state directory, created on first run: "
+        "event-signing.key (+ .pub for the doors) for ed25519, signing.key for hmac-sha256")
 
 
 class GalleryConfig(_Section):
     """Where the enrolled identities live."""
 
     path: str | None = Field(
-        None, description="Gallery folder; None = the one `facegate enroll` uses by default ($FACEGATE_GALLERY, else "
+        None, min_length=1, max_length=_PATH_MAX, description="Gallery folder; None = the one `facegate enroll` "
+        "uses by default ($FACEGATE_GALLERY, else "
         "$XDG_DATA_HOME/facegate/gallery)")
     refresh_s: float = Field(
-        2.0, ge=0, description="The running daemon re-reads the gallery this often (seconds), so an enrolment or "
+        2.0, ge=0, le=MAX_WAIT_S, description="The running daemon re-reads the gallery this often (seconds), so an "
+        "enrolment or "
         "an erasure (`facegate gallery remove`) takes effect within about this long; 0 = only on SIGHUP")
 
 
@@ -301,29 +353,36 @@ class LivenessConfig(_Section):
     threshold: float | None = Field(
         None, ge=0, le=1, description="Fused live score a track needs (mean of its last `frames` scores); "
         "None = the pack's liveness.threshold")
-    frames: int = Field(3, ge=1, description="Live frames a track needs before a grant")
+    frames: int = Field(3, ge=1, le=1000, description="Live frames a track needs before a grant (1…decision.n)")
 
 
 class InferenceConfig(_Section):
     """ONNX Runtime settings of the inference stage."""
 
     providers: list[str] | None = Field(
-        None, description="Execution providers in order, e.g. [CUDAExecutionProvider, CPUExecutionProvider]; "
+        None, max_length=16, description="Execution providers in order, e.g. [CUDAExecutionProvider, "
+        "CPUExecutionProvider]; "
         "None = CUDA when available, then CPU")
     threads: int | None = Field(
-        None, ge=1, le=256, description="Intra-op threads per session; None = half the CPUs (the rest decode video)")
-    max_batch: int = Field(8, ge=1, description="Most frames (one per camera) run through detection at once")
+        None, ge=1, le=MAX_THREADS, description="Intra-op threads per session, 1 … the CPUs the daemon may use "
+        "(checked at start: more threads than CPUs only slow ONNX Runtime down); None = half the CPUs (the rest "
+        "decode video)")
+    max_batch: int = Field(8, ge=1, le=64, description="Most frames (one per camera) run through detection at once "
+                           "(1…64, as many as there may be cameras)")
 
 
 class ServiceConfig(_Section):
     """Process-level settings of `facegate run`."""
 
     state_dir: str | None = Field(
-        None, description="Folder for the default audit log and signing key; None = $STATE_DIRECTORY (systemd) or "
+        None, min_length=1, max_length=_PATH_MAX, description="Folder for the default audit log and signing key; "
+        "None = $STATE_DIRECTORY (systemd) or "
         "$XDG_STATE_HOME/facegate")
     ready_timeout_s: float = Field(
-        30.0, gt=0, description="Start-up fails when cameras are not delivering within this long")
-    stop_timeout_s: float = Field(3.0, gt=0, description="SIGTERM: threads get this long to finish")
+        30.0, ge=1, le=MAX_WAIT_S, description="Start-up fails when cameras are not delivering within this long (s, "
+        "1…86400: opening a camera takes longer than a second's fraction)")
+    stop_timeout_s: float = Field(3.0, gt=0, le=300, description="SIGTERM: threads get this long to finish (s, at "
+                                  "most 300; systemd's own stop timeout is 90 s by default)")
     stdout_events: bool = Field(True, description="Also print every decision as one JSON line on stdout")
     failure_watchdog_s: float = Field(
         30.0, gt=0, le=86400, description="When every inference batch has failed for this long (s), the systemd "
@@ -333,10 +392,13 @@ class ServiceConfig(_Section):
 class Config(_Section):
     """The whole configuration. Every section has defaults; an empty file is valid (then give --camera)."""
 
-    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras to read")
-    pack: str = Field("default", description="Model pack name (models/NAME.yaml) or path to a pack manifest")
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=64, description="Cameras to read (at most "
+                                        "64: one reader thread and one decoder each)")
+    pack: str = Field("default", min_length=1, max_length=_PATH_MAX,
+                      description="Model pack name (models/NAME.yaml) or path to a pack manifest")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Voting and thresholds")
-    doors: list[DoorConfig] = Field(default_factory=list, description="Doors and their access rules")
+    doors: list[DoorConfig] = Field(default_factory=list, max_length=1000, description="Doors and their access "
+                                    "rules")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Broker connection")
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
                                                description="Home Assistant MQTT discovery")
@@ -349,35 +411,38 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        # each message starts with the key path it is about ("cameras[0].door: …"): config_file reports it there
         if self.liveness.enabled and self.liveness.frames > self.decision.n:
-            raise ValueError(f"liveness: frames ({self.liveness.frames}) must be ≤ decision.n ({self.decision.n}): "
-                             "the live scores are fused over the voting window")
+            raise ValueError(f"liveness.frames: frames ({self.liveness.frames}) must be ≤ decision.n "
+                             f"({self.decision.n}): the live scores are fused over the voting window")
         for what, ids in (("cameras", [c.id for c in self.cameras]), ("doors", [d.id for d in self.doors])):
             if problem := duplicate_ids_problem(what, ids):
                 raise ValueError(f"{what}: {problem}")
         if self.mqtt.host is None:
-            needs = [f"doors: door {d.id!r} has anti_passback_confirmed" for d in self.doors
+            needs = [f"doors[{i}].anti_passback_confirmed" for i, d in enumerate(self.doors)
                      if d.anti_passback_confirmed]
-            needs += ["homeassistant: enabled"] if self.homeassistant.enabled else []
+            needs += ["homeassistant.enabled"] if self.homeassistant.enabled else []
             if needs:
-                raise ValueError(f"{needs[0]}, which needs a broker (the passage events and announcements travel over "
+                raise ValueError(f"{needs[0]}: needs a broker (the passage events and announcements travel over "
                                  "MQTT): set mqtt.host")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
-        for d in self.doors:
+        for i, d in enumerate(self.doors):
             for cid in d.cameras:
                 if cid not in cams:
-                    raise ValueError(f"doors: door {d.id!r} lists camera {cid!r}, which is not in cameras")
-        for c in self.cameras:
+                    raise ValueError(f"doors[{i}].cameras: door {d.id!r} lists camera {cid!r}, which is not in "
+                                     "cameras")
+        for i, c in enumerate(self.cameras):
             if c.door is not None and doors and c.door not in doors:
-                raise ValueError(f"cameras: camera {c.id!r} watches door {c.door!r}, which is not in doors")
+                raise ValueError(f"cameras[{i}].door: camera {c.id!r} watches door {c.door!r}, which is not in "
+                                 "doors")
             listed = [d.id for d in self.doors if c.id in d.cameras]
             if len(listed) > 1:
                 raise ValueError(f"doors: camera {c.id!r} is listed by several doors ({', '.join(listed)})")
             if listed and c.door is not None and listed[0] != c.door:
-                raise ValueError(f"cameras: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} lists it")
+                raise ValueError(f"cameras[{i}].door: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} "
+                                 "lists it")
         return self
-
 
 
 def k_le_n_problem(k: int, n: int) -> str | None:

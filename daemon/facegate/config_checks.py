@@ -8,16 +8,13 @@ disk and the environment, which validators never do.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from facegate.config import CameraConfig, Config, duplicate_ids_problem, tz_problem
-from facegate.config_file import ConfigIssue, node_line, parse_config, read_text, resolve_paths
+from facegate.config_file import ConfigIssue, key_loc, node_line, parse_config_tree, read_text, resolve_paths
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
+from facegate.limits import thread_count_problem
 
 
 def default_state_dir(config: Config) -> Path:
@@ -31,10 +28,20 @@ def default_state_dir(config: Config) -> Path:
 
 
 def creatable(path: Path, folder: bool) -> str | None:
-    """Why ``path`` (a file, or a folder when ``folder``) cannot be used or created by this process, else None."""
+    """Why ``path`` (a file, or a folder when ``folder``) cannot be used or created by this process, else None.
+    A file must be a regular file: an audit log on ``/dev/null`` or a FIFO would record nothing durable."""
+    try:
+        return _creatable(path, folder)
+    except OSError as exc:  # a name too long, a loop of symbolic links, a folder we may not search
+        return f"{path}: cannot use this path ({exc.strerror or exc})"
+
+
+def _creatable(path: Path, folder: bool) -> str | None:
     if path.exists():
         if folder != path.is_dir():
             return f"{path} exists and is {'not a folder' if folder else 'a folder, not a file'}"
+        if not folder and not path.is_file():
+            return f"{path} is a device, FIFO or socket, not a regular file"
         if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
             return f"{path} is not writable by this user"
         return None
@@ -52,7 +59,8 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     """Every check ``facegate run`` makes before it starts (run on a validated, resolved config; ``extra_cameras``
     are the command line's ``--camera`` ones): at least one camera and unique ids, video files exist, time zones
     exist, the pack is known (with a liveness model when ``liveness.enabled``), the audit log, state folder and
-    gallery can be created, the signing key is a readable file that others cannot read, TLS and password files
+    gallery can be created (the audit log a regular file), ``inference.threads`` fits this machine's CPUs, the
+    signing key is a readable file that others cannot read, TLS and password files
     are readable and the password variable is set.
 
     Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
@@ -70,8 +78,9 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if door.schedule is not None and (problem := tz_problem(door.schedule.timezone)):
             issues.append(ConfigIssue(f"doors[{i}].schedule.timezone", None, problem))
     for i, cam in enumerate(config.cameras):
-        if cam.file is not None and not Path(cam.file).is_file():
-            issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist"))
+        if cam.file is not None and not os.path.isfile(cam.file):  # False for a name too long, too
+            issues.append(ConfigIssue(f"cameras[{i}].file", None, f"video file {cam.file} does not exist (or is not "
+                                      "a regular file)"))
     state = default_state_dir(config)
     for key, path, folder in (("service.state_dir", state, True),
                               ("audit.path", Path(config.audit.path or state / "audit.jsonl"), False),
@@ -88,14 +97,18 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
     if config.mqtt.password_env and config.mqtt.password_env not in os.environ:
         issues.append(ConfigIssue("mqtt.password_env", None,
                                   f"environment variable {config.mqtt.password_env} is not set"))
+    if config.inference.threads is not None and (problem := thread_count_problem(config.inference.threads)):
+        issues.append(ConfigIssue("inference.threads", None, problem))
     if config.inference.providers:
         import onnxruntime as ort
 
-        known = ort.get_all_providers()
+        available = ort.get_available_providers()  # what sessions of this build accept (not every known name)
         for i, name in enumerate(config.inference.providers):
-            if name not in known:
-                issues.append(ConfigIssue(f"inference.providers[{i}]", None, f"unknown execution provider {name!r}; "
-                                          f"this ONNX Runtime has {', '.join(ort.get_available_providers())}"))
+            if name not in available:
+                what = (f"execution provider {name!r} is not available in this ONNX Runtime build"
+                        if name in ort.get_all_providers() else f"unknown execution provider {name!r}")
+                issues.append(ConfigIssue(f"inference.providers[{i}]", None,
+                                          f"{what}; this ONNX Runtime has {', '.join(available)}"))
     try:
         manifest = load_manifest(config.pack)
     except ConfigError as exc:
@@ -114,7 +127,7 @@ def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:
     s = config.signing
     default = state / ("event-signing.key" if s.algorithm == "ed25519" else "signing.key")
     key_file = Path(s.key_file) if s.key_file else default
-    if not (s.key_file or key_file.exists()):
+    if not (s.key_file or os.path.lexists(key_file)):
         return []
     try:
         load_private_key(key_file) if s.algorithm == "ed25519" else load_signing_key(key_file)
@@ -122,10 +135,6 @@ def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:
         hint = " (an HMAC secret? set signing.algorithm: hmac-sha256)" if s.algorithm == "ed25519" else ""
         return [ConfigIssue("signing.key_file", None, f"{exc}{hint}")]
     return []
-
-
-def _parse_path(path: str) -> tuple[Any, ...]:
-    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
 
 
 def check_file(path: str | Path | None,
@@ -141,14 +150,10 @@ def check_file(path: str | Path | None,
     text, issue = read_text(path)
     if issue is not None:
         return None, [issue]
-    config, issues = parse_config(text, str(path))
+    config, issues, root = parse_config_tree(text, str(path))
     if config is None:
         return None, issues
     config = resolve_paths(config, path.parent)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:  # parse_config already accepted it
-        root = None
-    env = [ConfigIssue(i.path, node_line(root, _parse_path(i.path)), i.message)
+    env = [ConfigIssue(i.path, node_line(root, key_loc(i.path)), i.message)
            for i in check_environment(config, extra_cameras)]
     return config, env

@@ -11,6 +11,7 @@ and ``__main__.py`` (see shared/notes/style.md).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ import yaml
 from pydantic import ValidationError
 
 from facegate.config import (
-    AuditConfig,
     Config,
     DecisionConfig,
     duplicate_ids_problem,
@@ -27,6 +27,7 @@ from facegate.config import (
     tz_problem,
 )
 from facegate.errors import ConfigError
+from facegate.fileio import read_limited
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,23 @@ def node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def key_loc(path: str) -> tuple[Any, ...]:
+    """A key path as written in issues (``doors[0].schedule.timezone``) → pydantic's loc tuple."""
+    return tuple(int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", path))
+
+
+#: A rule spanning sections (``Config``'s validator) starts its message with the key it is about.
+_KEYED = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.+)$", re.S)
+
+
 def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
     issues = []
     for err in exc.errors():
         # pydantic appends the union member / validator names ("function-after[...]") to loc; drop them
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
         msg = err["msg"].removeprefix("Value error, ")
+        if not loc and (keyed := _KEYED.match(msg)):
+            loc, msg = key_loc(keyed.group(1)), keyed.group(2)
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(
                 err["input"], dict | list):
             msg += f" (got {err['input']!r})"
@@ -83,16 +95,45 @@ def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
     return issues
 
 
+#: libyaml's safe loader when PyYAML was built with it (the same documents, marks and errors, ~10× faster), else the
+#: pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def compose_yaml(text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse YAML text once: (the node tree, with each node's line, for ``node_line``; the plain Python value built
+    from that same tree). Raises ``yaml.YAMLError`` and ``RecursionError`` (nesting too deep)."""
+    loader = _LOADER(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
+
+
 def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue]]:
     """Validate YAML text. Returns (config, []) or (None, every issue found). Never raises for bad input."""
+    config, issues, _ = parse_config_tree(text, name)
+    return config, issues
+
+
+def parse_config_tree(text: str, name: str = "<config>") -> tuple[Config | None, list[ConfigIssue], yaml.Node | None]:
+    """``parse_config`` plus the YAML node tree (None when the text is not YAML), for the lines of later issues."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        root, raw = compose_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")]
+        return None, [ConfigIssue("", mark.line + 1 if mark else None, f"not valid YAML: {exc}")], None
     except RecursionError:
-        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")]
+        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")], None
+    try:
+        config, issues = _validate(raw, root)
+    except RecursionError:  # libyaml composes any depth; walking the tree (or validating it) is what overflows
+        return None, [ConfigIssue("", None, "not a config file: YAML nested too deeply")], None
+    return config, issues, root
+
+
+def _validate(raw: Any, root: yaml.Node | None) -> tuple[Config | None, list[ConfigIssue]]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -118,6 +159,8 @@ def parse_config(text: str, name: str = "<config>") -> tuple[Config | None, list
 
 #: A real config has a few hundred values; this bounds what validation has to walk.
 MAX_VALUES = 100_000
+#: Largest config file read (bytes): a real one is a few KB; a bigger file is the wrong file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
@@ -204,10 +247,11 @@ def load_config(path: str | Path) -> Config:
 
 
 def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
-    """The config file as text, or ("", issue) when it cannot be read or is not UTF-8 text (e.g. a binary file
+    """The config file as text, or ("", issue) when it cannot be read, is not a regular file (a device or a FIFO
+    is refused before reading), holds more than ``MAX_CONFIG_BYTES`` or is not UTF-8 text (e.g. a binary file
     given by mistake)."""
     try:
-        data = path.read_bytes()
+        data = read_limited(path, MAX_CONFIG_BYTES, "a config file")
     except OSError as exc:
         return "", ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")
     try:
@@ -238,7 +282,8 @@ def resolve_paths(config: Config, base: Path) -> Config:
         "cameras": cams,
         "pack": pack,
         "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
-        "audit": AuditConfig(path=fix(config.audit.path)),
+        # model_copy, not a new model: a resolved path may be longer than the written one and must not fail here
+        "audit": config.audit.model_copy(update={"path": fix(config.audit.path)}),
         "signing": config.signing.model_copy(update={"key_file": fix(config.signing.key_file)}),
         "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
         "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),

@@ -7,60 +7,84 @@ images to three channels.
 
 from __future__ import annotations
 
-import stat
+import io
+import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from facegate.errors import ImageError
+from facegate.fileio import InputRefusedError, read_limited
 from facegate.fileio import sha256_file as file_sha256  # noqa: F401 (re-exported for callers)
 
-#: Largest image accepted, in pixels (width × height). Bigger images are refused rather than risking memory
-#: exhaustion on a decompression bomb; 100 MP covers every camera and phone in use.
-MAX_IMAGE_PIXELS = 100_000_000
+#: Largest image accepted, in pixels (width × height): 50 MP. Decoding allocates width × height × 3 bytes (150 MB
+#: at 50 MP) plus the detector's working copies, and ``detect``/``embed`` hold every image given at once; phones and
+#: cameras deliver 12–50 MP by default, and a face needs far fewer pixels (the recognisers work on 112–150 px chips).
+#: A larger image is refused from its header, before any pixel is decoded: resize it.
+MAX_IMAGE_PIXELS = 50_000_000
 
-#: Largest image file read, in bytes: a 100 MP JPEG or PNG is far below this; anything bigger is refused before
-#: reading so that a huge or endless file (e.g. /dev/zero) cannot exhaust memory.
+#: Largest image file read, in bytes: an uncompressed 50 MP image at 4 bytes per pixel (BMP, TIFF, RGBA PNG) is
+#: 200 MB; anything bigger is refused before reading so that a huge or endless file cannot exhaust memory.
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
+#: Formats whose header is read here (Pillow's names) and that OpenCV also decodes.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "PPM", "JPEG2000")
 
-def _image_size_from_header(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG or JPEG header without decoding, or None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-                height = int.from_bytes(data[i + 5 : i + 7], "big")
-                width = int.from_bytes(data[i + 7 : i + 9], "big")
-                return width, height
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says, read without decoding a pixel: Pillow's ``format`` name, ``width`` and
+    ``height`` in px."""
+
+    format: str
+    width: int
+    height: int
+
+
+def read_image_header(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> ImageHeader:
+    """The header of encoded image bytes, checked before decoding: Pillow's ``Image.open`` parses only the header
+    (it is lazy: no pixel is decoded until ``load()``), for the formats in ``IMAGE_FORMATS``.
+
+    Raises ``ImageError`` naming ``name`` when the bytes are empty, not one of those formats, declare no pixels,
+    or declare more than ``max_pixels`` (including a size past Pillow's own decompression-bomb guard). Raises
+    nothing else, whatever the bytes (fuzzed in tests/test_faults_inputs.py).
+    """
+    from PIL import Image
+
+    if not data:
+        raise ImageError(f"{name}: the file is empty; give a JPEG or PNG photo")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: our own limit is lower
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+                header = ImageHeader(str(image.format), int(image.size[0]), int(image.size[1]))
+    except Image.DecompressionBombError as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} px" if claimed else "far more pixels than that"
+        raise ImageError(f"{name}: image header declares {size}, more than the {max_pixels:,} px limit; resize it "
+                         "before use") from None
+    except Exception:  # noqa: BLE001 - Pillow's plugins raise many types (SyntaxError, struct.error, …) on junk
+        raise ImageError(f"{name}: cannot decode the image: its header is none of {', '.join(IMAGE_FORMATS)}, "
+                         "or it is corrupt; give a JPEG or PNG photo") from None
+    if header.width <= 0 or header.height <= 0:
+        raise ImageError(f"{name}: image header declares {header.width}×{header.height} px: no pixels")
+    if header.width * header.height > max_pixels:
+        raise ImageError(f"{name}: image is {header.width}×{header.height} px, more than the {max_pixels:,} px "
+                         "limit; resize it before use")
+    return header
 
 
 def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, BMP, WebP, TIFF…) to an H×W×3 uint8 BGR array.
+    """Decode encoded image bytes (JPEG, PNG, BMP, WebP, TIFF, PPM, JPEG 2000) to an H×W×3 uint8 BGR array.
 
-    EXIF orientation is applied (``cv2.IMREAD_COLOR`` honours it), alpha is dropped, grey is expanded.
+    The header is checked first (``read_image_header``: format and pixel count, nothing decoded). EXIF
+    orientation is applied (``cv2.IMREAD_COLOR`` honours it), alpha is dropped, grey is expanded.
     Raises ``ImageError`` naming ``name`` when the bytes are empty, corrupt, or larger than ``max_pixels``.
     """
-    if not data:
-        raise ImageError(f"{name}: the file is empty; give a JPEG or PNG photo")
-    size = _image_size_from_header(data)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageError(
-            f"{name}: image is {size[0]}×{size[1]} px, more than the {max_pixels:,} px limit; "
-            "resize it before use"
-        )
+    read_image_header(data, name, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
@@ -68,38 +92,34 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_IMAGE
         image = None
     if image is None or image.size == 0:
         raise ImageError(f"{name}: cannot decode the image (corrupt or not an image); give a JPEG or PNG photo")
-    if image.shape[0] * image.shape[1] > max_pixels:
+    if image.shape[0] * image.shape[1] > max_pixels:  # a header that lied (a polyglot file): still refused
         raise ImageError(
             f"{name}: image is {image.shape[1]}×{image.shape[0]} px, more than the {max_pixels:,} px limit"
         )
     return np.ascontiguousarray(image)
 
 
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file, bounded: a device, FIFO, socket or folder is refused before reading, a file over
+    ``MAX_IMAGE_BYTES`` before reading and while reading. Raises ``ImageError`` naming the file."""
+    path = Path(path)
+    try:
+        return read_limited(path, MAX_IMAGE_BYTES, "an image")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file; check the path") from None
+    except InputRefusedError as exc:
+        raise ImageError(f"{path}: {exc}; give a JPEG or PNG photo") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc}); check permissions") from None
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image file into an H×W×3 uint8 **BGR** array, upright (EXIF orientation applied).
 
-    Raises ``ImageError`` naming the file when it is missing, unreadable, empty, corrupt or too large.
+    Bounded (``read_image_file``), header checked before decoding (``read_image_header``). Raises ``ImageError``
+    naming the file when it is missing, unreadable, not a regular file, empty, corrupt or too large.
     """
-    path = Path(path)
-    try:
-        info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"{path}: not a regular file (a device, pipe or socket); give a JPEG or PNG photo")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise ImageError(
-                f"{path}: file is {info.st_size:,} bytes, more than the {MAX_IMAGE_BYTES:,}-byte limit for an "
-                "image; give a smaller photo"
-            )
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read the file ({exc.strerror}); check permissions") from None
-    return decode_image(data, str(path), max_pixels=max_pixels)
+    return decode_image(read_image_file(path), str(path), max_pixels=max_pixels)
 
 
 def bgr_to_rgb(image: np.ndarray) -> np.ndarray:

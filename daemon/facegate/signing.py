@@ -1,7 +1,7 @@
 """Event signatures and their canonical form, times on the wire, and the signing key file.
 
 The bottom layer shared by the daemon (which signs), the door agent and README's verifier (which verify): it
-imports nothing from the rest of facegate but ``errors``.
+imports nothing from the rest of facegate but ``errors`` and ``fileio`` (private key files, bounded reads).
 
 Canonical form (what is signed): the payload object without ``signature``, serialised as UTF-8 JSON with sorted
 keys, separators ``(",", ":")``, non-ASCII characters kept as UTF-8 (``ensure_ascii=False``) and no NaN/Infinity.
@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from facegate.errors import ConfigError
+from facegate.fileio import PRIVATE_FILE_MODE, create_new_file, private_dir, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 ALG_ED25519 = "ed25519"
 KID_HEX_CHARS = 16  # 64 bits of SHA-256: no collision among the handful of keys a site rotates through
 MIN_KEY_BYTES = 32  # RFC 2104 §3: keys shorter than the hash output (32 bytes for SHA-256) weaken the MAC
+#: Largest key file read (bytes): a PEM key or a hex secret is a few hundred bytes; a bigger file is the wrong one.
+MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def rfc3339(when: datetime) -> str:
@@ -114,9 +117,10 @@ def load_signing_key(path: str | os.PathLike[str]) -> bytes:
         raise ConfigError(f"signing key {p}: readable or writable by other users (mode {stat.filemode(st.st_mode)}); "
                           f"run 'chmod 600 {p}'")
     try:
-        key = p.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(f"signing key {p}: cannot read ({exc.strerror}); check the service user's access") from exc
+        key = read_limited(p, MAX_KEY_FILE_BYTES, "a key file").strip()
+    except OSError as exc:  # InputRefused (swapped for a FIFO, over 64 KiB) included
+        raise ConfigError(f"signing key {p}: cannot read ({exc.strerror}); check the service user's access") \
+            from None
     if not key:
         raise ConfigError(f"signing key {p}: file is empty; write a secret into it ('openssl rand -hex 32')")
     if len(key) < MIN_KEY_BYTES:
@@ -248,17 +252,6 @@ class KeyPairFiles:
     kid: str
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` (never overwrite), write, fsync, and set ``mode`` exactly (``fchmod``: whatever the umask)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o600)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def generate_key_pair(folder: str | os.PathLike[str], name: str = "signing") -> KeyPairFiles:
     """Write a new Ed25519 key pair: ``folder/NAME.key`` (PKCS#8 PEM, 0600) and ``folder/NAME.pub`` (SPKI PEM,
     0644). The folder is created 0700 when missing. Never overwrites: raises ``ConfigError`` naming the file when
@@ -276,11 +269,13 @@ def generate_key_pair(folder: str | os.PathLike[str], name: str = "signing") -> 
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     try:
-        if not out.exists():
-            out.mkdir(parents=True, mode=0o700)
-            os.chmod(out, 0o700)  # mkdir's mode is filtered by the umask
-        _write_new(priv_path, private_pem, 0o600)
-        _write_new(pub_path, public_pem, 0o644)
+        private_dir(out)  # a missing folder (and missing parents) 0700 whatever the umask
+        create_new_file(priv_path, private_pem, PRIVATE_FILE_MODE)
+        try:
+            create_new_file(pub_path, public_pem, 0o644)
+        except BaseException:  # no half pair (a full disk): the next run must not find a lone private key
+            priv_path.unlink(missing_ok=True)
+            raise
     except FileExistsError as exc:
         raise ConfigError(f"{exc.filename} already exists; pick another --name") from None
     except OSError as exc:
@@ -301,12 +296,12 @@ def _read_key_file(p: Path, what: str, *, private: bool) -> bytes:
     if private and st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise ConfigError(f"{what} {p}: readable or writable by other users (mode {stat.filemode(st.st_mode)}); "
                           f"run 'chmod 600 {p}'")
-    if st.st_size > 64 * 1024:  # a PEM key is a few hundred bytes; refuse to read a wrong, huge file
+    if st.st_size > MAX_KEY_FILE_BYTES:  # a PEM key is a few hundred bytes; refuse to read a wrong, huge file
         raise ConfigError(f"{what} {p}: {st.st_size} bytes is not a PEM key file")
     try:
-        return p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{what} {p}: cannot read ({exc.strerror}); check the service user's access") from exc
+        return read_limited(p, MAX_KEY_FILE_BYTES, "a key file")
+    except OSError as exc:  # InputRefused (swapped for a FIFO meanwhile) included
+        raise ConfigError(f"{what} {p}: cannot read ({exc.strerror}); check the service user's access") from None
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.commands import positive_int, print_json
+from facegate.commands import jitter_count, print_json, thread_count
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", default="default", help="model pack name or manifest path (default: default)")
     parser.add_argument("--annotate", metavar="OUT.png",
                         help="draw boxes and landmarks; with several images, OUT gets the image's stem appended")
-    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (≥ 1)")
+    parser.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime intra-op threads (1 … CPUs)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     embed = sub.add_parser("embed", help="find faces and print their embeddings (templates) as JSON",
                            epilog="Example: facegate embed photo.jpg --pack default")
     _common(embed)
-    embed.add_argument("--jitters", type=int, default=0,
+    embed.add_argument("--jitters", type=jitter_count, default=0,
                        help="average N perturbed copies of each face (dlib jitter_image; N× slower; 0 = off)")
     embed.set_defaults(handler=lambda a: _run(a, embed=True))
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from facegate.commands import print_json
-from facegate.errors import GalleryError, UsageError
+from facegate.commands import jitter_count, print_json, thread_count
+from facegate.errors import FacegateError, GalleryError, UsageError
 from facegate.gallery.location import default_gallery_path
 
 
@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     enroll.add_argument("--force", action="store_true",
                         help="enrol even when the face matches a different identity (duplicate check)")
     enroll.add_argument("--pack", default=None, help="model pack (default: the gallery's, or 'default')")
-    enroll.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    enroll.add_argument("--jitters", type=int, default=0, metavar="N",
+    enroll.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime intra-op threads (1 … CPUs)")
+    enroll.add_argument("--jitters", type=jitter_count, default=0, metavar="N",
                         help="template = mean descriptor of N jittered copies of the face (chip, mirror, dlib "
                         "jitter_image perturbations; dlib pack only; N× slower). Default 0: plain")
     enroll.set_defaults(handler=_enroll)
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ident.add_argument("images", nargs="+", metavar="IMAGE")
     ident.add_argument("-k", "--top", type=int, default=3, help="identities per face (default 3)")
     ident.add_argument("--pack", default=None, help="model pack (default: the gallery's)")
-    ident.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ident.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime intra-op threads (1 … CPUs)")
     ident.set_defaults(handler=_identify)
 
     gallery = sub.add_parser("gallery", help="list, show, remove, export, import, compact the gallery",
@@ -132,15 +132,17 @@ def _enroll(args: argparse.Namespace) -> int:
     people = [(name.strip(), files) for name, files in people]
     outcomes = []
     interrupted = False
+    error: str | None = None
     total = sum(len(files) for _, files in people)
-    with Gallery(args.gallery or default_gallery()) as gallery:
+    folder = args.gallery or default_gallery()
+    gallery = Gallery(folder)
+    try:
         pack_name = gallery.pack.name if gallery.pack else None
+        pipeline = _load_pipeline(args, pack_name)
+        enroller = Enroller(gallery, pipeline, force=args.force, jitters=args.jitters)
+        pack_name = enroller.pack.name
         try:
-            pipeline = _load_pipeline(args, pack_name)
-            enroller = Enroller(gallery, pipeline, force=args.force, jitters=args.jitters)
-            pack_name = enroller.pack.name
-            with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr,
-                      disable=total < 2) as bar:
+            with tqdm(total=total, desc="enrolling", unit="photo", file=sys.stderr, disable=total < 2) as bar:
                 for name, files in people:
                     for outcome in enroller.enrol_iter(name, files, args.group, progress=bar.update):
                         outcomes.append(outcome)
@@ -148,6 +150,15 @@ def _enroll(args: argparse.Namespace) -> int:
             # Each photo is its own transaction: everything in `outcomes` is committed, the photo being
             # processed was rolled back. Closing the gallery (below) saves the index.
             interrupted = True
+        except FacegateError as exc:  # e.g. the disk filled: what is in `outcomes` stays committed
+            error = str(exc)
+    finally:
+        try:
+            gallery.close()
+        except OSError as exc:  # saving the search index (a full disk): gallery.db holds every commit
+            error = error or (f"{folder}: cannot save the search index ({exc.strerror or exc}); every template "
+                              "listed as enrolled is committed in gallery.db, and the index is rebuilt from it at "
+                              "the next open")
     refused = [o for o in outcomes if o.status == "refused"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     for o in skipped:
@@ -155,10 +166,17 @@ def _enroll(args: argparse.Namespace) -> int:
     for o in refused:
         print(f"facegate: refused {_shown(o.file)} ({o.identity!r}): {_shown(str(o.reason))}", file=sys.stderr)
     report = {
-        "gallery": str(gallery.folder), "pack": pack_name,
+        "gallery": str(folder), "pack": pack_name,
         "enrolled": len(outcomes) - len(refused) - len(skipped), "skipped": len(skipped), "refused": len(refused),
         "results": [o.to_json() for o in outcomes],
     }
+    if error is not None:
+        report["error"] = error
+        print_json(report)
+        print(f"facegate: error: {error}; stopped after {len(outcomes)} of {total} photos — the JSON report on "
+              "stdout lists what was committed; run the same command again to continue (enrolled photos are "
+              "skipped)", file=sys.stderr)
+        return 1
     if interrupted:
         report["interrupted"] = True
         print_json(report)

@@ -50,10 +50,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _key_id(args: argparse.Namespace) -> int:
+    from facegate.fileio import open_regular
     from facegate.signing import key_id, load_private_key, load_public_key
 
-    try:
-        head = args.file.read_bytes()[:200]
+    try:  # only the first bytes, and never from a device or FIFO (the loaders below refuse those by name)
+        with open_regular(args.file) as handle:
+            head = handle.read(200)
     except OSError:
         head = b""  # the loaders below report the missing/unreadable file with the usual message
     public = load_private_key(args.file).public_key() if b"PRIVATE KEY" in head else load_public_key(args.file)

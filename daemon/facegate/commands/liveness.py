@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from facegate.commands import positive_int
+from facegate.commands import thread_count
 
 #: Pack used when ``--pack`` is not given: the built-in pack's detector (RetinaFace) with the MiniFASNet pair.
 DEFAULT_LIVENESS_PACK = "retinaface-mobilefacenet"
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default: {DEFAULT_LIVENESS_PACK})")
     parser.add_argument("--threshold", type=float, default=None,
                         help="live-probability threshold in [0, 1] (default: the pack's liveness.threshold)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (≥ 1)")
+    parser.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime intra-op threads (1 … CPUs)")
     parser.set_defaults(handler=_run)
 
 

@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -36,8 +35,9 @@ from facegate.door.outputs import Actuator, PulseController, build_actuator
 from facegate.door.replay import ReplayCache
 from facegate.door.verify import AcceptedKeys, check_event
 from facegate.errors import ConfigError
+from facegate.fileio import read_limited
 from facegate.homeassistant import door_agent_entities, door_topics
-from facegate.signing import encode_payload, load_signing_key
+from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, load_signing_key
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ class DoorAgent:
         if m.username:
             password = None
             if m.password_file:
-                try:
-                    password = Path(m.password_file).read_text().splitlines()[0]
-                except (OSError, IndexError) as exc:
+                try:  # bounded: never a device, a FIFO or more than a key file's 64 KiB
+                    password = read_limited(m.password_file, MAX_KEY_FILE_BYTES, "a password file").decode(
+                        "utf-8").splitlines()[0]
+                except (OSError, IndexError, UnicodeDecodeError) as exc:
                     raise ConfigError(f"mqtt.password_file {m.password_file}: cannot read a password ({exc})") \
                         from None
             client.username_pw_set(m.username, password)

@@ -12,33 +12,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from facegate.errors import ConfigError
+from facegate.fileio import read_limited
+from facegate.limits import StrictSection
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_PREFIX = r"^[^#+\x00]+$"  # MQTT 3.1.1 §4.7: no wildcards in a topic we publish to
+#: Longest path a setting may name (Linux's PATH_MAX, 4096 bytes with the NUL).
+_PATH_MAX = 4095
+#: Largest door config file read (bytes): a real one is a few KB.
+MAX_CONFIG_BYTES = 1 << 20
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic's lax mode takes `true` as 1.0: a YAML slip such as `pulse_s: yes` must be an error instead
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-            raise ValueError("a number is needed here, not a boolean")
-        return value
+class _Section(StrictSection):
+    """Every section: unknown keys are errors, no inf/NaN, no boolean for a number (pydantic's lax mode takes
+    `pulse_s: yes` as 1.0), no number for a boolean, no NUL in text (``facegate.limits.StrictSection``)."""
 
 
 class TlsSection(_Section):
     """TLS to the broker."""
 
-    ca: str | None = Field(None, description="CA certificate (PEM) that signed the broker's; None = system CAs")
-    cert: str | None = Field(None, description="Client certificate (PEM), with key")
-    key: str | None = Field(None, description="Client private key (PEM), with cert")
+    ca: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                           description="CA certificate (PEM) that signed the broker's; None = system CAs")
+    cert: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                             description="Client certificate (PEM), with key")
+    key: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                            description="Client private key (PEM), with cert")
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSection:
@@ -50,23 +51,26 @@ class TlsSection(_Section):
 class MqttSection(_Section):
     """The broker the daemon publishes door events to."""
 
-    host: str = Field(..., min_length=1, description="Broker host name or IP")
+    # bounds: a DNS name has at most 253 characters; MQTT strings are UTF-8 without U+0000, its keep-alive is a
+    # 16-bit number of seconds (this agent allows at most an hour, so a dead link is noticed)
+    host: str = Field(..., min_length=1, max_length=253, description="Broker host name or IP")
     port: int = Field(1883, ge=1, le=65535, strict=True, description="Broker port (1883 plain, 8883 TLS)")
     tls: TlsSection | None = Field(None, description="TLS settings; None = plain TCP")
-    username: str | None = Field(None, description="User name for the broker")
-    password_file: str | None = Field(None, description="File holding the password (first line)")
+    username: str | None = Field(None, min_length=1, max_length=1024, description="User name for the broker")
+    password_file: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                                      description="File holding the password (first line)")
     client_id: str | None = Field(
         None, min_length=1, max_length=64, description="Fixed MQTT client id (the broker keeps this door's session "
         "and queued events under it while the agent restarts); None = facegate-door-<door>")
-    topic_prefix: str = Field("facegate", pattern=_TOPIC_PREFIX, description="Same prefix as the daemon's "
-                              "mqtt.topic_prefix; the agent listens on <prefix>/<door>/event")
+    topic_prefix: str = Field("facegate", max_length=1024, pattern=_TOPIC_PREFIX, description="Same prefix as the "
+                              "daemon's mqtt.topic_prefix; the agent listens on <prefix>/<door>/event")
     keepalive_s: int = Field(30, ge=5, le=3600, strict=True, description="MQTT keep-alive (seconds)")
     reconnect_max_s: int = Field(5, ge=1, le=300, strict=True, description="Longest wait between reconnects (s)")
 
     @model_validator(mode="after")
     def _password(self) -> MqttSection:
         if self.password_file and not self.username:
-            raise ValueError("a password needs a username")
+            raise ValueError("a password (password_file) needs a username")
         return self
 
 
@@ -74,9 +78,10 @@ class KeysSection(_Section):
     """Which signatures the door trusts."""
 
     public_keys: list[str] = Field(
-        default_factory=list, description="Ed25519 public key files (NAME.pub from `facegate keys generate`); list "
-        "the old and the new key while rotating")
-    hmac_key_file: str | None = Field(None, description="Shared HMAC key file of version-1 events (legacy)")
+        default_factory=list, max_length=64, description="Ed25519 public key files (NAME.pub from `facegate keys "
+        "generate`); list the old and the new key while rotating")
+    hmac_key_file: str | None = Field(None, min_length=1, max_length=_PATH_MAX,
+                                      description="Shared HMAC key file of version-1 events (legacy)")
     allow_hmac: bool = Field(
         False, description="Accept version-1 (HMAC) events; anyone holding that key can forge grants for every door, "
         "so leave it off once the daemon signs with Ed25519")
@@ -102,7 +107,8 @@ class ChecksSection(_Section):
 class ReplaySection(_Section):
     """The on-disk memory of grants already used."""
 
-    path: str = Field(..., description="SQLite file (created 0600), e.g. /var/lib/facegate-door/replay.db")
+    path: str = Field(..., min_length=1, max_length=_PATH_MAX,
+                      description="SQLite file (created 0600), e.g. /var/lib/facegate-door/replay.db")
     max_entries: int = Field(100_000, ge=100, le=10_000_000, strict=True, description="Live grants remembered; "
                              "when full, new grants are refused")
 
@@ -110,7 +116,7 @@ class ReplaySection(_Section):
 class GpioLine(_Section):
     """One GPIO line through libgpiod (character device)."""
 
-    chip: str = Field("/dev/gpiochip0", description="GPIO chip device")
+    chip: str = Field("/dev/gpiochip0", min_length=1, max_length=_PATH_MAX, description="GPIO chip device")
     line: int = Field(..., ge=0, le=4095, strict=True, description="Line offset on that chip")
     active_low: bool = Field(False, description="The line is active (relay on / contact open / button pressed) "
                              "when electrically low")
@@ -119,18 +125,20 @@ class GpioLine(_Section):
 class HttpRelay(_Section):
     """A relay with the Shelly Gen2 RPC API (Switch.Set)."""
 
-    url: str = Field(..., pattern=r"^https?://", description="Base URL of the relay, e.g. http://192.0.2.7")
+    url: str = Field(..., max_length=2048, pattern=r"^https?://",
+                     description="Base URL of the relay, e.g. http://192.0.2.7")
     switch_id: int = Field(0, ge=0, le=255, strict=True, description="Switch component id (switch:<id>)")
-    timeout_s: float = Field(2.0, gt=0, le=30, description="HTTP request timeout (seconds)")
+    timeout_s: float = Field(2.0, ge=0.01, le=30, description="HTTP request timeout (seconds, 0.01…30)")
 
 
 class CommandRelay(_Section):
     """Commands (argv lists, run without a shell) that switch the lock."""
 
-    activate: list[str] = Field(..., min_length=1, description="Run to unlock; '{hold_s}' in an argument is "
-                                "replaced by the seconds the lock should stay open")
-    release: list[str] = Field(..., min_length=1, description="Run to lock again")
-    timeout_s: float = Field(5.0, gt=0, le=60, description="A command running longer is killed and counts as failed")
+    activate: list[str] = Field(..., min_length=1, max_length=256, description="Run to unlock; '{hold_s}' in an "
+                                "argument is replaced by the seconds the lock should stay open")
+    release: list[str] = Field(..., min_length=1, max_length=256, description="Run to lock again")
+    timeout_s: float = Field(5.0, ge=0.01, le=60, description="A command running longer is killed and counts as "
+                             "failed (s, 0.01…60)")
 
 
 class OutputSection(_Section):
@@ -139,10 +147,12 @@ class OutputSection(_Section):
     gpio: GpioLine | None = Field(None, description="A relay driven by a GPIO line")
     http: HttpRelay | None = Field(None, description="A Shelly Gen2 relay (Switch.Set with toggle_after)")
     command: CommandRelay | None = Field(None, description="Commands to run")
-    pulse_s: float = Field(3.0, gt=0, le=60, description="How long one grant holds the lock open (seconds)")
-    max_hold_s: float = Field(10.0, gt=0, le=300, description="Never hold the lock open longer than this in one go, "
-                              "however many grants arrive (seconds)")
-    retry_release_s: float = Field(2.0, gt=0, le=60, description="A failed release is retried this often (s)")
+    pulse_s: float = Field(3.0, ge=0.01, le=60, description="How long one grant holds the lock open (seconds, "
+                           "0.01…60)")
+    max_hold_s: float = Field(10.0, ge=0.01, le=300, description="Never hold the lock open longer than this in one "
+                              "go, however many grants arrive (seconds)")
+    retry_release_s: float = Field(2.0, ge=0.05, le=60, description="A failed release is retried this often (s, "
+                                   "0.05…60: faster would hammer the relay)")
 
     @model_validator(mode="after")
     def _one(self) -> OutputSection:
@@ -161,9 +171,10 @@ class OutputSection(_Section):
 class MqttInput(_Section):
     """An input read from an MQTT topic (e.g. a Zigbee contact sensor bridged by zigbee2mqtt)."""
 
-    topic: str = Field(..., min_length=1, description="Topic to subscribe to")
-    active_payload: str = Field("open", description="Payload meaning contact open / button pressed")
-    inactive_payload: str = Field("closed", description="Payload meaning contact closed / button released")
+    topic: str = Field(..., min_length=1, max_length=1024, description="Topic to subscribe to")
+    active_payload: str = Field("open", max_length=1024, description="Payload meaning contact open / button pressed")
+    inactive_payload: str = Field("closed", max_length=1024,
+                                  description="Payload meaning contact closed / button released")
 
 
 class InputSource(_Section):
@@ -186,7 +197,8 @@ class InputsSection(_Section):
     rex: InputSource | None = Field(None, description="Request-to-exit button (active = pressed)")
     rex_unlocks: bool = Field(True, description="A GPIO REX press pulses the output (an MQTT REX never does: an "
                               "unsigned message must not open a door)")
-    held_open_s: float = Field(30.0, gt=0, description="Open longer than this → state held_open (seconds)")
+    held_open_s: float = Field(30.0, gt=0, le=86_400, description="Open longer than this → state held_open "
+                               "(seconds, at most a day)")
     passage_window_s: float = Field(10.0, gt=0, le=300, description="The door opening this long after a grant "
                                     "(or REX) is authorised; after a grant it is that grant's passage (seconds)")
     poll_ms: int = Field(20, ge=5, le=1000, strict=True, description="GPIO input sampling period (ms)")
@@ -198,13 +210,15 @@ class RemoteUnlock(_Section):
     """Unlock commands from Home Assistant or another system: off unless enabled, always signed."""
 
     enabled: bool = Field(False, description="Accept signed unlock commands on <prefix>/<door>/command")
-    hmac_key_file: str | None = Field(None, description="Secret for the commands' HMAC (version-1 form, "
+    hmac_key_file: str | None = Field(None, min_length=1, max_length=_PATH_MAX, description="Secret for the "
+                                      "commands' HMAC (version-1 form, "
                                       "type remote_unlock); must not be the event signing key")
 
     @model_validator(mode="after")
     def _key(self) -> RemoteUnlock:
         if self.enabled and not self.hmac_key_file:
-            raise ValueError("remote unlock needs its own hmac_key_file (an unsigned command must never open a door)")
+            raise ValueError("enabled remote unlock needs its own hmac_key_file (an unsigned command must never open "
+                             "a door)")
         return self
 
 
@@ -212,9 +226,9 @@ class HomeAssistantSection(_Section):
     """Home Assistant MQTT discovery of this door's lock entity."""
 
     enabled: bool = Field(False, description="Announce a lock entity (retained discovery config)")
-    discovery_prefix: str = Field("homeassistant", pattern=_TOPIC_PREFIX, description="Home Assistant's "
-                                  "discovery prefix")
-    name: str | None = Field(None, description="Entity name; None = 'Door <door>'")
+    discovery_prefix: str = Field("homeassistant", max_length=1024, pattern=_TOPIC_PREFIX,
+                                  description="Home Assistant's discovery prefix")
+    name: str | None = Field(None, max_length=255, description="Entity name; None = 'Door <door>'")
     remote_unlock: RemoteUnlock = Field(default_factory=RemoteUnlock, description="Signed unlock commands")
 
 
@@ -296,11 +310,8 @@ def load_door_config(path: str | Path) -> DoorAgentConfig:
     every problem with its key path and line."""
     p = Path(path)
     try:
-        data = p.read_bytes()
-        if len(data) > 1 << 20:
-            raise ConfigError(f"{p}: {len(data)} bytes is not a door config file (limit 1 MiB)")
-        text = data.decode("utf-8")
-    except OSError as exc:
+        text = read_limited(p, MAX_CONFIG_BYTES, "a door config file").decode("utf-8")
+    except OSError as exc:  # InputRefused (a device, a FIFO, over 1 MiB) included
         raise ConfigError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file; a door config is YAML (see config/door.example.yaml)") \

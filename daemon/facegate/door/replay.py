@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from facegate.errors import ConfigError
+from facegate.fileio import open_private
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,9 @@ class ReplayCache:
         else:
             p = self.path
             try:
-                if not p.parent.exists():
-                    p.parent.mkdir(parents=True, mode=0o700)
-                    os.chmod(p.parent, 0o700)
-                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    os.fchmod(fd, 0o600)  # also tightens a file an older version or an admin left readable
-                finally:
-                    os.close(fd)
+                # 0600 whatever the umask, missing folders 0700; also tightens a file an older version or an admin
+                # left readable
+                os.close(open_private(p, os.O_RDWR, tighten_existing=True))
                 db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=5.0)
             except OSError as exc:
                 raise ConfigError(f"replay cache {p}: cannot create ({exc.strerror or exc}); check "

@@ -22,6 +22,7 @@ after such a change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from facegate.detections import Detections
-from facegate.errors import ImageError, UsageError
-from facegate.imaging import decode_image
+from facegate.errors import UsageError
+from facegate.fileio import create_private_file
+from facegate.imaging import decode_image, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +150,11 @@ class EmbeddingCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.writable = True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # embeddings are biometric templates: the file 0600 (SQLite gives -journal/-wal files its mode) and
+            # missing folders 0700, whatever the umask
+            create_private_file(self.path)
             self.db = sqlite3.connect(self.path)
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings (fingerprint TEXT NOT NULL, sha256 TEXT NOT NULL, "
@@ -173,9 +178,24 @@ class EmbeddingCache:
                                                              fingerprint, shas)
         }
 
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """Insert and commit. A write the disk cannot take (full, I/O error) is logged once and turns the cache
+        read-only: the evaluation goes on without caching, and its report is still produced."""
+        if not self.writable:
+            return
+        try:
+            self.db.executemany(sql, rows)
+            self.db.commit()
+        except sqlite3.OperationalError as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.rollback()
+            self.writable = False
+            log.warning("event=eval_cache_write_failed path=%s error=%r note=continuing_without_caching", self.path,
+                        str(exc))
+
     def put(self, fingerprint: str, rows: Sequence[tuple[str, str, int, np.ndarray, np.ndarray]]) -> None:
-        """Store (sha256, method, faces, box, embedding) rows and commit."""
-        self.db.executemany(
+        """Store (sha256, method, faces, box, embedding) rows and commit (``_write``)."""
+        self._write(
             "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (fingerprint, sha, method, int(faces), np.asarray(box, np.float32).tobytes(),
@@ -183,7 +203,6 @@ class EmbeddingCache:
                 for sha, method, faces, box, emb in rows
             ],
         )
-        self.db.commit()
 
     def get_detections(self, fingerprint: str, shas: Sequence[str]) -> dict[str, Detections]:
         """Cached detector output for the given hashes: sha256 → Detections (every face found)."""
@@ -207,13 +226,12 @@ class EmbeddingCache:
             )
 
     def put_detections(self, fingerprint: str, rows: Sequence[tuple[str, Detections]]) -> None:
-        """Store (sha256, Detections) rows and commit."""
-        self.db.executemany(
+        """Store (sha256, Detections) rows and commit (``_write``)."""
+        self._write(
             "INSERT OR REPLACE INTO detections VALUES (?, ?, ?, ?, ?, ?)",
             [(fingerprint, sha, len(d), d.boxes.tobytes(), d.scores.tobytes(), d.landmarks.tobytes())
              for sha, d in rows],
         )
-        self.db.commit()
 
     def generations(self, table: str, key: str) -> list[str]:
         """Fingerprints ``key.N`` stored in ``table`` (``embeddings`` or ``detections``), newest first."""
@@ -226,12 +244,8 @@ class EmbeddingCache:
 
 
 def _read(path: Path) -> tuple[str, bytes]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file; check --root") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read the file ({exc.strerror})") from None
+    """(sha256, bytes) of an image file, bounded (``imaging.read_image_file``; raises ``ImageError``)."""
+    data = read_image_file(path)
     return hashlib.sha256(data).hexdigest(), data
 
 

@@ -18,8 +18,12 @@ import numpy as np
 from facegate import scoring
 from facegate.errors import UsageError
 from facegate.evaluation import metrics as m
+from facegate.fileio import read_limited
 
 log = logging.getLogger(__name__)
+
+#: Largest pairs file read (bytes): LFW's pairs.txt is 120 KB.
+MAX_PAIRS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def parse_pairs(path: str | Path) -> list[Pair]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_limited(path, MAX_PAIRS_BYTES, "a pairs file").decode("utf-8").splitlines()  # bounded; no FIFO
     except FileNotFoundError:
         raise UsageError(f"{path}: no such pairs file; give LFW's pairs.txt with --pairs") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -233,13 +237,17 @@ def evaluate_lfw(
         from facegate.evaluation.plots import roc_plot, write_report
 
         out = Path(out_dir)
-        if plot:
-            curve = m.roc(scores[same], scores[~same])
-            marks = {f"TAR@FAR {k}": (v["fmr"], v["tar"]) for k, v in report["tar_at_far"].items()}
-            title = (f"LFW View 2 ROC, pack {pipeline.manifest.name} "
-                     f"(accuracy {report['accuracy']['mean'] * 100:.2f} %)")
-            report["plot"] = str(roc_plot(curve, out / "lfw_roc.png", title=title, marks=marks))
-        report["report_file"] = str(write_report(report, out / "lfw_report.json"))
+        try:
+            if plot:
+                curve = m.roc(scores[same], scores[~same])
+                marks = {f"TAR@FAR {k}": (v["fmr"], v["tar"]) for k, v in report["tar_at_far"].items()}
+                title = (f"LFW View 2 ROC, pack {pipeline.manifest.name} "
+                         f"(accuracy {report['accuracy']['mean'] * 100:.2f} %)")
+                report["plot"] = str(roc_plot(curve, out / "lfw_roc.png", title=title, marks=marks))
+            report["report_file"] = str(write_report(report, out / "lfw_report.json"))
+        except OSError as exc:  # a full disk: the report is still printed on stdout by the command
+            report["output_error"] = (f"{out}: cannot write the report files ({exc.strerror or exc}); the report is "
+                                      "on stdout only")
     log.info("event=lfw_done pairs=%d accuracy=%.4f", len(pairs), report["accuracy"]["mean"])
     return report
 

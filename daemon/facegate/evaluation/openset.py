@@ -157,13 +157,18 @@ def evaluate_openset(
         from facegate.evaluation.plots import det_plot, write_report
 
         out = Path(out_dir)
-        if plot:
-            _, fpir, fnir = m.det_points(searches)
-            marks = {f"FPIR {float(t) * 100:g} %": (v["fpir"], v["fnir"]) for t, v in report["fnir_at_fpir"].items()}
-            report["plot"] = str(det_plot(fpir, fnir, out / "openset_det.png",
-                                          f"Open-set 1:N on LFW, pack {pipeline.manifest.name} "
-                                          f"(gallery {g}, rank-1 {report['rank1'] * 100:.2f} %)", marks))
-        report["report_file"] = str(write_report(report, out / "openset_report.json"))
+        try:
+            if plot:
+                _, fpir, fnir = m.det_points(searches)
+                marks = {f"FPIR {float(t) * 100:g} %": (v["fpir"], v["fnir"])
+                         for t, v in report["fnir_at_fpir"].items()}
+                report["plot"] = str(det_plot(fpir, fnir, out / "openset_det.png",
+                                              f"Open-set 1:N on LFW, pack {pipeline.manifest.name} "
+                                              f"(gallery {g}, rank-1 {report['rank1'] * 100:.2f} %)", marks))
+            report["report_file"] = str(write_report(report, out / "openset_report.json"))
+        except OSError as exc:  # a full disk: the report is still printed on stdout by the command
+            report["output_error"] = (f"{out}: cannot write the report files ({exc.strerror or exc}); the report is "
+                                      "on stdout only")
     log.info("event=openset_done gallery=%d mated=%d nonmated=%d rank1=%.4f", g, k, len(split["nonmated"]),
              report["rank1"])
     return report

@@ -23,15 +23,13 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.gallery.exchange import EXPORT_FORMAT, EXPORT_VERSION, read_export
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
 from facegate.gallery.store import FILE_MODE, Identity, PackBinding, Store
 from facegate.gallery.validate import groups_problem, name_problem
 from facegate.scoring import Candidate
 
 log = logging.getLogger(__name__)
-
-EXPORT_FORMAT = "facegate-gallery"
-EXPORT_VERSION = 1
 
 
 class Gallery:
@@ -306,64 +304,21 @@ class Gallery:
         from adds nothing. Returns ``{"identities", "templates" (added), "skipped"}``.
         """
         path = Path(path)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise GalleryError(f"{path}: no such file; give a file written by `facegate gallery export`") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GalleryError(f"{path}: cannot read the import file ({exc})") from None
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            header = {}
-        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
-            raise GalleryError(f"{path}: not a facegate gallery export (first line must be its header)")
-        if header.get("pack") is None:
+
+        def accept(pack: PackBinding) -> None:
+            bound = self.store.binding()
+            if bound is not None and bound != pack:
+                raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into "
+                                   f"{self.folder}, which holds pack {bound.describe()}; import into another "
+                                   "--gallery folder")
+
+        # read incrementally within stated limits, every line validated before anything is written
+        pack, records = read_export(path, accept)
+        if pack is None:
             return {"identities": 0, "templates": 0, "skipped": 0}
-        try:
-            pack = PackBinding(str(header["pack"]), int(header["dim"]), str(header["metric"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GalleryError(f"{path}: export header has no valid pack ({exc})") from None
-        bound = self.store.binding()
-        if bound is not None and bound != pack:
-            raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into {self.folder}, "
-                               f"which holds pack {bound.describe()}; import into another --gallery folder")
-        records = [_import_record(path, lineno, line, pack)
-                   for lineno, line in enumerate(lines[1:], start=2) if line.strip()]
         with self._write_lock:
             added, skipped, _ = self.store.add_many(pack, records)
             self.refresh()  # adds the new templates (and names) to the index, or opens it
         log.info("gallery_import file=%s identities=%d templates=%d skipped=%d", path, len(records), added, skipped)
         return {"identities": len(records), "templates": added, "skipped": skipped}
 
-
-def _import_record(path: Path, lineno: int, line: str, pack: PackBinding) -> dict[str, Any]:
-    """Parse and validate one identity line of an export (see ``Gallery.import_file``)."""
-    where = f"{path}:{lineno}"
-    try:
-        row = json.loads(line)
-        if not isinstance(row, dict):
-            raise TypeError("the line is not a JSON object")
-        templates = row["templates"]
-        if not isinstance(templates, list) or not all(isinstance(t, dict) for t in templates):
-            raise TypeError("'templates' is not a list of objects")
-        emb = np.array([t["embedding"] for t in templates], np.float64).reshape(-1, pack.dim)
-        shas = [t.get("image_sha256") for t in templates]
-        quals = [t.get("quality", {}) for t in templates]
-        name, groups = row["name"], row.get("groups", [])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise GalleryError(f"{where}: malformed identity record ({exc}); nothing was imported") from None
-    problem = name_problem(name) or groups_problem(groups)
-    if problem:
-        raise GalleryError(f"{where}: {problem}; nothing was imported")
-    if not np.isfinite(emb).all() or (np.abs(emb) > np.finfo(np.float32).max).any():
-        raise GalleryError(f"{where}: identity {name.strip()!r} has an embedding with NaN, infinity or a value out "
-                           "of float32 range; nothing was imported")
-    for sha in shas:
-        if sha is not None and not (isinstance(sha, str) and len(sha) == 64
-                                    and all(c in "0123456789abcdef" for c in sha)):
-            raise GalleryError(f"{where}: image_sha256 {sha!r} is not 64 lower-case hex digits; nothing was imported")
-    if not all(isinstance(q, dict) for q in quals):
-        raise GalleryError(f"{where}: a template's quality is not a JSON object; nothing was imported")
-    return {"name": name.strip(), "embeddings": emb.astype(np.float32), "groups": list(groups),
-            "image_sha256": shas, "quality": quals}

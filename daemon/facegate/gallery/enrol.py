@@ -19,6 +19,7 @@ Gates (each refusal names its reason; limits in ``QualityLimits``):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from facegate.detections import Detections
 from facegate.errors import FacegateError, GalleryError, UsageError
 from facegate.gallery.core import Gallery
 from facegate.gallery.store import PackBinding
-from facegate.imaging import file_sha256, load_image
+from facegate.imaging import decode_image, load_image, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +195,15 @@ class Enroller:
             yield outcome
 
     def _one(self, name: str, path: Path, groups: list[str], existing: set[str]) -> Outcome:
-        try:
-            sha = file_sha256(path)
-        except OSError as exc:
-            return Outcome(str(path), name, False, f"cannot read the file ({exc.strerror or exc})")
+        try:  # read once, bounded (never a device or FIFO): the hash and the decoded image come from these bytes
+            data = read_image_file(path)
+        except FacegateError as exc:
+            return Outcome(str(path), name, False, str(exc))
+        sha = hashlib.sha256(data).hexdigest()
         if sha in existing:
             return Outcome(str(path), name, False, ALREADY_ENROLLED, skipped=True)
         try:
-            image = load_image(path)
+            image = decode_image(data, str(path))
             dets = (self.pipeline.analyse([image], jitters=self.jitters) if self.jitters
                     else self.pipeline.analyse([image]))[0]
         except FacegateError as exc:

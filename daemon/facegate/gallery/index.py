@@ -41,6 +41,7 @@ only then are older index files removed. A crash at any point leaves ``index.jso
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ import hnswlib
 import numpy as np
 
 from facegate.errors import GalleryError
-from facegate.fileio import folder_lock, sha256_file, write_atomic
+from facegate.fileio import folder_lock, read_limited, sha256_file, write_atomic
 from facegate.scoring import METRICS, Candidate
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,13 @@ class GalleryIndex:
         path = folder / name
         with self._lock:
             self._index.save_index(str(path))
+            expected = int(self._index.index_file_size())
             os.chmod(path, 0o600)  # biometric data: owner only, whatever the umask
+            written = path.stat().st_size
+            if written != expected:  # hnswlib's ofstream ignores write errors (a full disk leaves a short file)
+                path.unlink(missing_ok=True)
+                raise OSError(errno.ENOSPC, f"index file written short ({written} of {expected} bytes; is the "
+                              "disk full?)", str(path))
             generation = self.generation
             meta = {
                 "format": INDEX_FORMAT, "gallery_id": gallery_id, "generation": generation, "pack": pack,
@@ -273,7 +280,7 @@ class GalleryIndex:
         """
         folder = Path(folder)
         try:
-            meta = json.loads((folder / META_NAME).read_text(encoding="utf-8"))
+            meta = json.loads(read_limited(folder / META_NAME, 1 << 20, "an index.json").decode("utf-8"))
             path = folder / str(meta["file"])
             expected = (INDEX_FORMAT, gallery_id, pack, dim, metric)
             found = (meta.get("format"), meta.get("gallery_id"), meta.get("pack"), meta.get("dim"), meta.get("metric"))

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from facegate import fileio
 from facegate.errors import GalleryError
 from facegate.fileio import folder_lock
 from facegate.gallery.validate import group_problem
@@ -71,32 +72,20 @@ _UNIQUE_INDEX = "templates_identity_image"
 _UNIQUE_SQL = (f"CREATE UNIQUE INDEX IF NOT EXISTS {_UNIQUE_INDEX} ON templates(identity_id, image_sha256) "
                "WHERE image_sha256 IS NOT NULL")
 #: Private files: face templates are biometric data (GDPR art. 9), readable by the owner only whatever the umask.
-DIR_MODE = 0o700
-FILE_MODE = 0o600
+DIR_MODE = fileio.PRIVATE_DIR_MODE
+FILE_MODE = fileio.PRIVATE_FILE_MODE
 _RESTORE = "restore the gallery from an export (`facegate gallery import FILE --gallery NEW_DIR`)"
 
 
-def _tighten(path: Path, mode: int) -> None:
-    """chmod ``path`` to ``mode`` unless it already is; a path owned by another user (a gallery shared with the
-    daemon's account) is left as it is with a warning rather than refused."""
-    try:
-        if (path.stat().st_mode & 0o777) != mode:
-            os.chmod(path, mode)
-    except FileNotFoundError:
-        pass
-    except PermissionError as exc:
-        log.warning("gallery_permissions_not_tightened path=%s mode=%o error=%s", path, mode, exc.strerror)
-
-
 def private_dir(folder: Path) -> None:
-    """Create ``folder`` (and parents) and make it 0700, whatever the umask (raises OSError)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    _tighten(folder, DIR_MODE)
+    """Create ``folder`` (and missing parents) 0700 whatever the umask and tighten an existing one to 0700
+    (``fileio.private_dir``; raises OSError)."""
+    fileio.private_dir(folder, tighten_existing=True)
 
 
 def private_file(path: Path) -> None:
     """Make an existing file 0600 (no-op when it is already); a file that has vanished is ignored."""
-    _tighten(path, FILE_MODE)
+    fileio.tighten(path, FILE_MODE)
 
 
 def utc_now() -> str:
@@ -308,16 +297,34 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception), holding the process lock."""
+        """One ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any exception, a failed COMMIT included), holding
+        the process lock. A write the disk cannot take (full, quota, I/O error) raises ``GalleryError`` naming the
+        database: the transaction left nothing behind."""
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back by itself already
+                        cur.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                self._raise_if_write_failed(exc)
                 raise
-            cur.execute("COMMIT")
+
+    def _raise_if_write_failed(self, exc: sqlite3.Error) -> None:
+        """``GalleryError`` for SQLite's "database or disk is full" (SQLITE_FULL) and I/O errors (SQLITE_IOERR);
+        returns for any other error."""
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+            raise GalleryError(f"{self.path}: the disk is full ({exc}); this change was not stored (the gallery is "
+                               "as before it); free space and run the command again") from None
+        if code == sqlite3.SQLITE_IOERR:
+            raise GalleryError(f"{self.path}: cannot write the gallery database ({exc}); this change was not "
+                               "stored; check the disk and run the command again") from None
 
     @staticmethod
     def _meta(cur: sqlite3.Cursor, key: str) -> str | None:
@@ -588,6 +595,10 @@ class Store:
     def vacuum(self) -> None:
         """Rewrite the database file without free pages and truncate the WAL (erasure: no deleted row remains)."""
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("VACUUM")  # needs free space of about the database's size
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                self._raise_if_write_failed(exc)
+                raise

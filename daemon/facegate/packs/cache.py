@@ -18,7 +18,7 @@ from pathlib import Path
 
 from facegate import __version__
 from facegate.errors import ChecksumError, ModelError
-from facegate.fileio import sha256_file, write_atomic
+from facegate.fileio import read_limited, sha256_file, write_atomic
 from facegate.packs.manifest import ModelFile, PackManifest, list_manifests, read_source_bytes, source_path
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def prepare_pack(manifest: PackManifest, force: bool = False) -> PreparedPack:
 
 def _read_state(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / STATE_FILE).read_text())
+        return json.loads(read_limited(folder / STATE_FILE, 1 << 20, "a cache state file").decode("utf-8"))
     except (OSError, ValueError):
         return None
 

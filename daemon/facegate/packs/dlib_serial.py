@@ -21,7 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from facegate.errors import ModelError
+from facegate.fileio import read_limited
 
+#: Largest dlib .dat file read (bytes): the ResNet is 22 MB, the 68-point shape predictor 100 MB.
+MAX_DAT_BYTES = 512 << 20
 _SPECIAL_EXPONENTS = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
 
 
@@ -38,14 +41,15 @@ class DlibReader:
 
     @classmethod
     def open(cls, path: str | Path) -> DlibReader:
-        """Read a whole file; raises ``ModelError`` when it is missing or unreadable."""
+        """Read a whole file (a regular file of at most ``MAX_DAT_BYTES``); raises ``ModelError`` when it is
+        missing, unreadable, a device or FIFO, or too large."""
         path = Path(path)
         try:
-            return cls(path.read_bytes(), str(path))
+            return cls(read_limited(path, MAX_DAT_BYTES, "a dlib model file"), str(path))
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found; run `facegate models prepare`") from None
         except OSError as exc:
-            raise ModelError(f"{path}: cannot read model file ({exc.strerror})") from None
+            raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
 
     def fail(self, what: str) -> ModelError:
         return ModelError(

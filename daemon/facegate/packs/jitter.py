@@ -53,6 +53,9 @@ from facegate.packs.align import (
 
 #: Seed of the perturbations (any fixed value works; this one is documented so results can be reproduced).
 JITTER_SEED = 20171218
+#: Most copies averaged per face: each copy costs one recogniser run, and face_recognition documents 100 ("100 is
+#: 100x slower") as the top of the useful range; more is hours of work on a folder for no measurable gain.
+MAX_JITTERS = 100
 #: Recipe version, part of evaluation cache keys: bump when the perturbations or their sampling change.
 JITTER_RECIPE = "dlib-jitter_image-v1+plain+mirror"
 
@@ -67,10 +70,10 @@ SHRINK_PX = 3
 def effective_count(jitters: int) -> int:
     """Copies actually averaged: 0 (plain descriptor) for ``jitters`` ≤ 1, as dlib's ``num_jitters``; else jitters.
 
-    Raises ``ValueError`` for a negative or non-integer count.
+    Raises ``ValueError`` for a negative, non-integer or too large (> ``MAX_JITTERS``) count.
     """
-    if isinstance(jitters, bool) or not isinstance(jitters, int | np.integer) or jitters < 0:
-        raise ValueError(f"jitters must be a whole number ≥ 0, got {jitters!r}")
+    if isinstance(jitters, bool) or not isinstance(jitters, int | np.integer) or not 0 <= jitters <= MAX_JITTERS:
+        raise ValueError(f"jitters must be a whole number from 0 to {MAX_JITTERS}, got {jitters!r}")
     return int(jitters) if jitters >= 2 else 0
 
 

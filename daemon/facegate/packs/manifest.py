@@ -23,6 +23,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from facegate.errors import ConfigError, ModelError
+from facegate.fileio import read_limited
+
+#: Largest pack manifest read (bytes): a real one is a few KB.
+MAX_MANIFEST_BYTES = 1 << 20
+#: Largest model file read (bytes): protobuf, hence ONNX, cannot hold more than 2 GiB in one file.
+MAX_MODEL_BYTES = 2 << 30
 
 
 class _Strict(BaseModel):
@@ -154,7 +160,7 @@ def load_manifest(name_or_path: str | Path) -> PackManifest:
     listing the known packs when the name is unknown.
     """
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+    if not (path.suffix in (".yaml", ".yml") and os.path.exists(path)):  # False (not OSError) for a name too long
         known = list_manifests()
         if str(name_or_path) not in known:
             raise ConfigError(
@@ -162,9 +168,9 @@ def load_manifest(name_or_path: str | Path) -> PackManifest:
                 "(see `facegate models list`)"
             )
         path = known[str(name_or_path)]
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    try:  # bounded: a manifest is a few KB; a device, a FIFO or a huge file is refused unread
+        raw = yaml.safe_load(read_limited(path, MAX_MANIFEST_BYTES, "a pack manifest").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(f"{path}: cannot read pack manifest: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a pack manifest must be a YAML mapping")
@@ -189,7 +195,7 @@ def read_source_bytes(source: Source, manifest_path: str | None, what: str) -> b
             path = Path(source.file).expanduser()
             if not path.is_absolute() and manifest_path:
                 path = Path(manifest_path).parent / path
-            return path.read_bytes()
+            return read_limited(path, MAX_MODEL_BYTES, "a model file")
         spec = importlib.util.find_spec(source.package)  # type: ignore[arg-type]
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(
@@ -198,7 +204,7 @@ def read_source_bytes(source: Source, manifest_path: str | None, what: str) -> b
             )
         if source.path is not None:
             base = Path(next(iter(spec.submodule_search_locations)))
-            return (base / source.path).read_bytes()
+            return read_limited(base / source.path, MAX_MODEL_BYTES, "a model file")
         module_name, _, attr = source.attribute.rpartition(".")  # type: ignore[union-attr]
         module = importlib.import_module(f"{source.package}.{module_name}" if module_name else source.package)
         data = getattr(module, attr)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from facegate.errors import ModelError
+from facegate.errors import ModelError, UsageError
+from facegate.limits import thread_count_problem
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,13 @@ def make_session(
 ) -> ort.InferenceSession:
     """Create an ``InferenceSession`` for a model file path or serialised bytes.
 
-    ``name`` names the model in errors and logs. ``intra_op_threads`` None lets ONNX Runtime choose.
-    Raises ``ModelError`` naming the model when the file is missing, truncated or not a valid ONNX graph.
+    ``name`` names the model in errors and logs. ``intra_op_threads`` None lets ONNX Runtime choose; otherwise it
+    must pass ``facegate.limits.thread_count_problem`` (1 … this process's CPUs), the check every command makes.
+    Raises ``UsageError`` for a bad thread count, ``ModelError`` naming the model when the file is missing,
+    truncated or not a valid ONNX graph.
     """
+    if intra_op_threads is not None and (problem := thread_count_problem(intra_op_threads)):
+        raise UsageError(f"threads: {problem}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:

@@ -53,7 +53,7 @@ class HomeAssistantDiscovery:
         ha = config.homeassistant
         if not ha.enabled or publisher is None:
             return None
-        node = ha.node_id or f"facegate_{config.mqtt.client_id}"
+        node = ha.node_id or f"facegate_{publisher.client_id}"  # the id in force (a default one is per host)
         announcer = cls(publisher, capture, discovery_prefix=ha.discovery_prefix, node_id=node,
                         topic_prefix=config.mqtt.topic_prefix, doors=doors)
         publisher.subscribe(f"{announcer.discovery_prefix}/+/{announcer.node_id}/+/config", announcer._seen)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from facegate.errors import ConfigError
+from facegate.fileio import open_private
 from facegate.runtime.health import SETTLE_S, Health
 
 if TYPE_CHECKING:
@@ -44,16 +45,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Mode of a new audit log (the records name people: not for other users).
-FILE_MODE = 0o640
-
-
 class AuditWriteError(OSError):
     """A record could not be made durable (write or fsync failed); it was not recorded and must not be published."""
 
 
 class AuditLog:
-    """Writer for ``path`` (created with mode ``FILE_MODE``, parent folders too). Thread-safe.
+    """Writer for ``path`` (created 0600 whatever the umask, missing parent folders 0700: audit records name
+    people, ``fileio.open_private``; an existing file keeps its mode). Thread-safe.
 
     Raises ``ConfigError`` when the file cannot be opened for appending; ``append`` raises ``AuditWriteError``
     when the record cannot be written and synced (the caller must then not publish it). ``health`` hears of each
@@ -74,8 +72,7 @@ class AuditLog:
     def _open(self) -> tuple[int, int]:
         """Open ``path`` for appending (end of its last line ensured); returns (fd, size = end of the last line)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ConfigError(f"audit log {self.path}: cannot open for appending ({exc.strerror}); "
                               "check the path and the service user's permissions") from exc

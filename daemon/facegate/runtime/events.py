@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from facegate.errors import ConfigError
+from facegate.fileio import PRIVATE_FILE_MODE, create_new_file
 from facegate.signing import (
     Ed25519Signer,
     HmacSigner,
@@ -163,12 +164,14 @@ def signer_from_config(config: Config, state: Path) -> Signer:
         return ed
     path = Path(s.key_file) if s.key_file else state / "signing.key"
     if s.key_file is None and not path.exists():
-        old = os.umask(0o077)
-        try:
-            path.write_text(secrets.token_hex(32) + "\n")
-        finally:
-            os.umask(old)
-        log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", path)
+        try:  # 0600 whatever the umask, never over a key another process just wrote
+            create_new_file(path, (secrets.token_hex(32) + "\n").encode(), PRIVATE_FILE_MODE)
+            log.warning("event=signing_key_created path=%s note=give_this_key_to_the_door_controllers", path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"signing key {path}: cannot create ({exc.strerror or exc}); check the state "
+                              "folder (service.state_dir)") from None
     log.info("event=signing alg=hmac-sha256 version=1 key=%s", path)
     return HmacSigner(load_signing_key(path))
 

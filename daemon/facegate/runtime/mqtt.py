@@ -43,7 +43,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -54,9 +53,10 @@ from facegate.errors import BrokerError, ConfigError
 if TYPE_CHECKING:
     from facegate.config import MqttConfig
     from facegate.runtime.events import SignedEvent
+from facegate.fileio import read_limited
 from facegate.runtime.events import event_topic, health_topic, status_topic
 from facegate.runtime.health import Health
-from facegate.signing import encode_payload, parse_rfc3339
+from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,9 @@ def read_password(m: MqttConfig) -> str | None:
     Raises ``ConfigError`` naming the file or variable when it cannot be read."""
     if m.password_file:
         try:
-            return Path(m.password_file).read_text(encoding="utf-8").splitlines()[0].strip()
+            # bounded: never a device, a FIFO or more than a key file's 64 KiB
+            return read_limited(m.password_file, MAX_KEY_FILE_BYTES, "a password file").decode(
+                "utf-8").splitlines()[0].strip()
         except (OSError, IndexError, UnicodeDecodeError) as exc:
             raise ConfigError(f"mqtt.password_file {m.password_file}: cannot read a password ({exc})") from None
     if m.password_env:

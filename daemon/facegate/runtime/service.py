@@ -41,6 +41,7 @@ from typing import Any
 from facegate.config import CameraConfig, Config
 from facegate.config_checks import check_file, default_state_dir
 from facegate.errors import ConfigError, FacegateError, VideoError
+from facegate.fileio import private_dir
 from facegate.runtime.announce import HomeAssistantDiscovery
 from facegate.runtime.audit import AuditLog
 from facegate.runtime.capture import CaptureStage, all_cameras
@@ -61,10 +62,11 @@ RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", 
 
 
 def state_dir(config: Config) -> Path:
-    """Folder for default files (``config_checks.default_state_dir``), created when missing. Raises ``ConfigError``."""
+    """Folder for default files (``config_checks.default_state_dir``), created when missing 0700 whatever the umask
+    (it holds the signing key and the audit log; ``fileio.private_dir``). Raises ``ConfigError``."""
     path = default_state_dir(config)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     except OSError as exc:
         raise ConfigError(f"service.state_dir {path}: cannot create ({exc.strerror})") from None
     return path
