@@ -1,5 +1,11 @@
 """Append-only audit log: one JSON object per line, fsync'd before the caller goes on (i.e. before publishing).
 
+Two kinds of record share the log: a decision (``{"logged_at", "topic", "event": <signed payload>}``, written by the
+daemon) and an operator's action (``{"logged_at", "admin": {"action", "token", "target", ...}}``, written by the
+operator console, a separate process). Readers tell them apart with ``is_decision`` / ``is_admin``. Both writers
+append each record with one ``write()`` on an ``O_APPEND`` descriptor while holding an exclusive ``flock`` on the
+file, so records of the two processes never interleave.
+
 Opening an existing log appends to it. A crash can leave a torn last line (no newline); the writer never rewrites
 it: on opening it appends a newline first so the next record starts on a line of its own, and ``read_audit`` skips
 any line that is not a JSON object with a warning naming the file and line number.
@@ -7,6 +13,7 @@ any line that is not a JSON object with a warning naming the file and line numbe
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -45,14 +52,18 @@ class AuditLog:
         except OSError as exc:
             raise ConfigError(f"audit log {self.path}: cannot open for appending ({exc.strerror}); "
                               "check the path and the service user's permissions") from exc
-        size = os.fstat(self._fd).st_size
-        if size:
-            with open(self.path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    log.warning("event=audit_torn_line path=%s action=newline_appended", self.path)
-                    os.write(self._fd, b"\n")
-                    os.fsync(self._fd)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # another writer's record is never taken for a torn line
+        try:
+            size = os.fstat(self._fd).st_size
+            if size:
+                with open(self.path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        log.warning("event=audit_torn_line path=%s action=newline_appended", self.path)
+                        os.write(self._fd, b"\n")
+                        os.fsync(self._fd)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     @classmethod
     def from_config(cls, config: Config, state: Path) -> AuditLog:
@@ -72,11 +83,15 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise OSError(f"audit log {self.path} is closed")
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # the console appends to the same file from another process
+            try:
+                view = memoryview(data)
+                while view:  # one write() on Linux for a regular file; the loop only guards a short write
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                os.fsync(self._fd)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         with self._lock:
@@ -110,6 +125,23 @@ def iter_audit(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
 def read_audit(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All readable records of an audit log (see ``iter_audit``)."""
     return list(iter_audit(path))
+
+
+def is_decision(record: dict[str, Any]) -> bool:
+    """True for a decision record (``{"logged_at", "topic", "event": {...}}``)."""
+    return isinstance(record.get("event"), dict)
+
+
+def is_admin(record: dict[str, Any]) -> bool:
+    """True for an operator's action recorded by the console (``{"logged_at", "admin": {...}}``)."""
+    return isinstance(record.get("admin"), dict)
+
+
+def admin_record(action: str, token: str, target: Any = None, **details: Any) -> dict[str, Any]:
+    """The audit line for one change made through the operator console: ``action`` (e.g. "identity.create"),
+    ``token`` (the name of the API token that made it), ``target`` (what it changed) and any ``details``."""
+    return {"logged_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "admin": {"action": action, "token": token, "target": target, **details}}
 
 
 def audit_record(payload: dict[str, Any], topic: str | None) -> dict[str, Any]:

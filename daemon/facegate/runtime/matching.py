@@ -81,6 +81,11 @@ class LiveGallery:
         log.info("event=gallery_reloaded identities=%d", len(now))
         return True
 
+    @property
+    def identities(self) -> int:
+        """Identities the daemon currently matches against (as of the last refresh)."""
+        return len(self._identities)
+
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
         """Per probe (N×D float32), its ``Candidate`` identities best first. Nothing while the gallery is stale
         (fail closed)."""

@@ -4,7 +4,9 @@ beside it) and is handed its neighbours; this module holds no decision, event or
 
 Data flows without coming back here: capture (``CaptureStage``) → inference (``InferenceStage``) → decision
 (``DecisionEngine.on_result``: tracking, voting, gallery search via ``LiveGallery``, rules) → ``EventEmitter``, whose
-sinks run in order: audit log (durable first), MQTT, stdout, statistics.
+sinks run in order: audit log (durable first), MQTT, stdout, statistics, Prometheus metrics (``runtime/metrics.py``,
+which also serves ``/metrics`` from its own thread), snapshots (``runtime/snapshots.py``, when retention is on).
+The loop rewrites ``state.json`` every second for the operator console (``runtime/state_file.py``).
 
 Start-up order (any failure raises a ``FacegateError`` naming the part, before systemd hears READY): state folder →
 signing key → audit log → model pack (the execution provider obtained is logged) → gallery → access rules and
@@ -41,7 +43,10 @@ from facegate.runtime.decision import DecisionEngine
 from facegate.runtime.events import EventEmitter, Sink, StdoutSink, signing_key_from_config
 from facegate.runtime.inference import InferenceStage, load_pipeline
 from facegate.runtime.matching import LiveGallery
+from facegate.runtime.metrics import DaemonMetrics
 from facegate.runtime.rules import AccessRules
+from facegate.runtime.snapshots import SnapshotSink
+from facegate.runtime.state_file import StateFile, daemon_state
 from facegate.runtime.stats import DecisionStats
 
 log = logging.getLogger(__name__)
@@ -49,7 +54,8 @@ log = logging.getLogger(__name__)
 #: Inference counts as stuck (no watchdog ping) when one cycle has been running longer than this (s).
 STUCK_CYCLE_S = 30.0
 #: Sections a SIGHUP cannot change in a running daemon (they open files, models or connections at start).
-RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service")
+RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service", "metrics",
+                    "snapshots")
 
 
 def state_dir(config: Config) -> Path:
@@ -68,7 +74,9 @@ Closer = tuple[str, Callable[[], Any]]
 @dataclass
 class Stages:
     """The running parts, built in order by ``build_stages`` (or injected by a test); ``publisher`` is None
-    without a broker; ``closers`` are closed in order when the service shuts down."""
+    without a broker, ``metrics`` with ``metrics.enabled: false``, ``snapshots`` unless snapshot retention is on,
+    ``state_file`` in an injected set that has none; ``closers`` are closed in order when the service shuts
+    down."""
 
     capture: CaptureStage
     inference: InferenceStage
@@ -78,6 +86,9 @@ class Stages:
     stats: DecisionStats
     publisher: Any = None
     closers: list[Closer] = field(default_factory=list)
+    metrics: DaemonMetrics | None = None
+    snapshots: SnapshotSink | None = None
+    state_file: StateFile | None = None
 
 
 def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list[Closer]) -> Stages:
@@ -102,16 +113,26 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
         publisher.start(config.mqtt.connect_timeout_s, require=True)
         opened.insert(0, ("mqtt", lambda: publisher.stop(timeout_s=config.service.stop_timeout_s)))
     stats = DecisionStats()
+    metrics = DaemonMetrics.from_config(config)
+    snapshots = SnapshotSink.from_config(config, state)
     sinks: list[Sink] = [audit] + ([publisher] if publisher else [])
     sinks += [StdoutSink()] if config.service.stdout_events else []
-    emitter = EventEmitter.from_config(config, signing_key=key, sinks=[*sinks, stats])
+    sinks += [stats] + ([metrics.sink] if metrics else []) + ([snapshots] if snapshots else [])
+    emitter = EventEmitter.from_config(config, signing_key=key, sinks=sinks)
     rules = AccessRules.from_config(config)
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
                                         cameras=cameras, sink=emitter.emit)
+    engine.keep_crops = snapshots is not None
     capture = CaptureStage(cameras)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
-    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened)
+    stages = Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, metrics=metrics,
+                    snapshots=snapshots, state_file=StateFile.from_config(config, state))
+    if metrics is not None:
+        metrics.attach(stages)
+        if metrics.start():
+            opened.insert(0, ("metrics", metrics.stop))
+    return stages
 
 
 class Service:
@@ -215,6 +236,10 @@ class Service:
             if now - last_stats >= 30.0:
                 last_stats = now
                 self.log_stats()
+            if s.state_file is not None:  # for the operator console (runtime/state_file.py)
+                s.state_file.tick(lambda: daemon_state(s, self.config))
+            if s.snapshots is not None:
+                s.snapshots.purge_if_due()
             idle_checks = idle_checks + 1 if s.capture.all_ended and s.inference.idle() else 0
             if idle_checks >= 2:
                 log.info("event=all_cameras_ended action=exit")
@@ -318,6 +343,8 @@ class Service:
             s.capture.stop(t / 2)
             s.inference.stop(t / 2)
             self.log_stats()
+            if s.state_file is not None:
+                s.state_file.close(lambda: daemon_state(s, self.config, running=False))
             self._close(s.closers)
         self._close(self._opened)  # a build that failed half-way
 

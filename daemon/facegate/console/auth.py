@@ -1,0 +1,46 @@
+"""Authentication and roles of the console's API: ``require(role)`` is a FastAPI dependency that answers 401 without
+a valid token (``Authorization: Bearer <token>``, ``console/tokens.py``) and 403 when the token's role is below
+``role``. It is declared as the OpenAPI ``bearerAuth`` security scheme, so clients and Schemathesis see which routes
+need it (all of ``/api``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from facegate.console.tokens import ROLES, TokenRecord, role_rank
+from facegate.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+bearer = HTTPBearer(auto_error=False, scheme_name="bearerAuth",
+                    description="A console token, created with `facegate admin token create --name NAME --role ROLE`")
+
+
+def require(role: str) -> Callable[..., TokenRecord]:
+    """A dependency returning the caller's ``TokenRecord`` when it holds ``role`` or a higher one."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+
+    def check(request: Request,
+              cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> TokenRecord:
+        if cred is None:
+            raise HTTPException(401, "a token is required: send Authorization: Bearer <token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            record = request.app.state.console.tokens.verify(cred.credentials)
+        except ConfigError as exc:  # fail closed: an unusable tokens file lets nobody in
+            log.error("event=tokens_file_unusable error=%r", str(exc))
+            raise HTTPException(503, "the console's tokens file is unusable; see the console's log") from None
+        if record is None:
+            log.warning("event=auth_refused path=%s reason=unknown_or_revoked_token", request.url.path)
+            raise HTTPException(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        if role_rank(record.role) < role_rank(role):
+            raise HTTPException(403, f"this needs the {role} role; token {record.name!r} has the {record.role} role")
+        return record
+
+    return check
