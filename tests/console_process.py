@@ -10,14 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import yaml
 from daemon_process import facegate
 from rtsp_server import free_port
 
-#: A small JPEG-free PNG used where any image will do (1×1 px, valid signature and chunks).
-TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                         "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+#: A valid 8×8 black PNG (no face in it), for where any image will do.
+TINY_PNG = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
 
 
 def write_config(tmp: Path, config: dict) -> Path:

@@ -127,9 +127,11 @@ class People:
             outcomes = enroller.enrol(name, paths, groups)
             self.gallery.save()
         results = []
-        for photo, outcome in zip(photos, outcomes, strict=True):
+        for photo, path, outcome in zip(photos, paths, outcomes, strict=True):
             row = outcome.to_json()
             row["file"] = photo.name
+            if row.get("reason"):  # the temporary file's path means nothing to the operator
+                row["reason"] = row["reason"].replace(str(path), repr(photo.name))
             row.pop("identity", None)
             results.append(row)
         counts = {s: sum(r["status"] == s for r in results) for s in ("enrolled", "skipped", "refused")}

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from facegate.console.audit_reader import Query as LogQuery
-from facegate.console.auth import require
+from facegate.console.auth import RESPONSES, require
 from facegate.console.context import Console
 from facegate.console.routes_people import EnrolReport
 from facegate.console.stream import event_stream
@@ -23,12 +23,13 @@ from facegate.gallery.validate import MAX_GROUP_CHARS, MAX_NAME_CHARS
 from facegate.runtime.audit import admin_record
 from facegate.runtime.snapshots import snapshot_path
 
-router = APIRouter(tags=["decisions"])
+router = APIRouter(tags=["decisions"], responses=RESPONSES)
 Viewer = Annotated[TokenRecord, Depends(require("viewer"))]
 Operator = Annotated[TokenRecord, Depends(require("operator"))]
 _UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 EventId = Annotated[str, FPath(pattern=_UUID, description="The decision's event_id (uuid4)")]
 DecisionType = Literal["grant", "deny", "unknown"]
+_RFC3339 = r"^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-]\d\d:\d\d)$"
 _ID = Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
@@ -65,16 +66,20 @@ def _decision(console: Console, event_id: str) -> dict[str, Any]:
 
 @router.get("/decisions", response_model=Page, summary="The decision log, newest first, filtered")
 def decisions(request: Request, who: Viewer,
-              since: Annotated[datetime | None, Query(description="decided_at ≥ this (RFC 3339)")] = None,
-              until: Annotated[datetime | None, Query(description="decided_at < this (RFC 3339)")] = None,
+              since: Annotated[str | None, Query(pattern=_RFC3339, description="decided_at ≥ this (RFC 3339 with "
+                                                 "an offset, e.g. 2026-05-04T08:00:00Z)")] = None,
+              until: Annotated[str | None, Query(pattern=_RFC3339, description="decided_at < this (RFC 3339)")] = None,
               door: _ID = None, camera: _ID = None, type: DecisionType | None = None,  # noqa: A002 - the field's name
               person: Annotated[str | None, Query(max_length=200, description="person id or name")] = None,
               before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> Any:
-    for name, when in (("since", since), ("until", until)):
-        if when is not None and when.tzinfo is None:
-            raise HTTPException(422, f"{name}: give a time zone (e.g. 2026-05-01T08:00:00Z)")
-    rows, nxt = _console(request).index.query(LogQuery(since, until, door, camera, type, person, before, limit))
+    times = []
+    for name, text in (("since", since), ("until", until)):
+        try:
+            times.append(None if text is None else datetime.fromisoformat(text))
+        except ValueError:
+            raise HTTPException(400, f"{name}: {text!r} is not a valid time (e.g. 2026-05-01T08:00:00Z)") from None
+    rows, nxt = _console(request).index.query(LogQuery(*times, door, camera, type, person, before, limit))
     return {"decisions": rows, "next_before": nxt}
 
 

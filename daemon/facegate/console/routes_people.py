@@ -10,13 +10,13 @@ from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from facegate.console.auth import require
+from facegate.console.auth import RESPONSES, require
 from facegate.console.context import Console
 from facegate.console.tokens import TokenRecord
 from facegate.console.uploads import check_photos
 from facegate.gallery.validate import MAX_GROUP_CHARS, MAX_NAME_CHARS
 
-router = APIRouter(tags=["people"])
+router = APIRouter(tags=["people"], responses=RESPONSES)
 Viewer = Annotated[TokenRecord, Depends(require("viewer"))]
 Operator = Annotated[TokenRecord, Depends(require("operator"))]
 Admin = Annotated[TokenRecord, Depends(require("admin"))]
@@ -89,7 +89,7 @@ def show_identity(request: Request, identity_id: IdentityId, who: Viewer) -> Any
              responses={413: {"description": "too many or too large photos"},
                         415: {"description": "not an image"}})
 async def enrol(request: Request, who: Operator, name: Annotated[str, Form(min_length=1, max_length=MAX_NAME_CHARS)],
-                photos: Annotated[list[UploadFile], File(description="face photos")],
+                photos: Annotated[list[UploadFile], File(min_length=1, description="face photos")],
                 groups: Annotated[list[str], Form(max_length=64)] = (),  # type: ignore[assignment]
                 force: Annotated[bool, Form()] = False) -> Any:
     console = _console(request)
@@ -101,7 +101,7 @@ async def enrol(request: Request, who: Operator, name: Annotated[str, Form(min_l
 @router.post("/identities/{identity_id}/photos", response_model=EnrolReport,
              summary="Add photos (templates) to an identity", responses={404: {"description": "no such id"}})
 async def add_photos(request: Request, identity_id: IdentityId, who: Operator,
-                     photos: Annotated[list[UploadFile], File(description="face photos")],
+                     photos: Annotated[list[UploadFile], File(min_length=1, description="face photos")],
                      force: Annotated[bool, Form()] = False) -> Any:
     console = _console(request)
     ident = await run_in_threadpool(console.people.identity, identity_id)

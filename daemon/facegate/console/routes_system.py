@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
-from facegate.console.auth import require
+from facegate.console.auth import RESPONSES, require
 from facegate.console.context import Console
 from facegate.console.daemon_state import read_daemon_state
 from facegate.console.tokens import TokenRecord
 from facegate.runtime.rules import camera_doors
 
-router = APIRouter(tags=["system"])
+router = APIRouter(tags=["system"], responses=RESPONSES)
 Viewer = Annotated[TokenRecord, Depends(require("viewer"))]
 Admin = Annotated[TokenRecord, Depends(require("admin"))]
 #: Largest metrics answer passed through (bytes).

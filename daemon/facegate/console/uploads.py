@@ -4,7 +4,8 @@ first bytes (magic numbers), never by its name or the browser's Content-Type.
 Accepted: JPEG (``FF D8 FF``, ISO/IEC 10918-1 SOI marker followed by a marker), PNG (the 8-byte signature of
 RFC 2083 §3.1), WebP (``RIFF`` .... ``WEBP``, RFC 9649 §2.5) and BMP (``BM``) — the formats OpenCV decodes for
 ``facegate enroll``. Anything else is refused before it is decoded. A refusal is an ``UploadRefused`` carrying the
-HTTP status (413 too large / too many, 415 wrong type, 422 empty) and a message naming the file and the limit.
+HTTP status (413 too large / too many, 415 wrong type, 400 missing or empty) and a message naming the file and
+the limit.
 """
 
 from __future__ import annotations
@@ -56,20 +57,19 @@ class Photo:
 
 def check_photos(files: list[tuple[str | None, bytes]], *, max_files: int, max_bytes: int) -> list[Photo]:
     """Apply the limits to (filename, bytes) pairs, all before any is used; returns the accepted photos.
-    Raises ``UploadRefused``: 422 for no photo or an empty one, 413 for too many or one too large, 415 for a
+    Raises ``UploadRefused``: 400 for no photo or an empty one, 413 for too many or one too large, 415 for a
     file that is not a JPEG, PNG, WebP or BMP image."""
     if not files:
-        raise UploadRefused(422, "no photo: attach at least one image file as 'photos'")
+        raise UploadRefused(400, "no photo: attach at least one image file as 'photos'")
     if len(files) > max_files:
         raise UploadRefused(413, f"{len(files)} photos in one request; at most {max_files} (admin.max_upload_files)")
     photos = []
     for i, (filename, data) in enumerate(files, 1):
         name = display_name(filename, i)
         if not data:
-            raise UploadRefused(422, f"{name!r} is empty")
+            raise UploadRefused(400, f"{name!r} is empty")
         if len(data) > max_bytes:
-            raise UploadRefused(413, f"{name!r} has {len(data)} bytes; at most {max_bytes} "
-                                "(admin.max_upload_bytes)")
+            raise UploadRefused(413, f"{name!r} is larger than {max_bytes} bytes (admin.max_upload_bytes)")
         kind = sniff(data)
         if kind is None:
             raise UploadRefused(415, f"{name!r} is not a JPEG, PNG, WebP or BMP image (judged by its first bytes)")
