@@ -124,6 +124,7 @@ async function enrol(event) {
         `${r.file}: ${r.status}${r.reason ? ` — ${r.reason}` : ""}${r.quality && r.quality.inter_eye_px
           ? ` (inter-eye ${r.quality.inter_eye_px} px, sharpness ${r.quality.sharpness})` : ""}`))));
     state.captured = []; $("#captured").replaceChildren(); $("#enrol-files").value = "";
+    if (report.enrolled) { $("#enrol-name").value = ""; $("#enrol-groups").value = ""; }
   } catch (err) { out.replaceChildren(el("p", { class: "error" }, err.message)); }
   loadPeople();
 }
@@ -259,7 +260,14 @@ async function loadSystem() {
     el("td", {}, d.allowed_groups === null ? "everyone enrolled" : d.allowed_groups.join(", ") || "nobody"),
     el("td", {}, d.schedule ? `${d.schedule.timezone}, ${d.schedule.windows.length} window(s)` : "any time"),
     el("td", {}, last(d.last_decision)))));
-  $("#pack").textContent = JSON.stringify(pack.in_force || pack.configured, null, 2);
+  const force = pack.in_force;
+  $("#pack-summary").textContent = force ? `Pack ${force.pack.name}: ${force.pack.metric} score ${
+    force.pack.metric === "euclidean" ? "≤" : "≥"} ${force.pack.threshold} (${force.pack.threshold_source}${
+    force.pack.operating_point && force.pack.operating_point.fmr !== null ? `, measured FMR ${
+      force.pack.operating_point.fmr}` : ""}); ${force.decision.k} of ${force.decision.n} frames, margin ${
+    force.decision.margin}; liveness ${force.liveness.enabled ? "on" : "off"}; on ${force.pack.providers.join(", ")}`
+    : `daemon ${pack.daemon}: configured pack ${pack.configured.pack}`;
+  $("#pack").textContent = JSON.stringify(force || pack.configured, null, 2);
   if (!$("#tab-system").hidden) setTimeout(loadSystem, 2000);
 }
 
