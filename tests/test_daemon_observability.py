@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -102,6 +103,13 @@ def test_metrics_state_file_and_snapshots_of_a_running_service(tmp_path, enrolle
     assert last["facegate_gallery_identities"][0].value == 1
     assert [s.labels["provider"] for s in last["facegate_execution_provider"]] == ["CPUExecutionProvider"]
     assert last["facegate_decision_threshold"][0].value == stages.engine.scorer.threshold
+
+    served = {sample.name for samples in last.values() for sample in samples}
+    dashboard = (Path(__file__).resolve().parents[1] / "contrib" / "grafana-dashboard.json").read_text()
+    charted = set(re.findall(r"facegate_[a-z_]+", dashboard)) - {"facegate_mqtt_connected", "facegate_mqtt_queue_depth",
+                                                                  "facegate_mqtt_expired_grants_total",
+                                                                  "facegate_mqtt_dropped_total"}  # no broker here
+    assert charted <= served, f"the Grafana dashboard charts metrics the daemon does not serve: {charted - served}"
 
     assert states, "state.json was never written while running"
     live = [s for s in states if s["running"]]
