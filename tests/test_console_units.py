@@ -69,7 +69,7 @@ def test_time_filters_compare_instants_not_text(tmp_path):
             audit.append(decision_record(n))
     index = AuditIndex(path)
     t0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
-    plus2 = datetime(2026, 5, 4, 10, 3, tzinfo=timezone(timedelta(hours=2)))
+    plus2 = datetime(2026, 5, 4, 10, 10, tzinfo=timezone(timedelta(hours=2)))  # 08:10 UTC
     rows, _ = index.query(Query(since=t0 + timedelta(minutes=3), until=plus2, limit=100))
     assert [r["seq"] for r in rows] == list(range(9, 2, -1))
 
