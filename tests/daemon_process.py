@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from facegate.runtime.audit import read_audit
+from facegate.runtime.audit import is_decision, read_audit
 
 #: A test-only HMAC key (64 hex characters).
 KEY = "9f1c2e3d4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff"
@@ -118,8 +118,8 @@ class Daemon:
         return self.wait_until(lambda: predicate(self.events()), timeout)
 
     def audited(self) -> list[dict]:
-        """The signed payloads in the audit log, in order."""
-        return [r["event"] for r in read_audit(self.audit)] if self.audit.exists() else []
+        """The signed payloads in the audit log, in order (the console's admin records left out)."""
+        return [r["event"] for r in read_audit(self.audit) if is_decision(r)] if self.audit.exists() else []
 
     # -------------------------------------------------------------------------------------------- stopping
     def wait_exit(self, timeout: float = 120.0) -> int:

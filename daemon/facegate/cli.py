@@ -21,7 +21,7 @@ from facegate import __version__
 from facegate.errors import FacegateError
 
 #: Modules under facegate.commands that add sub-commands, in help order.
-COMMAND_MODULES = ("models", "faces", "gallery", "evaluate", "liveness", "daemon", "keys", "door")
+COMMAND_MODULES = ("models", "faces", "gallery", "evaluate", "liveness", "daemon", "admin", "keys", "door")
 
 
 class _Parser(argparse.ArgumentParser):

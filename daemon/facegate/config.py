@@ -389,6 +389,62 @@ class ServiceConfig(_Section):
         "watchdog is no longer fed, so systemd restarts the daemon (WatchdogSec later)")
 
 
+class MetricsConfig(_Section):
+    """The daemon's Prometheus endpoint (``runtime/metrics.py``): ``http://<listen>:<port>/metrics``."""
+
+    enabled: bool = Field(True, description="Serve /metrics (a bind failure is logged; decisions go on)")
+    listen: str = Field("127.0.0.1", min_length=1, description="Address to listen on; 0.0.0.0 exposes it to the "
+                        "network (the metrics carry door and camera names, no faces)")
+    port: int = Field(9108, ge=1, le=65535, description="TCP port (9108: facegate's default, not registered)")
+
+
+class SnapshotsConfig(_Section):
+    """Face crops of decisions kept for the operator console (``runtime/snapshots.py``). Off by default: a kept
+    crop is a biometric image of everyone who walked past, enrolled or not (README: privacy)."""
+
+    enabled: bool = Field(False, description="Keep the face crop of each decision as a JPEG named by its event_id")
+    path: str | None = Field(None, description="Folder (created 0700); None = snapshots/ in the state directory")
+    retention_hours: float = Field(24.0, gt=0, le=8760, description="Crops older than this (hours) are deleted")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="JPEG quality of the kept crops")
+
+
+class AdminTlsConfig(_Section):
+    """HTTPS for the operator console (PEM files; relative to the config file)."""
+
+    cert: str = Field(..., description="Server certificate chain (PEM)")
+    key: str = Field(..., description="Server private key (PEM)")
+
+
+class AdminConfig(_Section):
+    """The operator console, `facegate admin --config FILE` (a process of its own; see README "Operator console")."""
+
+    listen: str = Field("127.0.0.1", min_length=1, description="Address to listen on; keep 127.0.0.1 behind a "
+                        "reverse proxy, or give admin.tls to serve HTTPS on the network")
+    port: int = Field(8470, ge=1, le=65535, description="TCP port of the console and its API")
+    tls: AdminTlsConfig | None = Field(None, description="Serve HTTPS with this certificate; None = plain HTTP")
+    tokens_file: str | None = Field(
+        None, description="API tokens (hashed, mode 0600); None = admin-tokens.json in the state directory")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins (https://host:port) allowed to call the API from "
+        "another page; [] = none (the console's own page needs none)")
+    max_upload_bytes: int = Field(8 << 20, ge=1024, le=64 << 20, description="Largest enrolment photo (bytes)")
+    max_upload_files: int = Field(10, ge=1, le=100, description="Most photos in one enrolment request")
+    state_stale_s: float = Field(
+        5.0, gt=0, description="The daemon counts as down when its state.json is older than this (s)")
+    plain_http_on_network: bool = Field(
+        False, description="Allow plain HTTP on an address other than loopback (tokens would cross the network "
+        "unencrypted); without it such a listen address needs admin.tls")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://console.example.org:8443 (no path, "
+                                 "no wildcard)")
+        return value
+
+
 class Config(_Section):
     """The whole configuration. Every section has defaults; an empty file is valid (then give --camera)."""
 
@@ -408,6 +464,9 @@ class Config(_Section):
     liveness: LivenessConfig = Field(default_factory=LivenessConfig, description="Presentation-attack detection")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="ONNX Runtime")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="Process settings")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint")
+    snapshots: SnapshotsConfig = Field(default_factory=SnapshotsConfig, description="Face crops of decisions")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="Operator console (`facegate admin`)")
 
     @model_validator(mode="after")
     def _references(self) -> Config:

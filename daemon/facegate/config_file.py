@@ -263,7 +263,8 @@ def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Return a copy whose relative file paths (camera files, TLS, password, audit, key, gallery) are absolute."""
+    """Return a copy whose relative file paths (camera files, TLS, password, audit, key, gallery, snapshots, the
+    console's TLS and tokens files) are absolute."""
 
     def fix(value: str | None) -> str | None:
         if value is None:
@@ -275,6 +276,10 @@ def resolve_paths(config: Config, base: Path) -> Config:
     tls = config.mqtt.tls
     if tls is not None:
         tls = tls.model_copy(update={"ca": fix(tls.ca), "cert": fix(tls.cert), "key": fix(tls.key)})
+    admin = config.admin
+    admin_tls = admin.tls
+    if admin_tls is not None:
+        admin_tls = admin_tls.model_copy(update={"cert": fix(admin_tls.cert), "key": fix(admin_tls.key)})
     pack = config.pack
     if pack.endswith((".yaml", ".yml")):
         pack = fix(pack) or pack
@@ -287,4 +292,6 @@ def resolve_paths(config: Config, base: Path) -> Config:
         "signing": config.signing.model_copy(update={"key_file": fix(config.signing.key_file)}),
         "gallery": config.gallery.model_copy(update={"path": fix(config.gallery.path)}),
         "service": config.service.model_copy(update={"state_dir": fix(config.service.state_dir)}),
+        "snapshots": config.snapshots.model_copy(update={"path": fix(config.snapshots.path)}),
+        "admin": admin.model_copy(update={"tls": admin_tls, "tokens_file": fix(admin.tokens_file)}),
     })

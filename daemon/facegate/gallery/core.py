@@ -236,6 +236,24 @@ class Gallery:
         log.info("gallery_enrol identity=%r templates=%d skipped=%d", name, int(new.sum()), int((~new).sum()))
         return identity_id, tids
 
+    def update(self, name_or_id: str | int, *, name: str | None = None, groups: list[str] | None = None) -> Identity:
+        """Rename an identity and/or replace its groups; its templates stay. The index's labels follow at once
+        (a running daemon's at its next refresh). Raises ``GalleryError`` for an unknown identity, an invalid or
+        taken name, or an invalid group (``facegate.gallery.validate``). Returns the identity as stored now."""
+        problem = (name_problem(name) if name is not None else None) or (
+            groups_problem(list(groups)) if groups is not None else None)
+        if problem:
+            raise GalleryError(problem)
+        with self._write_lock:
+            ident = self.store.identity(name_or_id)
+            if groups is not None:
+                self.store.set_groups(ident.name, list(groups))
+            if name is not None and name.strip() != ident.name:
+                self.store.rename(ident.name, name.strip())
+            self.refresh()
+        log.info("gallery_update identity=%s name=%r groups=%s", ident.id, name, groups)
+        return self.store.identity(name.strip() if name is not None else ident.name)
+
     def remove(self, name_or_id: str | int) -> Identity:
         """Erase an identity: its templates leave SQLite (overwritten, secure_delete) and the index (deleted
         marks). ``compact`` then rewrites both files. Raises ``GalleryError`` for an unknown identity."""

@@ -518,6 +518,16 @@ class Store:
                         (json.dumps(sorted(set(groups))), utc_now(), ident.id))
             self._bump(cur)  # the index's name/group labels must be reloaded
 
+    def rename(self, name_or_id: str | int, new_name: str) -> None:
+        """Give an identity another name (validated by the caller); ``GalleryError`` when the name is taken."""
+        ident = self.identity(name_or_id)
+        try:
+            with self.transaction() as cur:
+                cur.execute("UPDATE identities SET name=?, updated_at=? WHERE id=?", (new_name, utc_now(), ident.id))
+                self._bump(cur)  # the index's name labels must be reloaded
+        except sqlite3.IntegrityError:
+            raise GalleryError(f"an identity named {new_name!r} already exists; choose another name") from None
+
     def remove(self, name_or_id: str | int) -> tuple[Identity, np.ndarray, int]:
         """Delete an identity and its templates. Returns (the identity, its template ids, new generation)."""
         ident = self.identity(name_or_id)

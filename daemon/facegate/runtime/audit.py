@@ -4,18 +4,24 @@ Durability first. ``append`` returns only once the complete line is written and 
 raises ``AuditWriteError`` (an ``OSError``) and the emitter stops the event there: nothing is published or printed
 that has no complete, durable audit line.
 
+Two kinds of record share the log: a decision (``{"logged_at", "topic", "event": <signed payload>}``, written by the
+daemon) and an operator's action (``{"logged_at", "admin": {"action", "token", "target", ...}}``, written by the
+operator console, a separate process). Readers tell them apart with ``is_decision`` / ``is_admin``. Both processes
+append through ``AuditLog``: each record with ``write()`` on an ``O_APPEND`` descriptor while holding an exclusive
+``flock`` on the file, so records of the two processes never interleave.
+
 Faults (a full or failing file system). A write can stop half-way (``ENOSPC`` after part of the line) or ``fsync``
-can fail: the line is then *torn*. Before the next record the writer repairs it: it truncates the file back to the
-end of the last durable line (``ftruncate``); if that fails too it starts the next record on a fresh line (a
-newline first), so a record is never appended onto a partial line and every complete line stays parseable. The
+can fail: the line is then *torn*. Before every record the writer (holding the lock) looks at the file's last byte:
+after a torn line — its own, the other process's, or a crash's — it truncates the file back to the end of the last
+complete line (``ftruncate``); if that fails too it starts the record on a fresh line (a newline first). So a record
+is never appended onto a partial line and every complete line stays parseable. The
 daemon keeps deciding meanwhile and retries at every event; the episode is reported once through ``Health``
 (part ``audit``: one ``degraded`` line, and a ``recovered`` line with the number of events that were not recorded,
 hence not published), never as a traceback per decision. When space returns the next event is recorded: recovery
 needs no restart.
 
-Opening an existing log appends to it. A crash can leave a torn last line (no newline); on opening, the writer does
-not rewrite what an earlier process wrote: it appends a newline first so the next record starts on a line of its
-own, and ``read_audit`` skips any line that is not a JSON object with a warning naming the file and line number.
+Opening an existing log appends to it; a torn last line a crash left is repaired as above before the first record,
+and ``read_audit`` skips any line that is not a JSON object with a warning naming the file and line number.
 
 Rotation: ``reopen`` (SIGHUP, after logrotate renamed the file; ``systemd/facegate.logrotate``) opens ``path``
 afresh, creating it when it was moved away; records written between the rename and the signal are in the renamed
@@ -24,8 +30,8 @@ file, complete. ``copytruncate`` must not be used: it loses what is written betw
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -66,32 +72,15 @@ class AuditLog:
         self.path = Path(path)
         self.health = health if health is not None else Health()
         self._lock = threading.Lock()
-        self._fd, self._good = self._open()
-        self._torn = False  # a write or fsync failed after the last durable line: repair before the next record
+        self._fd = self._open()
 
-    def _open(self) -> tuple[int, int]:
-        """Open ``path`` for appending (end of its last line ensured); returns (fd, size = end of the last line)."""
+    def _open(self) -> int:
+        """Open ``path`` for appending (0600 when created). Raises ``ConfigError`` naming it."""
         try:
-            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            return open_private(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise ConfigError(f"audit log {self.path}: cannot open for appending ({exc.strerror}); "
                               "check the path and the service user's permissions") from exc
-        try:
-            size = os.fstat(fd).st_size
-            if size:
-                with open(self.path, "rb") as f:
-                    f.seek(size - 1)
-                    last = f.read(1)
-                if last != b"\n":
-                    log.warning("event=audit_torn_line path=%s action=newline_appended", self.path)
-                    os.write(fd, b"\n")
-                    os.fsync(fd)
-                    size += 1
-        except OSError as exc:
-            os.close(fd)
-            raise ConfigError(f"audit log {self.path}: cannot repair its torn last line ({exc.strerror}); "
-                              "free space on its file system or move the file away") from exc
-        return fd, size
 
     @classmethod
     def from_config(cls, config: Config, state: Path, health: Health | None = None) -> AuditLog:
@@ -113,54 +102,53 @@ class AuditLog:
             if self._fd < 0:
                 raise AuditWriteError(errno.EBADF, f"audit log {self.path} is closed")
             try:
-                if self._torn:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # the console appends to the same file from another process
+                try:
                     self._repair()
-                self._write(data)
+                    self._write(data)
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError as exc:
                 self.health.problem("audit", f"{self.path}: {exc.strerror or exc}")  # one line per episode
                 raise AuditWriteError(exc.errno or errno.EIO,
                                       f"audit log {self.path}: record not written ({exc.strerror or exc})") from None
-            self._good = os.fstat(self._fd).st_size
         # its "recovered" line counts the records lost; a disk with room for some records only is one episode
         self.health.clear("audit", settle_s=SETTLE_S)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
-        except OSError:
-            self._torn = True  # part of the line (or all of it, not durable) may be in the file
-            raise
+        while view:  # one write() on Linux for a regular file; the loop only guards a short write
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
 
     def _repair(self) -> None:
-        """Remove a torn line: truncate to the last durable line, else start a fresh line. Raises ``OSError``
-        when neither works (the record is then not written either)."""
+        """With the lock held: when the file does not end with a newline (a torn line), truncate it to the end of
+        its last complete line, else start a fresh line. Raises ``OSError`` when neither works (the record is then
+        not written either)."""
+        size = os.fstat(self._fd).st_size
+        if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
+            return
+        end = _last_line_end(self._fd, size)
         try:
-            os.ftruncate(self._fd, self._good)
+            os.ftruncate(self._fd, end)
             os.fsync(self._fd)
+            log.warning("event=audit_torn_line path=%s action=truncated bytes=%d", self.path, size - end)
         except OSError as exc:
-            log.debug("event=audit_truncate_failed error=%s action=fresh_line", exc)
-            os.write(self._fd, b"\n")  # a torn fragment then stands alone on its line (read_audit skips it)
+            log.warning("event=audit_torn_line path=%s action=fresh_line truncate_error=%r", self.path, str(exc))
+            os.write(self._fd, b"\n")  # the fragment then stands alone on its line (read_audit skips it)
             os.fsync(self._fd)
-            self._good = os.fstat(self._fd).st_size
-        self._torn = False
 
     def reopen(self) -> None:
         """Open ``path`` again (SIGHUP after a rotation); the old file is closed once the new one is open. When
         the new one cannot be opened the old one is kept and the problem logged."""
         try:
-            fd, good = self._open()
+            fd = self._open()
         except ConfigError as exc:
             log.error("event=audit_reopen_failed error=%r note=still_writing_the_old_file", str(exc))
             return
         with self._lock:
-            if self._torn and self._fd >= 0:
-                with contextlib.suppress(OSError):  # leave the old file without a torn last line if it can be
-                    self._repair()
-            old, self._fd, self._good, self._torn = self._fd, fd, good, False
+            old, self._fd = self._fd, fd
         if old >= 0:
             os.close(old)
         log.info("event=audit_reopened path=%s", self.path)
@@ -180,6 +168,18 @@ class AuditLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _last_line_end(fd: int, size: int, chunk: int = 65536) -> int:
+    """Offset just after the last newline before ``size`` (0 when there is none), read backwards in chunks."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
 
 
 def iter_audit(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

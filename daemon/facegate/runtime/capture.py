@@ -461,13 +461,16 @@ class CaptureStage:
         return [cid for cid, c in self.cameras.items() if c.stats.frames > 0]
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        """Per-camera counters for logs and the status line."""
+        """Per-camera counters for logs, the status line, the metrics and ``state.json``; ``last_frame_age_s``:
+        seconds since the camera's last frame (None before the first)."""
         out = {}
-        for cid, c in self.cameras.items():
+        now = time.monotonic()
+        for cid, c in list(self.cameras.items()):  # read from the metrics and state threads while SIGHUP may swap
             s = c.stats
             out[cid] = {"state": s.state, "frames": s.frames, "dropped": self.slots.dropped.get(cid, 0),
                         "opens": s.opens, "failures": s.failures, "rebuilds": s.rebuilds,
-                        "fps": round(s.fps, 1), "last_error": s.last_error}
+                        "fps": round(s.fps, 1), "last_error": s.last_error,
+                        "last_frame_age_s": None if s.last_frame_at is None else round(now - s.last_frame_at, 2)}
         return out
 
 

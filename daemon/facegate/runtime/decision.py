@@ -107,7 +107,9 @@ class Decision:
     """One door decision. ``score`` is the mean comparison score of the frames used, ``margin`` the smallest
     margin among them (None when the gallery had no second identity); ``captured_at`` is the wall UTC capture time
     of the frame that completed the decision, ``captured_mono`` its monotonic time and ``inferred_mono`` when its
-    inference finished (for latency measurements)."""
+    inference finished (for latency measurements). ``box`` is the track's face in that frame (x1, y1, x2, y2 px;
+    None when the track had no face in it); ``face_crop`` its BGR uint8 crop, set only while the engine's
+    ``keep_crops`` is on (snapshot retention, ``runtime/snapshots.py``), never part of the signed payload."""
 
     type: Literal["grant", "deny", "unknown"]
     camera: str
@@ -123,6 +125,8 @@ class Decision:
     reason: str | None = None
     captured_mono: float | None = None
     inferred_mono: float | None = None
+    box: tuple[float, float, float, float] | None = None
+    face_crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 class _Obs(NamedTuple):
@@ -139,6 +143,25 @@ class _TrackState:
     emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
     granted_at: float | None = None
     spoof: bool = False
+
+
+#: Context kept around a face box on each side for a snapshot, as a fraction of the box's size.
+CROP_MARGIN = 0.25
+
+
+def face_crop(image: np.ndarray, box: Sequence[float], margin: float = CROP_MARGIN) -> np.ndarray | None:
+    """A copy of ``box`` (x1, y1, x2, y2 px) of a BGR uint8 H×W×3 ``image``, widened by ``margin`` of its size on
+    each side and clipped to the image; None when nothing of it lies inside the image."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    c, d = min(w, int(math.ceil(x2 + mx))), min(h, int(math.ceil(y2 + my)))
+    if c - a < 2 or d - b < 2:
+        return None
+    return image[b:d, a:c].copy()
 
 
 def _utcnow() -> datetime:
@@ -189,6 +212,8 @@ class DecisionEngine:
         self._tracks: dict[str, dict[int, _TrackState]] = {}
         self._lock = threading.Lock()
         self.stats: Counter[str] = Counter()
+        #: Attach each decision's face crop (``Decision.face_crop``) in ``on_result``: snapshot retention only.
+        self.keep_crops = False
 
     @classmethod
     def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
@@ -229,8 +254,9 @@ class DecisionEngine:
             for d in decisions:
                 if self.sink is None:
                     continue
+                crop = face_crop(f.image, d.box) if self.keep_crops and d.box is not None else None
                 try:
-                    self.sink(dataclasses.replace(d, inferred_mono=result.done_at))
+                    self.sink(dataclasses.replace(d, inferred_mono=result.done_at, face_crop=crop))
                 except OSError:
                     log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
@@ -290,6 +316,7 @@ class DecisionEngine:
             return []
         self.health.clear(f"decision:{camera}", settle_s=SETTLE_S)
         out: list[Decision] = []
+        where = {int(t): i for i, t in enumerate(track_ids)}  # each track's face in this frame
         for tid in dict.fromkeys(int(t) for t in track_ids):
             try:
                 d = self._decide_track(camera, door, tid, states[tid], captured_at, captured_wall, now)
@@ -298,7 +325,9 @@ class DecisionEngine:
                 log.exception("event=decision_error camera=%s track=%d stage=emit", camera, tid)
                 d = None
             if d is not None:
-                out.append(d)
+                i = where[tid]
+                box = tuple(float(v) for v in dets.boxes[i][:4]) if i < len(dets) else None
+                out.append(dataclasses.replace(d, box=box))
         return out
 
     def _decide_track(

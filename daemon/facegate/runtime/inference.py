@@ -124,6 +124,9 @@ class InferenceStage:
         self.min_face_px = min_face_px
         self.liveness = liveness
         self.stats = InferenceStats()
+        #: Called after each batch with (frames in it, seconds it took) on the inference thread (the metrics'
+        #: histograms); must be fast and must not raise.
+        self.batch_observers: list[Callable[[int, float], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._busy_since: float | None = None
@@ -203,6 +206,8 @@ class InferenceStage:
             st.faces += sum(len(r.dets) for r in results)
             st.last_cycle_s = dt
             st.busy_s += dt
+            for observe in self.batch_observers:
+                observe(len(chunk), dt)
             for r in results:
                 try:
                     self.on_result(r)

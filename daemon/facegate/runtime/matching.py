@@ -154,6 +154,11 @@ class LiveGallery:
         self._recovered()
         return True
 
+    @property
+    def identities(self) -> int:
+        """Identities the daemon currently matches against (as of the last refresh)."""
+        return len(self._identities)
+
     def _log_changes(self, names: dict[Any, str]) -> None:
         before = self._identities
         if names == before:

@@ -4,7 +4,9 @@ beside it) and is handed its neighbours; this module holds no decision, event or
 
 Data flows without coming back here: capture (``CaptureStage``) → inference (``InferenceStage``) → decision
 (``DecisionEngine.on_result``: tracking, voting, gallery search via ``LiveGallery``, rules) → ``EventEmitter``, whose
-sinks run in order: audit log (durable first), MQTT, stdout, statistics.
+sinks run in order: audit log (durable first), MQTT, stdout, statistics, Prometheus metrics (``runtime/metrics.py``,
+which also serves ``/metrics`` from its own thread), snapshots (``runtime/snapshots.py``, when retention is on).
+The loop rewrites ``state.json`` every second for the operator console (``runtime/state_file.py``).
 
 Start-up order (any failure raises a ``FacegateError`` naming the part, before systemd hears READY): state folder →
 signing key → audit log → model pack (the execution provider obtained is logged) → gallery → access rules and
@@ -50,15 +52,18 @@ from facegate.runtime.events import EventEmitter, Sink, StdoutSink, signer_from_
 from facegate.runtime.health import Health
 from facegate.runtime.inference import InferenceStage, load_pipeline
 from facegate.runtime.matching import LiveGallery
+from facegate.runtime.metrics import DaemonMetrics
 from facegate.runtime.passages import PassageTracker
 from facegate.runtime.rules import AccessRules
+from facegate.runtime.snapshots import SnapshotSink
+from facegate.runtime.state_file import StateFile, daemon_state
 from facegate.runtime.stats import DecisionStats
 
 log = logging.getLogger(__name__)
 
 #: Sections a SIGHUP cannot change in a running daemon (they open files, models or connections at start).
 RESTART_SECTIONS = ("pack", "mqtt", "audit", "signing", "gallery", "inference", "liveness", "service",
-                    "homeassistant")
+                    "homeassistant", "metrics", "snapshots")
 
 
 def state_dir(config: Config) -> Path:
@@ -88,8 +93,9 @@ class Periodic:
 @dataclass
 class Stages:
     """The running parts, built in order by ``build_stages`` (or injected by a test); ``publisher`` is None
-    without a broker; ``closers`` are closed in order when the service shuts down; ``health`` is the registry the
-    stages report to."""
+    without a broker, ``metrics`` with ``metrics.enabled: false``, ``snapshots`` unless snapshot retention is on,
+    ``state_file`` in an injected set that has none; ``closers`` are closed in order when the service shuts down;
+    ``periodic`` is the stages' work on the service's thread; ``health`` is the registry the stages report to."""
 
     capture: CaptureStage
     inference: InferenceStage
@@ -102,6 +108,9 @@ class Stages:
     periodic: list[Periodic] = field(default_factory=list)
     announcer: HomeAssistantDiscovery | None = None
     health: Health = field(default_factory=Health)
+    metrics: DaemonMetrics | None = None
+    snapshots: SnapshotSink | None = None
+    state_file: StateFile | None = None
 
 
 def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list[Closer]) -> Stages:
@@ -129,13 +138,19 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     rules = AccessRules.from_config(config)
     passages = PassageTracker.from_config(config, rules, publisher)
     stats = DecisionStats()
+    metrics = DaemonMetrics.from_config(config)
+    snapshots = SnapshotSink.from_config(config, state)
     sinks: list[Sink] = [audit] + ([publisher] if publisher else [])
     sinks += [StdoutSink()] if config.service.stdout_events else []
     sinks += [passages] if passages else []
-    emitter = EventEmitter.from_config(config, signer=signer, sinks=[*sinks, stats])
+    metrics = DaemonMetrics.from_config(config)
+    snapshots = SnapshotSink.from_config(config, state)
+    sinks += [stats] + ([metrics.sink] if metrics else []) + ([snapshots] if snapshots else [])
+    emitter = EventEmitter.from_config(config, signer=signer, sinks=sinks)
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
                                         cameras=cameras, sink=emitter.emit, health=health)
+    engine.keep_crops = snapshots is not None
     capture = CaptureStage(cameras, health=health)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health)
     periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
@@ -143,7 +158,15 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     announcer = HomeAssistantDiscovery.from_config(config, publisher, capture, list(rules.doors))
     if announcer is not None:
         periodic.append(Periodic("homeassistant_states", config.homeassistant.state_every_s, announcer.publish_states))
-    return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, periodic, announcer, health)
+    if snapshots is not None:
+        periodic.append(Periodic("snapshots_purge", 1.0, snapshots.purge_if_due))
+    stages = Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened, periodic, announcer,
+                    health, metrics=metrics, snapshots=snapshots, state_file=StateFile.from_config(config, state))
+    if metrics is not None:
+        metrics.attach(stages)
+        if metrics.start():
+            opened.insert(0, ("metrics", metrics.stop))
+    return stages
 
 
 class Service:
@@ -254,6 +277,8 @@ class Service:
             if now - last_stats >= 30.0:
                 last_stats = now
                 self.log_stats()
+            if s.state_file is not None:  # for the operator console; it needs the config in force
+                s.state_file.tick(lambda: daemon_state(s, self.config))
             idle_checks = idle_checks + 1 if s.capture.all_ended and s.inference.idle() else 0
             if idle_checks >= 2:
                 log.info("event=all_cameras_ended action=exit")
@@ -356,6 +381,8 @@ class Service:
             s.capture.stop(t / 2)
             s.inference.stop(t / 2)
             self.log_stats()
+            if s.state_file is not None:
+                s.state_file.close(lambda: daemon_state(s, self.config, running=False))
             self._close(s.closers)
         self._close(self._opened)  # a build that failed half-way
 
