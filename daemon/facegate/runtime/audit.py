@@ -77,7 +77,7 @@ class AuditLog:
     def _open(self) -> int:
         """Open ``path`` for appending (0600 when created). Raises ``ConfigError`` naming it."""
         try:
-            return open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            return open_private(self.path, os.O_RDWR | os.O_APPEND)  # read: the torn-line check looks at the end
         except OSError as exc:
             raise ConfigError(f"audit log {self.path}: cannot open for appending ({exc.strerror}); "
                               "check the path and the service user's permissions") from exc
@@ -206,3 +206,20 @@ def read_audit(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def audit_record(payload: dict[str, Any], topic: str | None) -> dict[str, Any]:
     """The audit line for one event: the signed payload, its topic (None without a broker) and when it was logged."""
     return {"logged_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "topic": topic, "event": payload}
+
+
+def is_decision(record: dict[str, Any]) -> bool:
+    """True for a decision record (``{"logged_at", "topic", "event": {...}}``)."""
+    return isinstance(record.get("event"), dict)
+
+
+def is_admin(record: dict[str, Any]) -> bool:
+    """True for an operator's action recorded by the console (``{"logged_at", "admin": {...}}``)."""
+    return isinstance(record.get("admin"), dict)
+
+
+def admin_record(action: str, token: str, target: Any = None, **details: Any) -> dict[str, Any]:
+    """The audit line for one change made through the operator console: ``action`` (e.g. "identity.create"),
+    ``token`` (the name of the API token that made it), ``target`` (what it changed) and any ``details``."""
+    return {"logged_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "admin": {"action": action, "token": token, "target": target, **details}}
