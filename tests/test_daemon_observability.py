@@ -79,7 +79,8 @@ def test_metrics_state_file_and_snapshots_of_a_running_service(tmp_path, enrolle
         try:
             scrapes.append(_scrape(url))
         except httpx.TransportError:  # the file ended and the service is shutting its endpoint down meanwhile
-            assert done.wait(10), "the metrics endpoint failed while the service was running"
+            assert stages.capture.all_ended, "the metrics endpoint failed while the camera was still playing"
+            assert done.wait(30)
             break
         if state_path.exists():
             states.append(json.loads(state_path.read_text()))
