@@ -198,6 +198,9 @@ def test_broker_outage_keeps_audit_complete_and_never_sends_expired_grants(galle
     threading.Thread(target=watch, daemon=True).start()
     cfg = _base(gallery, [_camera("stage", STAGE, "front", start_s=2.6, stop_s=7.0, loop=True)],
                 [{"id": "front", "cooldown_s": 0}], mosquitto_broker, repeat_after_s=0.5, grant_ttl_s=1.0)
+    # the door (this subscriber, back 1-2 s after the broker) reconnects before the daemon (2.5-3 s), so a receipt
+    # time here is a send time; a door that comes back later gets what the broker kept for it, and checks expires_at
+    cfg["mqtt"].update(reconnect_min_s=2.5, reconnect_max_s=3.0)
     daemon = Daemon(tmp_path, cfg).start()
     try:
         assert daemon.wait_record("ready", 90), daemon.tail()
