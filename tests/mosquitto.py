@@ -20,6 +20,7 @@ import socket
 import subprocess
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -150,7 +151,7 @@ class Subscriber:
     """
 
     def __init__(self, broker: Mosquitto, topic: str = "#", *, persistent: bool = False, client_id: str = "",
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None, reconnect_s: float = 1.0) -> None:
         self.broker, self.topic = broker, topic
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
@@ -158,7 +159,8 @@ class Subscriber:
         cid = client_id or (f"test-sub-{free_port()}" if persistent else "")
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid,
                                   clean_session=not persistent)
-        self.client.reconnect_delay_set(1, 2)
+        self.client.reconnect_delay_set(reconnect_s, 2 * reconnect_s)  # type: ignore[arg-type] (seconds, floats too)
+        self.connects: list[datetime] = []  # wall time of each (re)connection
         if username is not None:
             self.client.username_pw_set(username, password)
         if broker.ca_file is not None:
@@ -169,6 +171,7 @@ class Subscriber:
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if not reason.is_failure:
+            self.connects.append(datetime.now(UTC))
             client.subscribe(self.topic, qos=1)
             self.connected.set()
 
