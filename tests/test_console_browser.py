@@ -64,13 +64,18 @@ def browser(tmp_path):
 
 
 def test_enrol_see_the_grant_live_and_erase_in_the_page(browser, mosquitto_broker, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     shots = Path(os.environ.get("FACEGATE_SCREENSHOTS") or tmp_path / "screens")
     shots.mkdir(parents=True, exist_ok=True)
-    wait = WebDriverWait(browser, 90)
+    # the page re-renders its tables as data arrives: an element found a moment ago may be replaced; look again
+    wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
+
+    def click(locator: tuple[str, str]) -> None:
+        wait.until(lambda d: d.find_element(*locator).click() is None)  # a stale element is looked up again
     sub = Subscriber(mosquitto_broker, f"{PREFIX}/#").start()
     daemon = Daemon(tmp_path, site_config(tmp_path, mosquitto_broker))
     console = ConsoleProcess(daemon.config)
@@ -106,7 +111,7 @@ def test_enrol_see_the_grant_live_and_erase_in_the_page(browser, mosquitto_broke
         browser.save_screenshot(str(shots / "02-people-enrolled.png"))
 
         # the grant appears live
-        browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=decisions]").click()
+        click((By.CSS_SELECTOR, "#tabs button[data-tab=decisions]"))
         wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live: on"))
         before = len(browser.find_elements(By.CSS_SELECTOR, "#decisions tbody tr.new"))
         grant_row = (By.XPATH, f"//table[@id='decisions']//tr[contains(@class,'new')][td/span[text()='grant']]"
@@ -124,8 +129,9 @@ def test_enrol_see_the_grant_live_and_erase_in_the_page(browser, mosquitto_broke
         browser.save_screenshot(str(shots / "04-cameras-doors.png"))
 
         # erase him
-        browser.find_element(By.CSS_SELECTOR, "#tabs button[data-tab=people]").click()
-        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#people button.remove"))).click()
+        click((By.CSS_SELECTOR, "#tabs button[data-tab=people]"))
+        wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#people button.remove")))
+        click((By.CSS_SELECTOR, "#people button.remove"))
         wait.until(ec.alert_is_present())
         browser.switch_to.alert.accept()
         wait.until(ec.text_to_be_present_in_element((By.ID, "people-count"), "(0)"))
