@@ -127,7 +127,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
                                         cameras=cameras, sink=emitter.emit)
     capture = CaptureStage(cameras)
-    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
+    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, planner=engine)
     periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
         if config.gallery.refresh_s else []
     announcer = HomeAssistantDiscovery.from_config(config, publisher, capture, list(rules.doors))
@@ -258,9 +258,11 @@ class Service:
         s = self.stages
         inf = s.inference.stats
         summary = s.stats.summary()
-        log.info("event=stats frames=%d faces=%d cycle_ms=%.0f decisions=%s latency_ms_inferred_p50=%s "
-                 "latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s latency_ms_emitted_p99=%s cameras=%s mqtt=%s",
-                 inf.frames, inf.faces, 1000 * inf.busy_s / max(1, inf.cycles), summary["decisions"],
+        log.info("event=stats frames=%d detected=%d faces=%d embedded=%d cycle_ms=%.0f decisions=%s "
+                 "latency_ms_inferred_p50=%s latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s "
+                 "latency_ms_emitted_p99=%s cameras=%s mqtt=%s",
+                 inf.frames, inf.detected, inf.faces, inf.embedded, 1000 * inf.busy_s / max(1, inf.cycles),
+                 summary["decisions"],
                  summary["latency_ms_inferred_p50"], summary["latency_ms_inferred_p99"],
                  summary["latency_ms_emitted_p50"], summary["latency_ms_emitted_p99"],
                  json.dumps(s.capture.snapshot()), dict(s.publisher.stats) if s.publisher else None)
