@@ -297,7 +297,7 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
     text = log.read_text()
     stats = [line for line in text.splitlines() if "event=stats" in line][-1]
     fields = dict(kv.split("=", 1) for kv in stats.split() if kv.split("=", 1)[0] in (
-        "frames", "detected", "faces", "embedded", "cycle_ms"))
+        "frames", "detected", "faces", "embedded", "cycle_ms") or kv.startswith("latency_ms_"))
     cams = json.loads(stats.split("cameras=", 1)[1].split(" mqtt=", 1)[0])
     lat = np.array([(at - datetime.fromisoformat(e["captured_at"].replace("Z", "+00:00"))).total_seconds() * 1000
                     for e, at in received])
@@ -318,6 +318,8 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
         "frames_taken": int(fields["frames"]), "frames_detected": int(fields.get("detected", 0)),
         "faces": int(fields["faces"]), "embedded": int(fields.get("embedded", 0)), "cycle_ms": fields["cycle_ms"],
         "delivered": sum(c["frames"] for c in cams.values()), "dropped": sum(c["dropped"] for c in cams.values()),
+        # the daemon's own split over its whole life: capture → inference done, capture → audited and queued
+        **{f"daemon_{k}": v for k, v in fields.items() if k.startswith("latency_ms_")},
     }
     p50, p99 = row["latency_ms_p50"], row["latency_ms_p99"]
     print(f"daemon {tag:14s} cameras={row['cameras']} cpu={row['cpu_cores']:.2f} cores rss={hwm:.0f} MiB "

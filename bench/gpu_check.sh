@@ -35,8 +35,9 @@ fi
 if [ -z "$gpu" ]; then
   say "no GPU found (nvidia-smi missing or listing no GPU): CPU figures only, nothing installed"
   providers=CPUExecutionProvider
-  embed_args=(--batches 1,8,32 --repeats 2)
-  pipe_args=(--max-frames 100 --daemon-seconds 15 --batches 1,4)
+  embed_args=(--batches 1,8,32 --repeats 2 --threads 1)
+  pipe_args=(--max-frames 100 --daemon-seconds 15 --batches 1,4 --threads 1)
+  scale_args=(--threads 1)
   scale=4
 else
   say "GPU: $gpu"
@@ -66,6 +67,7 @@ EOF
   providers=CUDAExecutionProvider,CPUExecutionProvider
   embed_args=(--batches 1,8,32,64,128,256 --repeats 5 --faces 256)
   pipe_args=(--daemon-seconds 30 --batches 1,4,8)
+  scale_args=()
   scale=100
 fi
 say "providers: $providers; figures in $OUT"
@@ -75,7 +77,7 @@ say "providers: $providers; figures in $OUT"
 "$PY" bench/pipeline_bench.py --providers "$providers" --skip-peer "${pipe_args[@]}" --json "$OUT/pipeline.json" \
   2>&1 | tee "$OUT/pipeline.txt"
 "$PY" bench/door_bench.py --providers "$providers" --skip-inprocess --scale "$scale" --daemon-seconds 30 \
-  --json "$OUT/scale.json" 2>&1 | tee "$OUT/scale.txt"
+  "${scale_args[@]}" --json "$OUT/scale.json" 2>&1 | tee "$OUT/scale.txt"
 if [ -z "$gpu" ]; then
   say "done: no GPU was found, the figures in $OUT are CPU figures"
 else

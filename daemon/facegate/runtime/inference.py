@@ -6,10 +6,10 @@ drops the frames of cameras whose picture did not change, that have no live trac
 not due: they cost only their decode. Detection runs on the rest in batches (at most ``max_batch`` frames per
 run; busy cameras first, then a few due periodic detections, ``schedule``); faces whose box centre is outside the
 camera's zone and faces narrower than ``min_face_px`` (too small for a reliable comparison score) are dropped. The
-``planner`` (the decision stage's ``DecisionEngine.plan``) then assigns
-each face its track and says which faces need an embedding: a track that is already decided is embedded only
-when it is due for re-verification. Those faces of every frame are aligned and embedded as one batch (and scored
-for liveness when enabled), and one ``FrameResult`` per analysed frame goes to ``on_result`` in capture order.
+``planner`` (the decision stage's ``DecisionEngine.plan``) then assigns each face its track and says which faces
+need an embedding: a track that is already decided is embedded only when it is due for re-verification. Those faces
+of every frame are aligned and embedded as one batch (and scored for liveness when enabled), and one
+``FrameResult`` per analysed frame goes to ``on_result`` in capture order (a gated frame produces none).
 
 Only this thread touches the ONNX Runtime sessions. ``from_config`` loads the pack before the thread starts, so that
 model errors surface before start-up completes; it logs the execution provider really obtained.
@@ -76,7 +76,7 @@ class InferenceStats:
     """Counters since start: cycles, frames, faces, errors and the last cycle's duration (s)."""
 
     cycles: int = 0
-    frames: int = 0
+    frames: int = 0  # frames taken from the cameras
     detected: int = 0  # frames the detector ran on (the rest were gated: unchanged, no live track)
     faces: int = 0
     embedded: int = 0  # faces embedded (the others belong to decided tracks not due for re-verification)
