@@ -148,3 +148,12 @@ def test_with_reverify_unknown_off_an_unknown_track_is_embedded_on_every_frame()
     assert [d.type for d in p.run(face(STRANGER), 5)] == ["unknown"]
     p.asked.clear()
     assert p.run(face(STRANGER), 5) == [] and all(p.asked)
+
+
+def test_a_near_miss_unknown_keeps_voting_on_every_frame():
+    near = np.eye(8, dtype=np.float32)[0] + 0.62 * np.eye(8, dtype=np.float32)[6]  # 0.62 from alice, threshold 0.6
+    engine, clock = make(policy(reverify_s=1.0))
+    p = Planned(engine, clock)
+    assert [d.type for d in p.run(face(near), 5)] == ["unknown"]
+    p.asked.clear()
+    assert p.run(face(near), 5) == [] and all(p.asked)  # within margin (0.05) of a match: the next frame may match

@@ -165,9 +165,10 @@ class DecisionConfig(_Section):
         0.5, ge=0, le=1, description="…and as soon as its box overlaps the box of its last check by less than this "
         "(IoU 0-1: the box jumped)")
     reverify_unknown: bool = Field(
-        True, description="Treat a track that was decided unknown the same way (a check that matches anybody, or a "
-        "box that grows as the person comes closer, puts it back on every frame); false = an unknown track is "
-        "embedded on every frame")
+        True, description="Treat a track decided unknown the same way when it is a clear stranger (every fresh "
+        "frame's best score missed the threshold by at least margin); a check that matches or nearly matches "
+        "anybody, or a box that grows as the person comes closer, puts it back on every frame. false = unknown "
+        "tracks are embedded on every frame")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> DecisionConfig:

@@ -23,14 +23,16 @@ when the person comes close enough to match; a liveness deny never turns into a 
 
 Work once per face: ``plan`` (called by the inference stage before embedding, ``runtime/inference.py``) tracks a
 frame's faces and says which need an embedding. A track that is decided — granted, denied for a reason other
-than ``error``, or (with ``reverify_unknown``) unknown, within that decision's repeat window — is not embedded
-again on every frame: only every ``reverify_s`` seconds, or at once when its box jumped (IoU with the box of its
-last check below ``reverify_iou``; a person walking up to the door makes their box grow). Such a re-verification
-frame is compared with the decision: the same identity (for an unknown: no match; for a rules deny: also the same
-rules answer) keeps the track decided and decides nothing new; anything else ends the decided state, and the track
-is embedded on every frame and voted on afresh (its ``unknown_after_s`` clock restarts). A face that
-was not embedded adds no observation and is never decided on, so it can never produce a grant; when the decision's
-window ends the track is voted on afresh. ``reverify_s: 0`` embeds every face on every frame.
+than ``error``, or (with ``reverify_unknown``) unknown with every fresh frame's best score missing the threshold by
+at least ``margin`` (a clear stranger; a near miss keeps voting on every frame), within that decision's repeat
+window — is not embedded again on every frame: only every ``reverify_s`` seconds, or at once when its box jumped
+(IoU with the box of its last check below ``reverify_iou``; a person walking up to the door makes their box grow).
+Such a re-verification frame is compared with the decision: the same identity (for an unknown: again a clear
+stranger; for a rules deny: also the same rules answer) keeps the track decided and decides nothing new; anything
+else ends the decided state, and the track is embedded on every frame and voted on afresh (its
+``unknown_after_s`` clock restarts). A face that was not embedded adds no observation and is never decided on, so
+it can never produce a grant; when the decision's window ends the track is voted on afresh. ``reverify_s: 0``
+embeds every face on every frame.
 
 Fail closed: frames older than ``max_frame_age_s`` when they arrive are dropped whole (counted in
 ``stats["stale_frames"]``), observations that age past it are never used, a search error makes the frame count
@@ -445,13 +447,20 @@ class DecisionEngine:
                 lv = None
             state.obs.append(_Obs(captured_at, match, best, lv))
             # decided states only exist for planned frames: unplanned callers embed and decide every face
-            if given is None or not self._confirmed(camera, door, tid, state, match, dets.boxes[i], captured_at, now):
+            if given is None or not self._confirmed(camera, door, tid, state, match, best, dets.boxes[i],
+                                                    captured_at, now):
                 decide[tid] = dets.boxes[i]
         return states, decide
 
     # ----------------------------------------------------------------------------------------------- decided
-    def _confirmed(self, camera: str, door: str, tid: int, st: _TrackState, match: Vote | None, box: np.ndarray,
-                   cap: float, now: float) -> bool:
+    def _stranger(self, best: float | None) -> bool:
+        """A face's best comparison score misses the threshold by at least ``margin`` (or there was none): clearly
+        nobody enrolled, not a near miss that the next frame may turn into a match."""
+        return best is None or not math.isfinite(best) or \
+            self.scorer.gap(self.scorer.threshold, best) >= self.config.margin
+
+    def _confirmed(self, camera: str, door: str, tid: int, st: _TrackState, match: Vote | None, best: float | None,
+                   box: np.ndarray, cap: float, now: float) -> bool:
         """A decided track's new observation: True when it confirms the decision (nothing new to decide); else
         the decided state ends (False: decide as usual)."""
         hold = st.hold
@@ -460,9 +469,9 @@ class DecisionEngine:
         if cap >= hold.until:  # the decision's window is over: vote afresh
             st.restart(cap)
             return False
-        # for an unknown, anybody matching may be the start of a grant: vote on every frame again
-        agrees = match is None if hold.type == UNKNOWN else (match is not None
-                                                              and match.identity_id == hold.identity_id)
+        # for an unknown, a match or a near miss may be the start of a grant: vote on every frame again
+        agrees = (match is None and self._stranger(best)) if hold.type == UNKNOWN else (
+            match is not None and match.identity_id == hold.identity_id)
         if agrees and hold.type == DENY and hold.reason in _RULE_REASONS:
             # the door's answer can change while the person stands there (schedule, cooldown)
             agrees = self.rules.check(identity_id=hold.identity_id, groups=hold.groups, door=door,
@@ -478,11 +487,14 @@ class DecisionEngine:
         return False
 
     def _hold(self, door: str, st: _TrackState, d: Decision, box: np.ndarray, cap: float, now: float) -> None:
-        """Mark a track decided by ``d`` (a grant, a deny other than ``error``, an unknown with ``reverify_unknown``)
-        until its repeat window ends."""
+        """Mark a track decided by ``d`` (a grant, a deny other than ``error``, with ``reverify_unknown`` an unknown
+        whose fresh frames all missed the threshold by at least ``margin``) until its repeat window ends."""
         p = self.config
-        if p.reverify_s <= 0 or d.reason == "error" or (d.type == UNKNOWN and not p.reverify_unknown):
+        if p.reverify_s <= 0 or d.reason == "error":
             return
+        if d.type == UNKNOWN and not (p.reverify_unknown and all(
+                self._stranger(o.best) for o in st.obs if now - o.t <= p.max_frame_age_s)):
+            return  # only a clear stranger is left alone: near misses keep voting on every frame
         if d.type == GRANT:
             left = max(p.repeat_after_s, self.rules.cooldown_s(door))
         else:
