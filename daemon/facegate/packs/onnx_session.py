@@ -120,7 +120,7 @@ def float16_model(path: str | Path) -> bytes:
     onnxconverter-common's ``convert_float_to_float16(model, keep_io_types=True)`` (the ``gpu`` extra installs it).
 
     fp16 halves the weights' memory and uses the tensor cores of a GPU; on the CPU it brings nothing (ONNX Runtime
-    1.32 ran the dlib ResNet's fp16 copy at about its float32 speed here, embeddings within 2.2e-4 of float32).
+    1.32 ran the dlib ResNet's fp16 copy at about its float32 speed here, embeddings within 3e-4 of float32).
     Raises ``ModelError`` when onnxconverter-common is not installed or the conversion fails. Used by
     bench/embed_bench.py ``--fp16``; the daemon does not use it.
     """
