@@ -17,6 +17,7 @@ Run::
     python bench/embed_bench.py                           # CPU, ORT default threads
     python bench/embed_bench.py --threads 1 --repeats 5 --json bench/embed_cpu1.json
     python bench/embed_bench.py --providers CUDAExecutionProvider,CPUExecutionProvider --json bench/embed_gpu.json
+    python bench/embed_bench.py --cases "facegate dlib" --io-binding --fp16 --batches 1,8,32,128   # GPU sweep
 """
 
 from __future__ import annotations
@@ -168,19 +169,43 @@ class Case:
     unit: str = "face"  # what one input is; speed-ups are only computed between cases of the same unit
     reference: str | None = None  # case whose outputs this one must reproduce
     notes: dict = field(default_factory=dict)
+    flag: str | None = None  # run only when this command-line flag is given (e.g. "io_binding")
 
 
-def make_facegate_resnet(args: argparse.Namespace) -> Runner:
-    from facegate.packs.dlib_resnet import INPUT_NAME, OUTPUT_NAME, convert_dlib_resnet
-    from facegate.packs.onnx_session import make_session
+_CONVERTED: dict[str, Path] = {}
 
-    out = Path(tempfile.mkdtemp(prefix="embed_bench_")) / "dlib_resnet.onnx"
-    start = time.perf_counter()
-    convert_dlib_resnet(models_dir() / "dlib_face_recognition_resnet_model_v1.dat", out)
-    CASES_BY_NAME["facegate dlib-resnet ORT"].notes["convert_s"] = round(time.perf_counter() - start, 3)
-    session = make_session(out, "dlib_resnet", providers=args.providers, intra_op_threads=args.threads)
-    CASES_BY_NAME["facegate dlib-resnet ORT"].notes["providers"] = session.get_providers()
-    return lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+def converted_resnet() -> Path:
+    """facegate's ONNX conversion of dlib's ResNet, made once per run (its time goes to the first case's notes)."""
+    if "path" not in _CONVERTED:
+        from facegate.packs.dlib_resnet import convert_dlib_resnet
+
+        out = Path(tempfile.mkdtemp(prefix="embed_bench_")) / "dlib_resnet.onnx"
+        start = time.perf_counter()
+        convert_dlib_resnet(models_dir() / "dlib_face_recognition_resnet_model_v1.dat", out)
+        CASES_BY_NAME["facegate dlib-resnet ORT"].notes["convert_s"] = round(time.perf_counter() - start, 3)
+        _CONVERTED["path"] = out
+    return _CONVERTED["path"]
+
+
+def make_resnet_variant(name: str, *, io_binding: bool = False, fp16: bool = False):
+    """The converted ResNet under ORT, plain or with IO binding (``onnx_session.io_bound_runner``) or as a float16
+    copy with float32 inputs/outputs (``onnx_session.float16_model``)."""
+
+    def make(args: argparse.Namespace) -> Runner:
+        from facegate.packs.dlib_resnet import INPUT_NAME, OUTPUT_NAME
+        from facegate.packs.onnx_session import float16_model, io_bound_runner, make_session
+
+        model: Path | bytes = converted_resnet()
+        if fp16:
+            model = float16_model(model)
+        session = make_session(model, "dlib_resnet", providers=args.providers, intra_op_threads=args.threads)
+        CASES_BY_NAME[name].notes["providers"] = session.get_providers()
+        if io_binding:
+            return io_bound_runner(session, INPUT_NAME, OUTPUT_NAME)
+        return lambda batch: session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    return make
 
 
 def make_dlib_resnet(args: argparse.Namespace) -> Runner:
@@ -246,9 +271,15 @@ CASES: list[Case] = [
         "facegate dlib-resnet ORT",
         "chips150_rgb",
         (1, 8, 32),
-        make_facegate_resnet,
+        make_resnet_variant("facegate dlib-resnet ORT"),
         reference="dlib-bin compute_face_descriptor",
     ),
+    Case("facegate dlib-resnet ORT io-binding", "chips150_rgb", (1, 8, 32),
+         make_resnet_variant("facegate dlib-resnet ORT io-binding", io_binding=True),
+         reference="facegate dlib-resnet ORT", flag="io_binding"),
+    Case("facegate dlib-resnet ORT fp16", "chips150_rgb", (1, 8, 32),
+         make_resnet_variant("facegate dlib-resnet ORT fp16", fp16=True),
+         reference="facegate dlib-resnet ORT", flag="fp16"),
 ]
 CASES_BY_NAME = {c.name: c for c in CASES}
 
@@ -292,14 +323,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-faces", type=int, default=32, help="inputs per pass for the (slow) peer cases")
     parser.add_argument("--cases", default="", help="comma-separated substrings selecting cases (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--batches", type=lambda s: tuple(int(b) for b in s.split(",") if b), default=None,
+                        help="batch sizes for the facegate dlib-resnet cases, e.g. 1,8,32,128 (default 1,8,32)")
+    parser.add_argument("--io-binding", action="store_true",
+                        help="add the dlib-resnet case run through ONNX Runtime IO binding (onnx_session)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="add a float16 copy of the dlib-resnet with float32 inputs/outputs (needs "
+                        "onnxconverter-common, in the gpu extra); max|diff| is against the float32 case")
     args = parser.parse_args(argv)
 
-    selected = [c for c in CASES if not args.cases or any(s in c.name for s in args.cases.split(","))]
+    selected = [c for c in CASES if (not args.cases or any(s in c.name for s in args.cases.split(",")))
+                and (c.flag is None or getattr(args, c.flag))]
+    if args.batches:
+        for case in selected:
+            if case.name.startswith("facegate dlib-resnet ORT"):
+                case.batches = args.batches
     inputs = {key: INPUTS[key](args) for key in {c.input for c in selected}}
     rows = []
     outputs_of: dict[str, np.ndarray] = {}
+    not_run: dict[str, str] = {}
     for case in selected:
-        run = case.make(args)
+        try:
+            run = case.make(args)
+        except Exception as exc:  # e.g. fp16 on a provider without fp16 kernels: say so and go on
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            print(f"  {case.name}: not run: {first}", file=sys.stderr)
+            not_run[case.name] = first
+            continue
         data = inputs[case.input][: args.peer_faces] if case.peer else inputs[case.input]
         for batch in case.batches:
             seconds, cpu_seconds, outputs = time_case(run, data, batch, args.repeats)
@@ -358,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             f" CPU time (peer {peer_cpu_ms:.2f} ms), robust on a shared machine; max|diff| = against the reference"
             " case's outputs on the same chips)"
         )
+    for name, why in not_run.items():
+        print(f"not run: {name}: {why}")
 
     if args.json:
         import onnxruntime
@@ -371,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "rows": rows,
+            "not_run": not_run,
             "peak_rss_mib": peak_rss_mib(),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -80,12 +80,14 @@ def _timed(fn) -> tuple[float, float]:
 # Part 1: throughput on the same frames
 
 
-def bench_facegate(frames: list[np.ndarray], batch: int, threads: int | None, min_face_px: int = 0) -> dict:
+def bench_facegate(frames: list[np.ndarray], batch: int, threads: int | None, min_face_px: int = 0,
+                   providers: list[str] | None = None) -> dict:
     """Detect every face; embed those at least ``min_face_px`` wide (0 = all), as the daemon's inference stage does
-    with ``decision.min_face_px``. ``faces`` counts faces found; ``embedded`` those recognised."""
+    with ``decision.min_face_px``. ``faces`` counts faces found; ``embedded`` those recognised. ``providers``: ONNX
+    Runtime execution providers (None: CUDA when available, then CPU)."""
     from facegate.pipeline import FacePipeline
 
-    pipe = FacePipeline.load("default", threads=threads, with_liveness=False)
+    pipe = FacePipeline.load("default", providers=providers, threads=threads, with_liveness=False)
     pipe.embed_many(frames[:2], pipe.detect(frames[:2]))  # warm-up
     faces = embedded = 0
 
@@ -133,9 +135,8 @@ def throughput(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, path in CLIPS.items():
         frames = read_frames(path, args.max_frames)
-        results = [bench_facegate(frames, 1, args.threads), bench_facegate(frames, 4, args.threads),
-                   bench_facegate(frames, 1, args.threads, args.min_face_px),
-                   bench_facegate(frames, 4, args.threads, args.min_face_px)]
+        results = [bench_facegate(frames, b, args.threads, m, args.providers)
+                   for m in (0, args.min_face_px) for b in args.batches]
         peer = None if args.skip_peer else bench_peer(frames)
         every = results + ([peer] if peer else [])
         for r in every:
@@ -218,7 +219,8 @@ def _cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def daemon_run(cameras: int, seconds: float, work: Path, gallery: Path, port: int, threads: int | None) -> dict:
+def daemon_run(cameras: int, seconds: float, work: Path, gallery: Path, port: int, threads: int | None,
+               providers: list[str] | None = None) -> dict:
     stage = CLIPS["stage_clip_640x360.mp4"]
     key = work / "signing.key"
     key.write_text("b" * 64)
@@ -232,7 +234,7 @@ def daemon_run(cameras: int, seconds: float, work: Path, gallery: Path, port: in
         "gallery": {"path": str(gallery)},
         "audit": {"path": str(work / f"audit{cameras}.jsonl")},
         "signing": {"algorithm": "hmac-sha256", "key_file": str(key)},
-        "inference": {"threads": threads},
+        "inference": {"threads": threads, "providers": providers},
         "service": {"state_dir": str(work / "state"), "stdout_events": False},
     }
     path = work / f"daemon{cameras}.yaml"
@@ -302,7 +304,8 @@ def daemon_part(args: argparse.Namespace) -> list[dict]:
         sys.exit(f"enrolment failed: {enrol.stderr}")
     broker, port = _mosquitto(work)
     try:
-        return [daemon_run(n, args.daemon_seconds, work, gallery, port, args.threads) for n in (1, 4)]
+        return [daemon_run(n, args.daemon_seconds, work, gallery, port, args.threads, args.providers)
+                for n in (1, 4)]
     finally:
         broker.terminate()
         broker.wait(10)
@@ -313,6 +316,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-frames", type=int, default=None, help="use only the first N frames of each clip")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--providers", type=lambda s: [p for p in s.split(",") if p], default=None,
+                        help="ONNX Runtime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider "
+                        "(default: CUDA when available, then CPU)")
+    parser.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",") if b], default=[1, 4],
+                        help="frames per detection call in part 1, comma-separated (default 1,4)")
     parser.add_argument("--min-face-px", type=int, default=40,
                         help="the daemon's decision.min_face_px for the 'min' cases (default 40, as config)")
     parser.add_argument("--skip-peer", action="store_true", help="skip the dlib peer (no ratios)")
@@ -325,7 +333,7 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"needs {path} (the shared data folder)")
     out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                       "when": datetime.now(UTC).isoformat(timespec="seconds")}}
+                       "when": datetime.now(UTC).isoformat(timespec="seconds"), "providers": args.providers}}
     if not args.skip_throughput:
         out["throughput"] = throughput(args)
     if not args.skip_daemon:

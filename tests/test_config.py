@@ -402,3 +402,10 @@ def test_hostile_yaml_is_refused_with_a_message():
     config, issues = parse_config("doors:\n  - {id: a, allowed_groups: &g [staff, guests]}\n"
                                   "  - {id: b, allowed_groups: *g}\n")
     assert issues == [] and config.doors[1].allowed_groups == ["staff", "guests"]
+
+
+@pytest.mark.parametrize("host", ["a" * 64, "broker..example", ".broker"])
+def test_a_broker_name_paho_cannot_resolve_is_a_config_error(host):
+    # paho resolves mqtt.host on its own thread: an unencodable name (a label over 63 characters) killed that thread
+    _, issues = parse_config(f"mqtt: {{host: '{host}'}}\n")
+    assert len(issues) == 1 and issues[0].path == "mqtt.host" and "not a host name" in issues[0].message

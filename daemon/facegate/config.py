@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from facegate.limits import MAX_THREADS, MAX_WAIT_S, StrictSection
+from facegate.limits import MAX_THREADS, MAX_WAIT_S, StrictSection, host_problem
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Weekday keys of schedule windows, in ``datetime.weekday()`` order.
@@ -40,6 +40,42 @@ _MAX_RULE_S = 604_800.0
 class _Section(StrictSection):
     """Every section: unknown keys are errors, no inf/NaN, no boolean for a number, no number for a boolean, no NUL
     in text (``facegate.limits.StrictSection``)."""
+
+
+class MotionConfig(_Section):
+    """Idle gating of one camera (``runtime/gating.py``): the face detector runs on a frame only when the camera's
+    picture changed inside its zone, while a face was seen within ``decision.track_max_age_s`` (a live track keeps
+    detection on), or when ``detect_every_s`` passed since the last detection (a person standing still is still
+    found). The change test compares each delivered frame with the previous one, grey and downscaled."""
+
+    enabled: bool = Field(True, description="Gate the detector on picture change (false: detect on every frame)")
+    threshold: int = Field(
+        12, ge=1, le=255, description="Grey-level difference (0-255, on the downscaled frame) a pixel needs to "
+        "count as changed; above compression and sensor noise")
+    min_area: float = Field(
+        0.002, gt=0, le=1, description="Share of the zone's pixels (0-1) that must change for the frame to count "
+        "as changed")
+    scale_px: int = Field(
+        160, ge=16, le=1920, description="Width (px) the frame is reduced to for the change test (an integer "
+        "factor of the frame width, so e.g. 640 and 768 px wide frames become 160 and 192 px)")
+    detect_every_s: float = Field(
+        1.0, gt=0, le=60, description="Run the detector at least this often (seconds) on an unchanged camera")
+
+
+def zone_problem(points: list[tuple[float, float]]) -> str | None:
+    """Why a zone polygon (normalised x, y in 0..1) is unusable, else None: fewer than 3 points, a coordinate
+    outside 0..1, or no area (shoelace formula)."""
+    if len(points) < 3:
+        return f"a zone needs at least 3 points, got {len(points)}"
+    for x, y in points:
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            return (f"zone point [{x}, {y}] is outside 0..1: zone points are fractions of the frame's width and "
+                    "height ([0, 0] top-left, [1, 1] bottom-right)")
+    area = 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1],
+                                                                          strict=True)))
+    if area <= 1e-6:
+        return "the zone has no area (its points are on one line)"
+    return None
 
 
 class CameraConfig(_Section):
@@ -76,6 +112,18 @@ class CameraConfig(_Section):
                                      "0.01…86400; shorter would hammer the source); doubled after each failure")
     backoff_max_s: float = Field(30.0, ge=0.01, le=MAX_WAIT_S,
                                  description="Longest reconnect delay (s, ≤ 86400; ±20 % jitter is added)")
+    zone: list[tuple[float, float]] | None = Field(
+        None, max_length=64, description="The door's area as a polygon of [x, y] points, fractions (0-1) of the "
+        "frame's width and height, [0, 0] = top-left; only change inside it counts, and only faces whose box "
+        "centre is inside it are tracked and recognised. None = the whole frame")
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Idle gating of the detector")
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, value: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if value is not None and (problem := zone_problem(list(value))):
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> CameraConfig:
@@ -142,6 +190,18 @@ class DecisionConfig(_Section):
                                    "long ends (s)")
     min_face_px: int = Field(
         40, ge=0, le=100_000, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
+    reverify_s: float = Field(
+        1.0, ge=0, le=MAX_WAIT_S, description="A decided track (granted, denied or unknown, within its repeat window) "
+        "is not embedded on every frame: its face is embedded again this often (seconds) to check the decision "
+        "still holds; 0 = embed every face on every frame")
+    reverify_iou: float = Field(
+        0.5, ge=0, le=1, description="…and as soon as its box overlaps the box of its last check by less than this "
+        "(IoU 0-1: the box jumped)")
+    reverify_unknown: bool = Field(
+        True, description="Treat a track decided unknown the same way when it is a clear stranger (every fresh "
+        "frame's best score missed the threshold by at least margin); a check that matches or nearly matches "
+        "anybody, or a box that grows as the person comes closer, puts it back on every frame. false = unknown "
+        "tracks are embedded on every frame")
 
     @model_validator(mode="after")
     def _k_le_n(self) -> DecisionConfig:
@@ -298,6 +358,14 @@ class MqttConfig(_Section):
         if (self.password_file or self.password_env) and not self.username:
             raise ValueError("a password (password_file or password_env) needs a username")
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (problem := host_problem(value)):
+            raise ValueError(problem)
+        return value
+
 
 
 class HomeAssistantConfig(_Section):

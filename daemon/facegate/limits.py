@@ -102,3 +102,21 @@ def thread_count_problem(value: object) -> str | None:
         return (f"{value} is more than the {cpus} CPU(s) this process may use; more threads than CPUs only slow "
                 f"ONNX Runtime down: give 1 to {cpus}")
     return None
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` cannot name a broker, else None: an IP address, or a DNS name whose labels IDNA can encode
+    (RFC 1035: at most 63 characters each, none empty). paho resolves the name on its network thread, where an
+    unencodable one raised ``UnicodeError`` and killed that thread."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError as exc:
+        return f"{host!r} is not a host name or IP address ({exc}; each dot-separated label holds 1-63 characters)"
+    return None

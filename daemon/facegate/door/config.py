@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
-from facegate.limits import StrictSection
+from facegate.limits import StrictSection, host_problem
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_PREFIX = r"^[^#+\x00]+$"  # MQTT 3.1.1 §4.7: no wildcards in a topic we publish to
@@ -72,6 +72,14 @@ class MqttSection(_Section):
         if self.password_file and not self.username:
             raise ValueError("a password (password_file) needs a username")
         return self
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (problem := host_problem(value)):
+            raise ValueError(problem)
+        return value
+
 
 
 class KeysSection(_Section):

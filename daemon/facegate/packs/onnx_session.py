@@ -99,3 +99,51 @@ def model_label(label: str, model: str | Path | bytes) -> str:
     """How errors and logs name a model: its kind label, plus the file when it was loaded from one."""
     return label if isinstance(model, bytes) else f"{label} ({model})"
 
+
+
+def io_bound_runner(session: ort.InferenceSession, input_name: str, output_name: str):
+    """``run(batch) -> output`` through ONNX Runtime's IO binding (``InferenceSession.io_binding``): the input is
+    copied once into an ``OrtValue`` on the session's device (CUDA device 0 when CUDA is the session's first
+    provider, else the CPU) and the output is allocated there by ONNX Runtime, then copied back to a numpy array.
+
+    On CUDA this avoids ONNX Runtime's own staging copies of a numpy input; on the CPU it runs the same code path
+    for no gain (so it can be tested without a GPU). ``batch``: the float32 input array; returns a float32 array.
+    Used by bench/embed_bench.py ``--io-binding``; the daemon does not use it.
+    """
+    device = "cuda" if session.get_providers()[:1] == ["CUDAExecutionProvider"] else "cpu"
+    binding = session.io_binding()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), device, 0)
+        binding.bind_ortvalue_input(input_name, value)
+        binding.bind_output(output_name, device, 0)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    return run
+
+
+def float16_model(path: str | Path) -> bytes:
+    """A float16 copy of the ONNX model at ``path`` whose inputs and outputs stay float32, as serialised bytes:
+    onnxconverter-common's ``convert_float_to_float16(model, keep_io_types=True)`` (the ``gpu`` extra installs it).
+
+    fp16 halves the weights' memory and uses the tensor cores of a GPU; on the CPU it brings nothing (ONNX Runtime
+    1.32 ran the dlib ResNet's fp16 copy at about its float32 speed here, embeddings within 3e-4 of float32).
+    Raises ``ModelError`` when onnxconverter-common is not installed or the conversion fails. Used by
+    bench/embed_bench.py ``--fp16``; the daemon does not use it.
+    """
+    import onnx
+
+    try:
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        raise ModelError("fp16 needs onnxconverter-common: pip install -e '.[gpu]'") from None
+    model = onnx.load(str(path))
+    # the graph's own Cast nodes (e.g. uint8 chips → float) keep their float32 output: the converter retypes their
+    # outputs but not their ``to`` attribute, and inserts a float32 → float16 Cast after a blocked node itself
+    casts = [n.name for n in model.graph.node if n.op_type == "Cast"]
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=casts)
+    except Exception as exc:  # the converter raises assorted errors for graphs it cannot handle
+        raise ModelError(f"{path}: cannot convert to float16: {exc}") from None
+    return converted.SerializeToString()

@@ -32,6 +32,7 @@ import numpy as np
 
 from facegate.config import CameraConfig, Config
 from facegate.errors import VideoError
+from facegate.runtime.gating import ChangeDetector
 from facegate.runtime.health import Health
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class Frame:
 
     ``image``: H×W×3 uint8, BGR (as OpenCV decodes it). ``captured_at``: ``time.monotonic()`` seconds when the read
     returned. ``captured_wall``: the same instant in UTC. ``index``: per-camera sequence number from 0.
+    ``camera``: the config of the camera that read it (its zone and idle-gating settings; None in tests that build
+    frames by hand: no zone, no gating). ``change``: the share (0-1) of the zone that changed since the camera's
+    previous frame (``runtime/gating.ChangeDetector``), None when not measured (gating off, first frame).
     """
 
     camera_id: str
@@ -61,6 +65,8 @@ class Frame:
     captured_at: float
     captured_wall: datetime
     index: int
+    camera: CameraConfig | None = None
+    change: float | None = None
 
 
 @dataclass
@@ -163,6 +169,10 @@ class Camera:
         self._progress_at = time.monotonic()
         self._index = 0
         self._thread: threading.Thread | None = None
+        motion = cam.motion
+        # the change test runs here, in the reader thread, in parallel with the other cameras' decoding
+        self._change = ChangeDetector(threshold=motion.threshold, scale_px=motion.scale_px, zone=cam.zone) \
+            if motion.enabled else None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -348,7 +358,8 @@ class Camera:
         st.frames += 1
         st.last_frame_at = now
         st.size = (image.shape[1], image.shape[0])
-        frame = Frame(self.id, image, now, datetime.now(UTC), self._index)
+        change = self._change.update(image) if self._change is not None else None
+        frame = Frame(self.id, image, now, datetime.now(UTC), self._index, self.config, change)
         self._index += 1
         self._slots.put(frame)
         st.dropped = self._slots.dropped.get(self.id, 0)

@@ -21,6 +21,19 @@ until ``repeat_after_s`` has passed; after a grant the track is not decided agai
 ``repeat_after_s`` and the door's cooldown (the person is walking through). An unknown can later become a grant
 when the person comes close enough to match; a liveness deny never turns into a grant on the same track.
 
+Work once per face: ``plan`` (called by the inference stage before embedding, ``runtime/inference.py``) tracks a
+frame's faces and says which need an embedding. A track that is decided — granted, denied for a reason other
+than ``error``, or (with ``reverify_unknown``) unknown with every fresh frame's best score missing the threshold by
+at least ``margin`` (a clear stranger; a near miss keeps voting on every frame), within that decision's repeat
+window — is not embedded again on every frame: only every ``reverify_s`` seconds, or at once when its box jumped
+(IoU with the box of its last check below ``reverify_iou``; a person walking up to the door makes their box grow).
+Such a re-verification frame is compared with the decision: the same identity (for an unknown: again a clear
+stranger; for a rules deny: also the same rules answer) keeps the track decided and decides nothing new; anything
+else ends the decided state, and the track is embedded on every frame and voted on afresh (its
+``unknown_after_s`` clock restarts). A face that was not embedded adds no observation and is never decided on, so
+it can never produce a grant; when the decision's window ends the track is voted on afresh. ``reverify_s: 0``
+embeds every face on every frame.
+
 Fail closed: frames older than ``max_frame_age_s`` when they arrive are dropped whole (counted in
 ``stats["stale_frames"]``), observations that age past it are never used, a search error makes the frame count
 for nothing, and any exception while deciding a track gives no grant. The voting follows frigate's per-track face
@@ -56,7 +69,7 @@ from facegate.detections import Detections
 from facegate.errors import UsageError
 from facegate.runtime.health import SETTLE_S, Health
 from facegate.runtime.rules import AccessRules, camera_doors
-from facegate.runtime.tracking import FaceTracker
+from facegate.runtime.tracking import FaceTracker, box_iou
 from facegate.scoring import Candidate, Scorer, liveness_threshold
 
 if TYPE_CHECKING:
@@ -136,13 +149,42 @@ class _Obs(NamedTuple):
     live: float | None
 
 
+#: Deny reasons that come from the door's rules and can change while a track stands there (time, cooldown).
+_RULE_REASONS = frozenset({"not_in_group", "outside_schedule", "cooldown", "anti_passback", "unknown_door"})
+
+
+@dataclass
+class _Hold:
+    """A decided track: its faces are embedded only for re-verification until ``until`` (capture time, s)."""
+
+    type: str
+    identity_id: Any
+    groups: tuple[str, ...]
+    reason: str | None
+    until: float
+    checked_at: float  # capture time of the last frame that confirmed it
+    box: np.ndarray  # that frame's box, 4 float32 px
+
+
 @dataclass
 class _TrackState:
     first_seen: float
     obs: deque = field(default_factory=deque)
     emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
     granted_at: float | None = None
+    granted_id: Any = None
     spoof: bool = False
+    attempt_since: float | None = None  # capture time the current vote started (first_seen, or a decided state's end)
+    hold: _Hold | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempt_since is None:
+            self.attempt_since = self.first_seen
+
+    def restart(self, cap: float) -> None:
+        """End the decided state: embed every frame again and vote afresh from ``cap``."""
+        self.hold = None
+        self.attempt_since = cap
 
 
 #: Context kept around a face box on each side for a snapshot, as a fraction of the box's size.
@@ -260,6 +302,44 @@ class DecisionEngine:
                 except OSError:
                     log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
+    # ----------------------------------------------------------------------------------------------- tracking
+    def plan(self, camera: str, dets: Detections, captured_at: float) -> tuple[np.ndarray, np.ndarray]:
+        """Track one frame's faces before they are embedded (the inference stage's ``TrackPlanner``).
+
+        ``dets``: the frame's faces (boxes, landmarks; no embeddings needed), ``captured_at`` monotonic s. Returns
+        (N int64 track ids, N bool: embed this face). A face is left out only when its track is decided and not
+        due for re-verification (module docstring). Pass the ids and the mask on to ``process`` as
+        ``data["track_ids"]`` and ``data["embedded"]`` (the inference stage does).
+        """
+        with self._lock:
+            tracker, states = self._tracking(camera)
+            ids = tracker.update(dets, captured_at)
+            for gone in tracker.expired:
+                states.pop(gone, None)
+            embed = np.ones(len(dets), bool)
+            for i, tid in enumerate(ids.tolist()):
+                st = states.get(tid)
+                if st is not None and st.hold is not None and not self._due(st.hold, dets.boxes[i], captured_at):
+                    embed[i] = False
+            self.stats["faces_not_embedded"] += int((~embed).sum())
+            return ids, embed
+
+    def _due(self, hold: _Hold, box: np.ndarray, cap: float) -> bool:
+        """A decided track's face needs an embedding: its window ended, its check is due, or its box jumped."""
+        p = self.config
+        if p.reverify_s <= 0 or cap >= hold.until or cap - hold.checked_at >= p.reverify_s:
+            return True
+        return float(box_iou(hold.box, box)[0, 0]) < p.reverify_iou
+
+    def _tracking(self, camera: str) -> tuple[FaceTracker, dict[int, _TrackState]]:
+        tracker = self._trackers.get(camera)
+        if tracker is None:
+            tracker = self._trackers[camera] = FaceTracker(
+                min_affinity=self.config.track_min_affinity, timeout_s=self.config.track_max_age_s
+            )
+            self._tracks[camera] = {}
+        return tracker, self._tracks[camera]
+
     # ----------------------------------------------------------------------------------------------- scoring
     def frame_match(self, candidates: Sequence[Candidate]) -> tuple[Vote | None, float | None]:
         """One face's gallery answer → (its ``Vote`` or None, best score or None).
@@ -290,9 +370,10 @@ class DecisionEngine:
         """Feed one frame's faces; return the decisions it completes (usually none).
 
         ``dets`` needs ``data["embeddings"]`` (N×D float32) and, with liveness on, ``data["liveness"]`` (N float,
-        higher = live; a missing array counts as not live). ``captured_at`` monotonic s, ``captured_wall`` aware
-        UTC of the capture; ``now`` defaults to ``clock()``. Never raises for bad data or a failing search: it
-        logs, counts in ``stats`` and returns no grant.
+        higher = live; a missing array counts as not live). After ``plan``, also ``data["track_ids"]`` (N int64)
+        and ``data["embedded"]`` (N bool; the embeddings of other faces are not read). ``captured_at`` monotonic s,
+        ``captured_wall`` aware UTC of the capture; ``now`` defaults to ``clock()``. Never raises for bad data or a
+        failing search: it logs, counts in ``stats`` and returns no grant.
         """
         now = self.clock() if now is None else now
         self.stats["frames"] += 1
@@ -306,7 +387,7 @@ class DecisionEngine:
             log.error("event=decision_error camera=%s error=camera_has_no_door", camera)
             return []
         try:
-            track_ids, states = self._observe(camera, dets, captured_at)
+            states, observed = self._observe(camera, door, dets, captured_at, now)
         except Exception as exc:  # e.g. a search that raises on every frame: one line per episode, not a traceback
             self.stats["errors"] += 1
             part = f"decision:{camera}"
@@ -316,22 +397,21 @@ class DecisionEngine:
             return []
         self.health.clear(f"decision:{camera}", settle_s=SETTLE_S)
         out: list[Decision] = []
-        where = {int(t): i for i, t in enumerate(track_ids)}  # each track's face in this frame
-        for tid in dict.fromkeys(int(t) for t in track_ids):
+        for tid, box in observed.items():
             try:
-                d = self._decide_track(camera, door, tid, states[tid], captured_at, captured_wall, now)
+                d = self._decide_track(camera, door, tid, states[tid], captured_at, captured_wall, now, box)
             except Exception:  # even the error path failed (e.g. the wall clock): emit nothing
                 self.stats["errors"] += 1
                 log.exception("event=decision_error camera=%s track=%d stage=emit", camera, tid)
                 d = None
             if d is not None:
-                i = where[tid]
-                box = tuple(float(v) for v in dets.boxes[i][:4]) if i < len(dets) else None
-                out.append(dataclasses.replace(d, box=box))
+                face_box = None if box is None else tuple(float(v) for v in np.asarray(box)[:4])
+                out.append(dataclasses.replace(d, box=face_box))
         return out
 
     def _decide_track(
-        self, camera: str, door: str, tid: int, state: _TrackState, cap: float, wall: datetime, now: float
+        self, camera: str, door: str, tid: int, state: _TrackState, cap: float, wall: datetime, now: float,
+        box: np.ndarray,
     ) -> Decision | None:
         try:
             d = self._decide(camera, door, tid, state, cap, wall, now)
@@ -339,7 +419,11 @@ class DecisionEngine:
             self.stats["errors"] += 1
             log.exception("event=decision_error camera=%s track=%d stage=decide", camera, tid)
             d = self._make(DENY, camera, door, tid, cap, wall, reason="error")
-        if d is None or not self._fresh_key(state, d, now):
+        if d is None:
+            self._rehold_grant(door, state, box, cap, now)
+            return None
+        if not self._fresh_key(state, d, now):
+            self._hold(door, state, d, box, cap, now)  # the same decision again: the track is still decided
             return None
         if d.type == GRANT:
             try:
@@ -349,6 +433,8 @@ class DecisionEngine:
                 log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
                 return None
             state.granted_at = now
+            state.granted_id = d.identity_id
+        self._hold(door, state, d, box, cap, now)
         self.stats[d.type] += 1
         log.info(
             "event=decision type=%s camera=%s door=%s track=%d identity=%s score=%s reason=%s",
@@ -356,38 +442,125 @@ class DecisionEngine:
         )
         return d
 
-    def _observe(self, camera: str, dets: Detections, captured_at: float) -> tuple[np.ndarray, dict[int, _TrackState]]:
-        tracker = self._trackers.get(camera)
-        if tracker is None:
-            tracker = self._trackers[camera] = FaceTracker(
-                min_affinity=self.config.track_min_affinity, timeout_s=self.config.track_max_age_s
-            )
-            self._tracks[camera] = {}
-        states = self._tracks[camera]
-        ids = tracker.update(dets, captured_at)
-        for gone in tracker.expired:
-            states.pop(gone, None)
-        if len(dets) == 0:
-            return ids, states
+    def _observe(
+        self, camera: str, door: str, dets: Detections, captured_at: float, now: float,
+    ) -> tuple[dict[int, _TrackState], dict[int, np.ndarray]]:
+        """Record one observation per embedded face; returns the camera's track states and the tracks to decide
+        (track id → its box), in face order. Without ``data["track_ids"]`` (not planned) every face is tracked
+        here and decided. Planned: faces ``plan`` left out add nothing; a re-verification that confirms its
+        track's decision adds its observation but asks for no decision."""
+        tracker, states = self._tracking(camera)
+        given = dets.data.get("track_ids")
+        if given is None:  # not planned: track here
+            ids = tracker.update(dets, captured_at)
+            for gone in tracker.expired:
+                states.pop(gone, None)
+            embedded = np.ones(len(dets), bool)
+        else:
+            ids = np.asarray(given, np.int64)
+            embedded = np.asarray(dets.data.get("embedded", np.ones(len(dets), bool)), bool)
+            if ids.shape != (len(dets),) or embedded.shape != (len(dets),):
+                raise ValueError("Detections.data['track_ids'] and ['embedded'] need one entry per face")
+        rows = np.flatnonzero(embedded)
+        if len(rows) == 0:
+            return states, {}
         emb = dets.data.get("embeddings")
         if emb is None or len(emb) != len(dets):
             raise ValueError("Detections.data['embeddings'] (N×D float32) is missing")
-        emb = np.asarray(emb, np.float32)
+        emb = np.asarray(emb, np.float32)[rows]
         answers = self.search(emb)
-        if len(answers) != len(dets):
-            raise ValueError(f"search returned {len(answers)} answers for {len(dets)} faces")
+        if len(answers) != len(rows):
+            raise ValueError(f"search returned {len(answers)} answers for {len(rows)} faces")
         live = dets.data.get("liveness") if self.liveness is not None else None
         n = self.config.n
-        for i, tid in enumerate(ids.tolist()):
+        decide: dict[int, np.ndarray] = {}
+        for j, i in enumerate(rows.tolist()):
+            tid = int(ids[i])
             state = states.get(tid)
             if state is None:
                 state = states[tid] = _TrackState(first_seen=captured_at, obs=deque(maxlen=n))
-            match, best = self.frame_match(answers[i])
+            match, best = self.frame_match(answers[j])
             lv = None if live is None else float(live[i])
             if lv is not None and not math.isfinite(lv):
                 lv = None
             state.obs.append(_Obs(captured_at, match, best, lv))
-        return ids, states
+            # decided states only exist for planned frames: unplanned callers embed and decide every face
+            if given is None or not self._confirmed(camera, door, tid, state, match, best, dets.boxes[i],
+                                                    captured_at, now):
+                decide[tid] = dets.boxes[i]
+        return states, decide
+
+    # ----------------------------------------------------------------------------------------------- decided
+    def _stranger(self, best: float | None) -> bool:
+        """A face's best comparison score misses the threshold by at least ``margin`` (or there was none): clearly
+        nobody enrolled, not a near miss that the next frame may turn into a match."""
+        return best is None or not math.isfinite(best) or \
+            self.scorer.gap(self.scorer.threshold, best) >= self.config.margin
+
+    def _confirmed(self, camera: str, door: str, tid: int, st: _TrackState, match: Vote | None, best: float | None,
+                   box: np.ndarray, cap: float, now: float) -> bool:
+        """A decided track's new observation: True when it confirms the decision (nothing new to decide); else
+        the decided state ends (False: decide as usual)."""
+        hold = st.hold
+        if hold is None:
+            return False
+        if cap >= hold.until:  # the decision's window is over: vote afresh
+            st.restart(cap)
+            return False
+        # for an unknown, a match or a near miss may be the start of a grant: vote on every frame again
+        agrees = (match is None and self._stranger(best)) if hold.type == UNKNOWN else (
+            match is not None and match.identity_id == hold.identity_id)
+        if agrees and hold.type == DENY and hold.reason in _RULE_REASONS:
+            # the door's answer can change while the person stands there (schedule, cooldown)
+            agrees = self.rules.check(identity_id=hold.identity_id, groups=hold.groups, door=door,
+                                      wall=self.wall_clock(), now=now) == hold.reason
+        if agrees:
+            hold.checked_at, hold.box = cap, np.array(box, np.float32)
+            self.stats["reverified"] += 1
+            return True
+        st.restart(cap)
+        self.stats["reverify_failed"] += 1
+        log.info("event=reverify_failed camera=%s track=%d decided=%s identity=%s now=%s", camera, tid, hold.type,
+                 hold.identity_id, None if match is None else match.identity_id)
+        return False
+
+    def _hold(self, door: str, st: _TrackState, d: Decision, box: np.ndarray, cap: float, now: float) -> None:
+        """Mark a track decided by ``d`` (a grant, a deny other than ``error``, with ``reverify_unknown`` an unknown
+        whose fresh frames all missed the threshold by at least ``margin``) until its repeat window ends."""
+        p = self.config
+        if p.reverify_s <= 0 or d.reason == "error":
+            return
+        if d.type == UNKNOWN and not (p.reverify_unknown and all(
+                self._stranger(o.best) for o in st.obs if now - o.t <= p.max_frame_age_s)):
+            return  # only a clear stranger is left alone: near misses keep voting on every frame
+        if d.type == GRANT:
+            left = max(p.repeat_after_s, self.rules.cooldown_s(door))
+        else:
+            last = st.emitted.get((d.type, d.identity_id, d.reason), now)
+            left = last + p.repeat_after_s - now
+        groups = next((o.match.groups for o in reversed(st.obs)
+                       if o.match is not None and o.match.identity_id == d.identity_id), ())
+        if left > 0:
+            st.hold = _Hold(d.type, d.identity_id, groups, d.reason, cap + left, cap, np.array(box, np.float32))
+
+    def _rehold_grant(self, door: str, st: _TrackState, box: np.ndarray, cap: float, now: float) -> None:
+        """A granted track whose re-verification failed is decided again, without a new event, once its votes
+        name the granted identity again within the grant's window."""
+        if st.hold is not None or st.granted_at is None or self.config.reverify_s <= 0:
+            return
+        left = st.granted_at + max(self.config.repeat_after_s, self.rules.cooldown_s(door)) - now
+        fresh = [o for o in st.obs if now - o.t <= self.config.max_frame_age_s]
+        if left > 0 and self._winner(fresh) == st.granted_id:
+            groups = next(o.match.groups for o in reversed(fresh)
+                          if o.match is not None and o.match.identity_id == st.granted_id)
+            st.hold = _Hold(GRANT, st.granted_id, groups, None, cap + left, cap, np.array(box, np.float32))
+
+    def _winner(self, fresh: list[_Obs]) -> Any:
+        """The identity with at least ``k`` of the fresh votes and more than any other, else None."""
+        ranked = Counter(o.match.identity_id for o in fresh if o.match is not None).most_common()
+        if ranked and ranked[0][1] >= self.config.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
+            return ranked[0][0]
+        return None
 
     def _fresh_key(self, state: _TrackState, d: Decision, now: float) -> bool:
         key = (d.type, d.identity_id, d.reason)
@@ -410,12 +583,8 @@ class DecisionEngine:
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
-        votes = Counter(o.match.identity_id for o in fresh if o.match is not None)
-        ranked = votes.most_common()
-        winner = None
-        if ranked and ranked[0][1] >= p.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
-            winner = ranked[0][0]
-        track_age = cap - st.first_seen
+        winner = self._winner(fresh)
+        track_age = cap - st.attempt_since
         if winner is None:
             if len(fresh) >= p.n or track_age >= p.unknown_after_s:
                 best = self.scorer.best(o.best for o in fresh if o.best is not None)

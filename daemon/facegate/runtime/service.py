@@ -152,7 +152,8 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
                                         cameras=cameras, sink=emitter.emit, health=health)
     engine.keep_crops = snapshots is not None
     capture = CaptureStage(cameras, health=health)
-    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health)
+    inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health,
+                                           planner=engine)
     periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
         if config.gallery.refresh_s else []
     announcer = HomeAssistantDiscovery.from_config(config, publisher, capture, list(rules.doors))
@@ -291,9 +292,11 @@ class Service:
         s = self.stages
         inf = s.inference.stats
         summary = s.stats.summary()
-        log.info("event=stats frames=%d faces=%d cycle_ms=%.0f decisions=%s latency_ms_inferred_p50=%s "
-                 "latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s latency_ms_emitted_p99=%s cameras=%s mqtt=%s "
-                 "health=%s", inf.frames, inf.faces, 1000 * inf.busy_s / max(1, inf.cycles), summary["decisions"],
+        log.info("event=stats frames=%d detected=%d faces=%d embedded=%d cycle_ms=%.0f decisions=%s "
+                 "latency_ms_inferred_p50=%s latency_ms_inferred_p99=%s latency_ms_emitted_p50=%s "
+                 "latency_ms_emitted_p99=%s cameras=%s mqtt=%s health=%s",
+                 inf.frames, inf.detected, inf.faces, inf.embedded, 1000 * inf.busy_s / max(1, inf.cycles),
+                 summary["decisions"],
                  summary["latency_ms_inferred_p50"], summary["latency_ms_inferred_p99"],
                  summary["latency_ms_emitted_p50"], summary["latency_ms_emitted_p99"],
                  json.dumps(s.capture.snapshot()), dict(s.publisher.stats) if s.publisher else None, s.health.state)
