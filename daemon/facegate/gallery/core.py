@@ -86,14 +86,14 @@ class Gallery:
         """Load the saved index and bring it up to the store's state, or rebuild it from SQLite."""
         t0 = time.perf_counter()
         generation = self.store.generation
-        tids, iids = self.store.template_ids()
+        tids, _ = self.store.template_ids()
         loaded = None if self._params else GalleryIndex.load(
             self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
         if loaded is not None:
             index, saved_generation = loaded
             in_graph = index.labels()
             present = np.isin(tids, in_graph)
-            index.attach(tids[present], iids[present], self._names(), generation)
+            index.attach(self.store.embeddings(tids[present]), self._names(), generation)
             missing = tids[~present]
             for mt, mi, vecs in self.store.embeddings(missing if len(missing) else np.zeros(0, np.int64)):
                 index.add(mt, mi, vecs)
