@@ -108,11 +108,19 @@ class DecisionConfig(_Section):
         0.3, gt=0, le=1, description="Minimum box-IoU/landmark affinity for a face to continue a track")
     track_max_age_s: float = Field(1.0, gt=0, description="A track without a detection for this long ends")
     min_face_px: int = Field(
-        40, ge=0, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
+        40, ge=0, description="Faces narrower than this (px) are ignored: not embedded, never decided on (a face "
+        "also needs the pack's recogniser.min_face_px to vote for a grant)")
+    lookalike_margin: float = Field(
+        0.10, ge=0, description="Between two enrolled identities closer to each other than the threshold "
+        "(`facegate gallery list --lookalikes`), a frame votes for one only when it beats the other by this much "
+        "(same units as the threshold; must be ≥ margin)")
+    presence_gap_s: float = Field(
+        3.0, gt=0, description="A person seen again at the same camera within this many seconds is still the same "
+        "passage: granted at most once (a broken track is not a new passage)")
 
     @model_validator(mode="after")
-    def _k_le_n(self) -> DecisionConfig:
-        if problem := k_le_n_problem(self.k, self.n):
+    def _cross_field(self) -> DecisionConfig:
+        if problem := k_le_n_problem(self.k, self.n) or lookalike_margin_problem(self.margin, self.lookalike_margin):
             raise ValueError(problem)
         return self
 
@@ -366,6 +374,14 @@ class Config(_Section):
 def k_le_n_problem(k: int, n: int) -> str | None:
     """The voting rule's one check: k of the last n frames needs k ≤ n."""
     return f"k ({k}) must be ≤ n ({n})" if k > n else None
+
+
+def lookalike_margin_problem(margin: float, lookalike_margin: float) -> str | None:
+    """Lookalikes need at least the margin every identity needs: lookalike_margin ≥ margin."""
+    if lookalike_margin < margin:
+        return (f"lookalike_margin ({lookalike_margin}) must be ≥ margin ({margin}): identities closer to each other "
+                "than the threshold need at least the margin every identity needs")
+    return None
 
 
 def duplicate_ids_problem(what: str, ids: list[str]) -> str | None:

@@ -185,6 +185,14 @@ class Gallery:
     def version(self) -> int:
         return self._index.version if self._index else 0
 
+    def templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live template as the index holds it: (template ids int64 L, identity ids int64 L, vectors L×D
+        float32; cosine vectors L2-normalised). Empty arrays for a gallery without a pack."""
+        if self._index is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self.pack.dim if self.pack else 0),
+                                                                           np.float32)
+        return self._index.templates()
+
     # -- writes -----------------------------------------------------------------------------------------------
     def enrol(
         self,

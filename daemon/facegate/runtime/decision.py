@@ -5,7 +5,9 @@ each face's candidates, and records one observation per track. A track is then d
 
 * **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
   same identity (score passing the ``Scorer``'s threshold — ``facegate/scoring.py`` says which threshold applies —
-  AND beating the best *other* identity of that frame by ``margin``),
+  AND beating the best *other* identity of that frame by ``margin``, AND beating each of that identity's
+  **lookalikes** by ``lookalike_margin``; a face narrower than the pack's ``recogniser.min_face_px`` never
+  matches: it is tracked and reported but casts no vote),
   no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
   ``liveness.frames`` per-face live scores ≥ ``liveness.threshold``; no grant before that many scores exist), and
   the door's ``AccessRules`` allow it;
@@ -20,6 +22,15 @@ One decision per track per outcome: a decision with the same (type, identity, re
 until ``repeat_after_s`` has passed; after a grant the track is not decided again for the longer of
 ``repeat_after_s`` and the door's cooldown (the person is walking through). An unknown can later become a grant
 when the person comes close enough to match; a liveness deny never turns into a grant on the same track.
+
+**One grant per passage** (``runtime/presence.py``): an identity granted at a camera is not granted again, nor
+denied, by a later track of that camera while its presence there continues (seen again within
+``presence_gap_s``): a broken track is not a new passage.
+
+**Lookalikes**: pairs of enrolled identities with any two templates closer than the threshold
+(``gallery/lookalikes.py``, kept by ``runtime/matching.py``); a frame votes for one of them only when it beats the
+other by ``lookalike_margin`` (larger than ``margin``). A lookalike missing from a face's candidates counts as
+scoring like the last candidate (fail closed).
 
 Fail closed: frames older than ``max_frame_age_s`` when they arrive are dropped whole (counted in
 ``stats["stale_frames"]``), observations that age past it are never used, a search error makes the frame count
@@ -54,6 +65,7 @@ import numpy as np
 from facegate.config import DecisionConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
+from facegate.runtime.presence import Presence
 from facegate.runtime.rules import AccessRules, camera_doors
 from facegate.runtime.tracking import FaceTracker
 from facegate.scoring import Candidate, Scorer, liveness_threshold
@@ -71,6 +83,10 @@ GRANT, DENY, UNKNOWN = "grant", "deny", "unknown"
 
 SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
 """``search(embeddings N×D float32) → per face a list of ``scoring.Candidate``, best first`` (``Gallery.search``)."""
+
+LookalikesFn = Callable[[Scorer], Mapping[Any, frozenset]]
+"""``lookalikes(scorer) → identity id → the ids of its lookalikes`` under that scorer's threshold
+(``LiveGallery.lookalikes``)."""
 
 
 class Vote(NamedTuple):
@@ -138,6 +154,7 @@ class _TrackState:
     emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
     granted_at: float | None = None
     spoof: bool = False
+    passage: Any = None  # the identity whose granted passage this track belongs to (runtime/presence.py)
 
 
 def _utcnow() -> datetime:
@@ -153,6 +170,9 @@ class DecisionEngine:
     * ``camera_doors``: camera id → door id (``runtime/rules.camera_doors``);
     * ``rules``: ``AccessRules``; ``config``: the ``decision:`` section; ``liveness``: ``LivenessGate`` or None;
     * ``sink``: called with every decision ``on_result`` makes (the emitter's ``emit``); None keeps them;
+    * ``lookalikes``: ``LookalikesFn`` (``LiveGallery.lookalikes``) or None (no lookalike pairs known);
+    * ``min_vote_face_px``: faces narrower than this (px, box width) cast no vote (the pack's
+      ``recogniser.min_face_px``; 0 = every embedded face votes);
     * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds.
     """
 
@@ -166,6 +186,8 @@ class DecisionEngine:
         config: DecisionConfig | None = None,
         liveness: LivenessGate | None = None,
         sink: Callable[[Decision], Any] | None = None,
+        lookalikes: LookalikesFn | None = None,
+        min_vote_face_px: int = 0,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -178,21 +200,30 @@ class DecisionEngine:
         self.config = config or DecisionConfig()
         self.liveness = liveness
         self.sink = sink
+        self.lookalikes = lookalikes
+        self.min_vote_face_px = int(min_vote_face_px)
         self.wall_clock = wall_clock
         self.clock = clock
         self._trackers: dict[str, FaceTracker] = {}
         self._tracks: dict[str, dict[int, _TrackState]] = {}
+        self._presence = Presence(self.config.presence_gap_s)
         self._lock = threading.Lock()
         self.stats: Counter[str] = Counter()
 
     @classmethod
     def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
-                    cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None) -> DecisionEngine:
+                    cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None,
+                    lookalikes: LookalikesFn | None = None) -> DecisionEngine:
         """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
-        operating point), ``liveness:`` gating, each camera's door."""
+        operating point), ``liveness:`` gating, each camera's door, the pack's minimum face size for a vote
+        (``recogniser.min_face_px``) and the gallery's lookalike pairs (computed once here, so the first frame
+        does not wait for them)."""
         engine = cls(search=search, scorer=Scorer.resolve(pipeline.manifest, config.decision.threshold),
                      camera_doors=camera_doors(config, cameras), rules=rules, config=config.decision,
-                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink)
+                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink,
+                     lookalikes=lookalikes, min_vote_face_px=pipeline.manifest.recogniser.min_face_px)
+        if lookalikes is not None:
+            lookalikes(engine.scorer)
         engine._warn_doorless()
         return engine
 
@@ -204,6 +235,8 @@ class DecisionEngine:
             self.config = config.decision
             self.scorer = Scorer.resolve(manifest, config.decision.threshold)
             self.camera_doors = camera_doors(config, cameras)
+            self.min_vote_face_px = manifest.recogniser.min_face_px
+            self._presence.gap_s = config.decision.presence_gap_s
         self._warn_doorless()
 
     def _warn_doorless(self) -> None:
@@ -228,11 +261,14 @@ class DecisionEngine:
                     log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def frame_match(self, candidates: Sequence[Candidate]) -> tuple[Vote | None, float | None]:
+    def frame_match(self, candidates: Sequence[Candidate], partners: Mapping[Any, frozenset] | None = None
+                    ) -> tuple[Vote | None, float | None]:
         """One face's gallery answer → (its ``Vote`` or None, best score or None).
 
         Candidates are re-sorted best first (``Scorer.best_first``); the margin is the ``Scorer.gap`` to the best
-        *other* identity (None when there is none). A non-finite score never matches.
+        *other* identity (None when there is none). A non-finite score never matches. ``partners`` (identity →
+        its lookalikes): the best identity must also beat each of its lookalikes by ``lookalike_margin``; a
+        lookalike absent from the candidates is taken to score like the last one (it cannot score better).
         """
         cands = self.scorer.best_first(c for c in candidates if math.isfinite(float(c.score)))
         if not cands:
@@ -242,6 +278,12 @@ class DecisionEngine:
         score = float(best.score)
         margin = None if other is None else self.scorer.gap(score, other.score)
         ok = self.scorer.passes(score) and (margin is None or margin >= self.config.margin)
+        if ok and partners and partners.get(best.identity_id):
+            found = {c.identity_id: c.score for c in cands[1:]}
+            gaps = [self.scorer.gap(score, found.get(p, cands[-1].score)) for p in partners[best.identity_id]]
+            if min(gaps) < self.config.lookalike_margin:
+                ok = False
+                self.stats["lookalike_margin_not_met"] += 1
         return (Vote(best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
@@ -309,6 +351,8 @@ class DecisionEngine:
                 log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
                 return None
             state.granted_at = now
+            state.passage = d.identity_id
+            self._presence.grant(camera, d.identity_id, cap)
         self.stats[d.type] += 1
         log.info(
             "event=decision type=%s camera=%s door=%s track=%d identity=%s score=%s reason=%s",
@@ -327,6 +371,7 @@ class DecisionEngine:
         ids = tracker.update(dets, captured_at)
         for gone in tracker.expired:
             states.pop(gone, None)
+        self._presence.prune(camera, captured_at)
         if len(dets) == 0:
             return ids, states
         emb = dets.data.get("embeddings")
@@ -337,12 +382,17 @@ class DecisionEngine:
         if len(answers) != len(dets):
             raise ValueError(f"search returned {len(answers)} answers for {len(dets)} faces")
         live = dets.data.get("liveness") if self.liveness is not None else None
+        partners = self.lookalikes(self.scorer) if self.lookalikes is not None else None
+        widths = dets.widths
         n = self.config.n
         for i, tid in enumerate(ids.tolist()):
             state = states.get(tid)
             if state is None:
                 state = states[tid] = _TrackState(first_seen=captured_at, obs=deque(maxlen=n))
-            match, best = self.frame_match(answers[i])
+            match, best = self.frame_match(answers[i], partners)
+            if match is not None and not widths[i] >= self.min_vote_face_px:
+                match = None  # smaller than the pack is calibrated for: tracked and reported, never a vote
+                self.stats["small_face_frames"] += 1
             lv = None if live is None else float(live[i])
             if lv is not None and not math.isfinite(lv):
                 lv = None
@@ -367,6 +417,12 @@ class DecisionEngine:
         self, camera: str, door: str, tid: int, st: _TrackState, cap: float, wall: datetime, now: float
     ) -> Decision | None:
         p = self.config
+        last = st.obs[-1] if st.obs else None
+        if last is not None and last.t == cap:  # this track has a face in this frame: the identity is still here
+            if last.match is not None:
+                self._presence.seen(camera, last.match.identity_id, cap)
+            if st.passage is not None:
+                self._presence.seen(camera, st.passage, cap)
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
@@ -380,6 +436,13 @@ class DecisionEngine:
             if len(fresh) >= p.n or track_age >= p.unknown_after_s:
                 best = self.scorer.best(o.best for o in fresh if o.best is not None)
                 return self._make(UNKNOWN, camera, door, tid, cap, wall, score=best, frames_used=len(fresh))
+            return None
+        if self._presence.granted(camera, winner, cap):
+            # the same passage as an earlier grant at this camera (a broken track): no second grant, no deny
+            st.granted_at, st.passage = now, winner
+            self.stats["same_passage"] += 1
+            log.info("event=same_passage camera=%s door=%s track=%d identity=%s note=granted_once", camera, door,
+                     tid, winner)
             return None
         used = [o.match for o in fresh if o.match is not None and o.match.identity_id == winner]
         name, groups = used[-1].name, used[-1].groups

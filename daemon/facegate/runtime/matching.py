@@ -4,28 +4,39 @@ erase, and searched by the decision stage — failing closed whenever it cannot 
 ``LiveGallery.search`` is the decision engine's ``SearchFn``. While the gallery cannot be refreshed (a locked or
 damaged database, so an erasure made by another process may not be applied yet) every probe gets no candidates:
 every face stays unknown and no door opens, until a refresh succeeds again.
+
+``LiveGallery.lookalikes`` is the decision engine's ``LookalikesFn``: the gallery's lookalike pairs
+(``gallery/lookalikes.py``) under the engine's threshold, brought up to date after every change (incremental: new
+templates against all; a stricter threshold only filters the pairs, a looser one recomputes them).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facegate.gallery.location import default_gallery_path
+from facegate.gallery.lookalikes import Lookalikes
 
 if TYPE_CHECKING:
     from facegate.config import Config
     from facegate.gallery import Gallery
     from facegate.pipeline import FacePipeline
-    from facegate.scoring import Candidate
+    from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
 #: Candidates fetched per probe: the best identity and enough others for the margin test.
 SEARCH_K = 5
+#: Lookalike pairs named in the ``event=lookalikes`` log line (closest first); `facegate gallery list --lookalikes`
+#: lists them all.
+LOG_PAIRS = 20
 
 
 class LiveGallery:
@@ -35,6 +46,9 @@ class LiveGallery:
     def __init__(self, gallery: Gallery) -> None:
         self.gallery = gallery
         self.stale = False  # set while the gallery cannot be refreshed: search answers nothing (fail closed)
+        self._lookalikes: Lookalikes | None = None
+        self._lookalikes_version = -1  # the gallery version the pairs reflect
+        self._lookalikes_lock = threading.Lock()
         self._identities = self._names()
         stats = gallery.stats()
         log.info("event=gallery_opened folder=%s identities=%s templates=%s", stats["folder"], stats["identities"],
@@ -79,7 +93,32 @@ class LiveGallery:
             log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
         self._identities = now
         log.info("event=gallery_reloaded identities=%d", len(now))
+        if self._lookalikes is not None:  # now, not at the next frame
+            self.lookalikes(self._lookalikes.scorer)
         return True
+
+    def lookalikes(self, scorer: Scorer) -> Mapping[int, frozenset[int]]:
+        """Identity id → the ids of its lookalikes under ``scorer`` (module docstring); updated first when the
+        gallery or the threshold changed. Logs ``event=lookalikes`` with the pairs whenever they change."""
+        with self._lookalikes_lock:
+            la = self._lookalikes
+            if la is not None and la.scorer != scorer and la.covers(scorer):
+                la.restrict(scorer)
+            elif la is None or la.scorer != scorer:
+                la = self._lookalikes = Lookalikes(scorer)
+                self._lookalikes_version = -1
+            version = self.gallery.version  # read before the snapshot: a change meanwhile is caught next time
+            if version != self._lookalikes_version:
+                t0 = time.perf_counter()
+                tids, iids, vecs = self.gallery.templates()
+                if la.update(tids, iids, vecs) or self._lookalikes_version < 0:
+                    names = self._identities
+                    shown = la.scorer.best_first(la.pairs.values())[:LOG_PAIRS]
+                    pairs = ",".join(f"{names.get(p.a, p.a)!r}~{names.get(p.b, p.b)!r}:{p.score:.3f}" for p in shown)
+                    log.info("event=lookalikes pairs=%d threshold=%g templates=%d seconds=%.3f list=%s",
+                             len(la.pairs), scorer.threshold, len(tids), time.perf_counter() - t0, pairs or "none")
+                self._lookalikes_version = version
+            return la.partners()
 
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
         """Per probe (N×D float32), its ``Candidate`` identities best first. Nothing while the gallery is stale

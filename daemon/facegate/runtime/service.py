@@ -125,7 +125,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     emitter = EventEmitter.from_config(config, signer=signer, sinks=[*sinks, stats])
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
-                                        cameras=cameras, sink=emitter.emit)
+                                        cameras=cameras, sink=emitter.emit, lookalikes=gallery.lookalikes)
     capture = CaptureStage(cameras)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
     periodic = [Periodic("gallery_refresh", config.gallery.refresh_s, gallery.refresh)] \
