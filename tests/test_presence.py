@@ -37,14 +37,16 @@ def test_a_new_passage_within_the_cooldown_is_denied_once():
     assert decided(engine, clock, face(ALICE), 5) == [("deny", "cooldown", 2)]
 
 
-def test_the_granted_track_keeps_the_passage_alive_while_the_face_is_turned():
-    # the granted track is still there but its face no longer matches (turned away): still the same passage
+def test_only_matching_faces_keep_a_passage_alive():
+    # a face that matches nobody (turned away, or the tracker carried the track onto someone else) is no sighting:
+    # shorter than presence_gap_s it changes nothing, longer and the next match is a new passage
     engine, clock = make(policy(track_max_age_s=0.3, repeat_after_s=1.0), doors=[Door("front", cooldown_s=0.0)])
     assert decided(engine, clock, face(ALICE, x=100), 3) == [("grant", None, 1)]
     turned = face(np.zeros_like(ALICE), x=100)  # the same box, a face that matches nobody
-    assert [t for t in decided(engine, clock, turned, 50) if t[0] != "unknown"] == []  # 5 s, same track
-    clock.t += 0.5
+    assert [t for t in decided(engine, clock, turned, 20) if t[0] != "unknown"] == []  # 2 s
     assert decided(engine, clock, face(ALICE, x=400), 30) == []  # new track, same passage: no grant
+    assert [t for t in decided(engine, clock, turned, 40) if t[0] != "unknown"] == []  # 4 s > presence_gap_s
+    assert decided(engine, clock, face(ALICE, x=400), 3) == [("grant", None, 4)]  # a new passage (4th track)
 
 
 def test_passages_are_per_camera():

@@ -154,7 +154,6 @@ class _TrackState:
     emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
     granted_at: float | None = None
     spoof: bool = False
-    passage: Any = None  # the identity whose granted passage this track belongs to (runtime/presence.py)
 
 
 def _utcnow() -> datetime:
@@ -351,7 +350,6 @@ class DecisionEngine:
                 log.exception("event=decision_error camera=%s track=%d stage=record_grant", camera, tid)
                 return None
             state.granted_at = now
-            state.passage = d.identity_id
             self._presence.grant(camera, d.identity_id, cap)
         self.stats[d.type] += 1
         log.info(
@@ -418,11 +416,8 @@ class DecisionEngine:
     ) -> Decision | None:
         p = self.config
         last = st.obs[-1] if st.obs else None
-        if last is not None and last.t == cap:  # this track has a face in this frame: the identity is still here
-            if last.match is not None:
-                self._presence.seen(camera, last.match.identity_id, cap)
-            if st.passage is not None:
-                self._presence.seen(camera, st.passage, cap)
+        if last is not None and last.t == cap and last.match is not None:  # this frame's face matches someone
+            self._presence.seen(camera, last.match.identity_id, cap)
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
@@ -439,7 +434,7 @@ class DecisionEngine:
             return None
         if self._presence.granted(camera, winner, cap):
             # the same passage as an earlier grant at this camera (a broken track): no second grant, no deny
-            st.granted_at, st.passage = now, winner
+            st.granted_at = now  # not decided again for repeat_after_s, as after a grant
             self.stats["same_passage"] += 1
             log.info("event=same_passage camera=%s door=%s track=%d identity=%s note=granted_once", camera, door,
                      tid, winner)

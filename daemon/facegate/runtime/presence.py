@@ -8,9 +8,11 @@ face, a turned head, a missed detection — and before this module each new trac
 granted 2 s later). The decision engine asks ``granted`` before deciding a track: a passage that was already
 granted gets no second grant and no deny.
 
-"Seen" means: a frame in which one of the camera's tracks voted for the identity (its face matched it), or in
-which a track that was granted this identity (or folded into its granted passage) still has a face. Times are
-monotonic capture seconds. Not thread-safe: the decision engine calls it under its lock.
+"Seen" means: a frame in which one of the camera's faces matched the identity (it voted for it: threshold,
+margins and face size, as ``runtime/decision.py`` counts votes). Track continuity alone does not count: a tracker
+can carry a track from one face to another (measured on the stage clip: at the cut to the audience the granted
+performer's track continued on a spectator's face), which would stretch a passage over someone else's presence.
+Times are monotonic capture seconds. Not thread-safe: the decision engine calls it under its lock.
 """
 
 from __future__ import annotations
