@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     enroll.add_argument("--from-dir", type=Path, metavar="DIR", help="folder with one sub-folder per person")
     enroll.add_argument("--group", action="append", default=[], metavar="G", help="access group (repeatable)")
     enroll.add_argument("--force", action="store_true",
-                        help="enrol even when the face matches a different identity (duplicate check)")
+                        help="enrol even when the gallery would admit the face as another identity (different "
+                        "people who look alike: the two become lookalikes, see `gallery list --lookalikes`)")
     enroll.add_argument("--pack", default=None, help="model pack (default: the gallery's, or 'default')")
     enroll.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     enroll.add_argument("--jitters", type=int, default=0, metavar="N",

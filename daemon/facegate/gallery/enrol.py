@@ -198,7 +198,8 @@ class Enroller:
     def enrol_iter(self, name: str, files: Sequence[str | Path], groups: Iterable[str] = (),
                    progress: Callable[[int], None] | None = None) -> Iterator[Outcome]:
         """``enrol`` yielding each ``Outcome`` as soon as its photo is committed (or refused), so that a caller
-        interrupted (Ctrl-C) can report exactly what was stored."""
+        interrupted (Ctrl-C) can report exactly what was stored. A photo the gallery would admit as another
+        identity (gate 5) is held back and decided after the other photos, against the templates they added."""
         groups = list(groups)
         existing: set[str] = set()
         with contextlib.suppress(GalleryError):  # GalleryError: a new identity, nothing enrolled yet

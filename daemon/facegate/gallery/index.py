@@ -32,6 +32,10 @@ shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU 
 ``DEFAULT_EF`` = 160 is the highest-recall setting measured at 1M (0.994, ≈ 1.2 ms); at 100k ef ≥ 96 already
 gives 1.000.
 
+Search (``search``): exact below ``EXACT_SEARCH_MAX_TEMPLATES`` live templates — brute force over the in-memory
+template matrix (``gallery/exact.py``), so an enrolled template is always found — and above it the graph with an
+exact re-rank of ``RERANK_FACTOR`` × the needed candidates; the numbers above are the graph alone.
+
 Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
 generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
 only then are older index files removed. A crash at any point leaves ``index.json`` naming a complete file (or no
@@ -68,7 +72,10 @@ DEFAULT_EF_CONSTRUCTION = 400
 DEFAULT_EF = 160
 #: Up to this many live templates every search is exact: brute force over all of them (``gallery/exact.py``, one
 #: BLAS matrix product), no approximation, so no silent miss. Above it hnswlib fetches candidates, which are then
-#: re-scored exactly. EXACT_SEARCH_MAX_PLACEHOLDER
+#: re-scored exactly. Measured by ``bench/gallery_bench.py --crossover`` (README "1:N search benchmark",
+#: 2026-12-06, 2-core VM, 128-d, k = 5): the latency curves cross between 10k and 50k templates, but the graph
+#: path, even re-ranked, returned another best template than brute force for 2/500 fresh queries at 50k and 4/500
+#: at 100k, while brute force at 100k costs 3.6 ms CPU p50 / 5.5 ms p99 per search (≈ 6 % of a frame's cycle).
 EXACT_SEARCH_MAX_TEMPLATES = 100_000
 #: Above ``EXACT_SEARCH_MAX_TEMPLATES``: the graph is asked for this many times the templates a search needs (k ×
 #: the largest template count of one identity), all re-scored exactly; the best template per identity wins.

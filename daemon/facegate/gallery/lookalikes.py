@@ -6,10 +6,10 @@ list --lookalikes`` lists them; the daemon (``runtime/decision.py``) lets a fram
 score beats the other's by ``decision.lookalike_margin``.
 
 Computed exactly from every template (no approximate search: a missed pair would be a silent hole): the templates
-are compared all against all in blocks of ``BLOCK`` rows (one BLAS matrix product each, ``scoring.compare``), so the
-first computation costs N² comparisons (≈ 0.5 s for 10,000 128-d templates on the 2-core VM, ≈ 1 min for 100,000;
-README "Lookalikes"). ``Lookalikes.update`` is incremental: after an enrolment only the new templates are compared
-with all (N_new × N), and pairs of removed identities are dropped.
+are compared all against all in blocks of ``BLOCK`` rows (one BLAS matrix product each, each pair once), so the
+first computation costs N²/2 comparisons (README "Lookalikes" has the time per gallery size).
+``Lookalikes.update`` is incremental: after an enrolment only the new templates are compared with all (N_new × N),
+and pairs of removed identities are dropped.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from facegate.scoring import Scorer
+from facegate.scoring import MIN_NORM, Scorer
 
-#: Rows compared per matrix product (bounds the temporary BLOCK × N float32 score matrix: 400 MiB at 100k).
-BLOCK = 1024
+#: Rows compared per matrix product (bounds the temporary BLOCK × N float32 matrix: 100 MiB at 100k templates).
+BLOCK = 256
+#: Screening slack in score units: float32 rounding is far below it, so no pair at the threshold is lost before the
+#: exact float64 check.
+SLACK = 1e-3
 
 
 @dataclass(frozen=True)
@@ -42,33 +45,56 @@ def find_pairs(scorer: Scorer, template_ids: np.ndarray, identity_ids: np.ndarra
     """Every pair of different identities with a template pair passing ``scorer``, with its best such score.
 
     ``template_ids``, ``identity_ids``: int64 N; ``vectors`` N×D float32. ``rows`` (indices into them) limits the
-    comparisons to those rows against all N (the incremental case); None compares all against all.
+    comparisons to those rows against all N (the incremental case); None compares all against all (each pair once).
+
+    The screening runs in float32 in place on ``BLOCK`` × N blocks (cosine: dot products of L2-normalised rows;
+    euclidean: squared distances ‖a‖² + ‖b‖² − 2a·b against t², as ``scoring.compare`` computes them), with a
+    margin of ``SLACK`` so rounding cannot drop a pair at the threshold; the screened pairs are then scored exactly
+    (``scoring.compare_pairs``, float64) and kept when ``Scorer.passes``.
     """
     tids = np.asarray(template_ids, np.int64)
     iids = np.asarray(identity_ids, np.int64)
     vecs = np.asarray(vectors, np.float32)
+    cosine = scorer.metric == "cosine"
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), MIN_NORM) if cosine else vecs
+    sq = np.einsum("ij,ij->i", unit, unit)
+    full = rows is None
     rows = np.arange(len(tids)) if rows is None else np.asarray(rows, np.int64)
+    t = scorer.threshold
     found: dict[tuple[int, int], LookalikePair] = {}
     for start in range(0, len(rows), BLOCK):
         block = rows[start : start + BLOCK]
-        scores = scorer.compare(vecs[block], vecs)
-        hit = scorer.passes_all(scores) & (iids[block][:, None] != iids[None, :])
-        r, c = np.nonzero(hit)
+        cols = np.arange(int(block[0]), len(tids)) if full else np.arange(len(tids))  # full: upper triangle
+        key = unit[block] @ unit[cols].T
+        if cosine:
+            r, c = np.nonzero(key >= t - SLACK)
+        else:
+            key *= -2.0
+            key += sq[cols][None, :]
+            key += sq[block][:, None]
+            r, c = np.nonzero(key <= (t + SLACK) ** 2)
+        r, c = block[r], cols[c]
+        other = iids[r] != iids[c]
+        r, c = r[other], c[other]
         if not len(r):
             continue
-        s = scores[r, c].astype(np.float64)
+        s = scorer.compare_pairs(vecs[r], vecs[c])
+        ok = scorer.passes_all(s)
+        r, c, s = r[ok], c[ok], s[ok]
         order = np.argsort(scorer.to_higher_better(s))[::-1]  # best first
-        r, c, s = block[r[order]], c[order], s[order]
+        r, c, s = r[order], c[order], s[order]
         swap = iids[r] > iids[c]
         first, second = np.where(swap, c, r), np.where(swap, r, c)  # rows of the lower and the higher identity
         pair_keys = np.stack([iids[first], iids[second]], axis=1)
+        if not len(pair_keys):
+            continue
         _, at = np.unique(pair_keys, axis=0, return_index=True)  # first occurrence = best score of the pair
         for i in at:
-            key = (int(pair_keys[i, 0]), int(pair_keys[i, 1]))
-            pair = LookalikePair(key[0], key[1], float(s[i]), int(tids[first[i]]), int(tids[second[i]]))
-            old = found.get(key)
+            k = (int(pair_keys[i, 0]), int(pair_keys[i, 1]))
+            pair = LookalikePair(k[0], k[1], float(s[i]), int(tids[first[i]]), int(tids[second[i]]))
+            old = found.get(k)
             if old is None or scorer.better(pair.score, old.score):
-                found[key] = pair
+                found[k] = pair
     return found
 
 
