@@ -21,7 +21,18 @@ Real embeddings (``--real lfw``: the 8,607 LFW images of ../shared/data/lfw thro
 evaluation embedding cache; or ``--real FILE.npz`` with ``embeddings`` N×D float32 and ``labels`` N): the first
 image of each person with ≥ 2 images is held out as a query, the rest is the gallery.
 
+Crossover (``--crossover``): facegate's own ``GalleryIndex`` (``daemon/facegate/gallery/index.py``), grown through
+``--sizes`` one batch at a time with its default graph parameters; at each size the same queries are searched (one
+probe per call, k = 5 as the daemon asks) by its exact path (brute force over every live template) and by its
+approximate path (hnswlib fetching ``RERANK_FACTOR`` × the templates needed, re-scored exactly), switched by
+setting ``exact_max`` on the one index. Reports CPU/wall p50/p99 per path and, for the approximate path, how
+often its best template differs from the exact one, for fresh queries and for self-queries (every query is an
+enrolled template: it must come back as its own best match). The crossover is the size where the two latency
+curves cross; ``EXACT_SEARCH_MAX_TEMPLATES`` is chosen from this table (README, "1:N search benchmark").
+
 Run (long: 1M with M=48 builds for many minutes on 2 cores)::
+
+    python bench/gallery_bench.py --crossover --sizes 1k,2k,5k,10k,20k,50k,100k,200k --json crossover.json
 
     python bench/gallery_bench.py --sizes 10k,100k --M 48 --ef-construction 400 --ef 32,64,96,128
     nohup python bench/gallery_bench.py --sizes 1M --json bench/gallery_1M.json > bench/gallery_1M.log 2>&1 &
@@ -202,6 +213,60 @@ def run_case(
     return results
 
 
+def crossover(args: argparse.Namespace) -> dict:
+    """``--crossover``: exact vs hnswlib+re-rank search latency of ``GalleryIndex`` at growing sizes (module
+    docstring). Synthetic data as ``synthetic``; ``--metric`` picks the space (euclidean = the built-in pack)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
+    from facegate.gallery.index import RERANK_FACTOR, GalleryIndex
+
+    sizes = sorted(parse_size(v) for v in args.sizes.split(",") if v.strip())
+    data, ids, fresh, _ = synthetic(sizes[-1], args.dim, args.queries, args.seed)
+    if args.metric == "cosine":
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
+    index = GalleryIndex(args.dim, args.metric, capacity=sizes[-1])
+    rng = np.random.default_rng(args.seed + 1)
+    rows, done = [], 0
+    for size in sizes:
+        t0 = time.perf_counter()
+        index.add(np.arange(done, size), ids[done:size], data[done:size])
+        build_s = time.perf_counter() - t0
+        done = size
+        own = rng.choice(size, min(args.queries, size), replace=False)
+        row: dict = {"templates": size, "added_s": round(build_s, 1), "rerank_factor": RERANK_FACTOR}
+        answers = {}
+        for path, exact_max in (("exact", 1 << 62), ("hnsw_rerank", 0)):
+            index.exact_max = exact_max
+            for kind, queries in (("fresh", fresh), ("self", data[own])):
+                index.search(queries[:20], k=5)  # warm caches
+                wall = np.empty(len(queries))
+                cpu = np.empty(len(queries))
+                best = np.empty(len(queries), np.int64)
+                for i in range(len(queries)):
+                    c0, t1 = time.thread_time_ns(), time.perf_counter_ns()
+                    found, _ = index.search(queries[i : i + 1], k=5)
+                    wall[i] = (time.perf_counter_ns() - t1) / 1e6
+                    cpu[i] = (time.thread_time_ns() - c0) / 1e6
+                    best[i] = found[0][0].template_id
+                answers[path, kind] = best
+                if kind == "fresh":
+                    row[path] = {"cpu_p50_ms": pct(cpu, 50), "cpu_p99_ms": pct(cpu, 99), "wall_p50_ms": pct(wall, 50),
+                                 "wall_p99_ms": pct(wall, 99)}
+        differs = answers["exact", "fresh"] != answers["hnsw_rerank", "fresh"]
+        row["hnsw_rerank"]["fresh_best_differs"] = int(differs.sum())
+        row["hnsw_rerank"]["self_not_own_best"] = int((answers["hnsw_rerank", "self"] != own).sum())
+        row["exact"]["self_not_own_best"] = int((answers["exact", "self"] != own).sum())
+        row["queries"] = {"fresh": len(fresh), "self": len(own)}
+        rows.append(row)
+        e, h = row["exact"], row["hnsw_rerank"]
+        print(f"{size:>9,} templates (+{build_s:.1f} s): exact CPU p50 {e['cpu_p50_ms']:.3f} p99 {e['cpu_p99_ms']:.3f} "
+              f"ms | hnsw+re-rank CPU p50 {h['cpu_p50_ms']:.3f} p99 {h['cpu_p99_ms']:.3f} ms, best differs "
+              f"{h['fresh_best_differs']}/{len(fresh)} fresh, {h['self_not_own_best']}/{len(own)} self "
+              f"(exact: {e['self_not_own_best']})", flush=True)
+    return {"metric": args.metric, "M": index.M, "ef_construction": index.ef_construction, "ef": index.ef,
+            "sizes": rows}
+
+
 def split_real(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Hold out the first image of every label with ≥ 2 images as a query; the rest is the gallery."""
     _, inverse = np.unique(labels, return_inverse=True)
@@ -262,11 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", default="none", help="'lfw' (embed ../shared/data/lfw, cached), an npz path, "
                         "or 'none'")
     parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--crossover", action="store_true", help="exact vs hnswlib+re-rank search of facegate's "
+                        "GalleryIndex at growing --sizes (see the module docstring)")
+    parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean",
+                        help="--crossover: the space (default euclidean, the built-in pack)")
     args = parser.parse_args(argv)
 
     print(f"hnswlib {getattr(hnswlib, '__version__', '0.8')}, numpy {np.__version__}, {platform.processor() or ''} "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": []}
+    if args.crossover:
+        report["crossover"] = crossover(args)
+        report["load_average_end"] = os.getloadavg()
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return 0
     for size in [parse_size(s) for s in args.sizes.split(",") if s.strip()]:
         data, ids, queries, _ = synthetic(size, args.dim, args.queries, args.seed)
         report["cases"].append(run_case(f"synthetic-{size}", data, ids, queries, args))

@@ -21,8 +21,8 @@ from rtsp_server import free_port
 from facegate.config import Config
 from facegate.gallery import Gallery
 from facegate.gallery.enrol import Enroller, pack_binding
+from facegate.imaging import face_crop
 from facegate.runtime.audit import is_decision, read_audit
-from facegate.runtime.decision import face_crop
 from facegate.runtime.service import Service, build_stages
 from facegate.runtime.snapshots import SnapshotSink, snapshot_path
 

@@ -201,11 +201,11 @@ def test_rules_deny_with_reason_once_per_track():
 
 
 def test_cooldown_for_a_returning_person_then_grant_again():
-    settings = policy(k=3, n=5, margin=0.05, track_max_age_s=0.5, repeat_after_s=5.0)
+    settings = policy(k=3, n=5, margin=0.05, track_max_age_s=0.5, repeat_after_s=5.0, presence_gap_s=1.0)
     engine, clock = make(settings, doors=[Door("front", cooldown_s=20.0)])
     first = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
     assert [d.type for d in first] == ["grant"]
-    clock.t += 2.0  # walked away: track expires; back after 2 s as a new track
+    clock.t += 2.0  # walked away: track expires; back after 2 s (> presence_gap_s: a new passage) as a new track
     again = [d for _ in range(3) for d in feed(engine, clock, face(ALICE))]
     assert [(d.type, d.reason, d.track_id) for d in again] == [("deny", "cooldown", 2)]
     clock.t += 20.0

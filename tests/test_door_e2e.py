@@ -118,7 +118,10 @@ def test_a_confirmed_passage_feeds_anti_passback_and_home_assistant_sees_the_dae
              "loop": True}
     door = {"id": "front", "cooldown_s": 0, "anti_passback": True, "anti_passback_s": 600,
             "anti_passback_confirmed": True}
-    daemon = _daemon(tmp_path, gallery, mosquitto_broker, [stage], door, decision={"repeat_after_s": 1},
+    # presence_gap_s 0.2: each re-recognition in the looped close-up counts as a new arrival (one grant per passage
+    # would otherwise hold the whole loop as one passage: tests/test_passage_e2e.py)
+    daemon = _daemon(tmp_path, gallery, mosquitto_broker, [stage], door,
+                     decision={"repeat_after_s": 1, "presence_gap_s": 0.2},
                      homeassistant={"enabled": True, "node_id": "lobby"})
     ha = Subscriber(mosquitto_broker, "homeassistant/#").start()
     agent = _agent(tmp_path, mosquitto_broker, relay,

@@ -75,7 +75,8 @@ def test_refusals_say_why(enrolled: tuple[Path, Result], tmp_path: Path) -> None
     assert "cannot decode" in reasons["corrupt.jpg"]
     assert reasons["coffee.png"] == "no face found"
     assert reasons["two_people.jpg"].startswith("2 faces found")
-    assert "matches identity 'obama'" in reasons["obama1.jpg"] and "--force" in reasons["obama1.jpg"]
+    assert "the gallery would admit this face as 'obama'" in reasons["obama1.jpg"]
+    assert "--force" in reasons["obama1.jpg"]
     assert "no such file" in reasons["missing.jpg"]  # read once, bounded: imaging.read_image_file
     assert result.stderr.count("facegate: refused ") == 5
     forced = run_cli("enroll", "--gallery", str(folder), "--name", "obama_lookalike", "--force",

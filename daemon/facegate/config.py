@@ -189,7 +189,8 @@ class DecisionConfig(_Section):
     track_max_age_s: float = Field(1.0, gt=0, le=MAX_WAIT_S, description="A track without a detection for this "
                                    "long ends (s)")
     min_face_px: int = Field(
-        40, ge=0, le=100_000, description="Faces narrower than this (px) are ignored: not embedded, never decided on")
+        40, ge=0, le=100_000, description="Faces narrower than this (px) are ignored: not embedded, never decided on "
+        "(a face also needs the pack's recogniser.min_face_px to vote for a grant)")
     reverify_s: float = Field(
         1.0, ge=0, le=MAX_WAIT_S, description="A decided track (granted, denied or unknown, within its repeat window) "
         "is not embedded on every frame: its face is embedded again this often (seconds) to check the decision "
@@ -202,10 +203,18 @@ class DecisionConfig(_Section):
         "frame's best score missed the threshold by at least margin); a check that matches or nearly matches "
         "anybody, or a box that grows as the person comes closer, puts it back on every frame. false = unknown "
         "tracks are embedded on every frame")
+    lookalike_margin: float = Field(
+        0.10, ge=0, le=1000, description="Between two enrolled identities closer to each other than the "
+        "threshold (`facegate gallery list --lookalikes`), a frame votes for one only when it beats the other by "
+        "this much (same units as the threshold; must be ≥ margin)")
+    presence_gap_s: float = Field(
+        3.0, gt=0, le=MAX_WAIT_S, description="A person seen again at the same camera within this many seconds is "
+        "still the same passage: granted at most once (a broken track is not a new passage; keep it above "
+        "reverify_s, the longest a decided track goes unchecked)")
 
     @model_validator(mode="after")
-    def _k_le_n(self) -> DecisionConfig:
-        if problem := k_le_n_problem(self.k, self.n):
+    def _cross_field(self) -> DecisionConfig:
+        if problem := k_le_n_problem(self.k, self.n) or lookalike_margin_problem(self.margin, self.lookalike_margin):
             raise ValueError(problem)
         return self
 
@@ -575,6 +584,14 @@ class Config(_Section):
 def k_le_n_problem(k: int, n: int) -> str | None:
     """The voting rule's one check: k of the last n frames needs k ≤ n."""
     return f"k ({k}) must be ≤ n ({n})" if k > n else None
+
+
+def lookalike_margin_problem(margin: float, lookalike_margin: float) -> str | None:
+    """Lookalikes need at least the margin every identity needs: lookalike_margin ≥ margin."""
+    if lookalike_margin < margin:
+        return (f"lookalike_margin ({lookalike_margin}) must be ≥ margin ({margin}): identities closer to each other "
+                "than the threshold need at least the margin every identity needs")
+    return None
 
 
 def duplicate_ids_problem(what: str, ids: list[str]) -> str | None:

@@ -8,8 +8,10 @@ images to three channels.
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +142,22 @@ def letterbox(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, f
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     return canvas, scale
+
+
+#: Context kept around a face box on each side for a snapshot, as a fraction of the box's size.
+CROP_MARGIN = 0.25
+
+
+def face_crop(image: np.ndarray, box: Sequence[float], margin: float = CROP_MARGIN) -> np.ndarray | None:
+    """A copy of ``box`` (x1, y1, x2, y2 px) of a BGR uint8 H×W×3 ``image``, widened by ``margin`` of its size on
+    each side and clipped to the image; None when nothing of it lies inside the image."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
+    c, d = min(w, int(math.ceil(x2 + mx))), min(h, int(math.ceil(y2 + my)))
+    if c - a < 2 or d - b < 2:
+        return None
+    return image[b:d, a:c].copy()

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     enroll.add_argument("--from-dir", type=Path, metavar="DIR", help="folder with one sub-folder per person")
     enroll.add_argument("--group", action="append", default=[], metavar="G", help="access group (repeatable)")
     enroll.add_argument("--force", action="store_true",
-                        help="enrol even when the face matches a different identity (duplicate check)")
+                        help="enrol even when the gallery would admit the face as another identity (different "
+                        "people who look alike: the two become lookalikes, see `gallery list --lookalikes`)")
     enroll.add_argument("--pack", default=None, help="model pack (default: the gallery's, or 'default')")
     enroll.add_argument("--threads", type=thread_count, default=None, help="ONNX Runtime intra-op threads (1 … CPUs)")
     enroll.add_argument("--jitters", type=jitter_count, default=0, metavar="N",
@@ -70,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gsub = gallery.add_subparsers(dest="gallery_command", metavar="ACTION", parser_class=type(gallery))
     gallery.set_defaults(handler=lambda a: (gallery.print_help(sys.stderr), 2)[1])
     for name, help_text, example in (
-        ("list", "identities with their groups and template counts", "facegate gallery list"),
+        ("list", "identities with their groups and template counts (--lookalikes: pairs the threshold does not "
+         "keep apart)", "facegate gallery list --lookalikes --config /etc/facegate/facegate.yaml"),
         ("show", "one identity with its templates' quality records", "facegate gallery show 'Ada Lovelace'"),
         ("remove", "erase an identity (run compact to wipe it from disk)", "facegate gallery remove 'Ada Lovelace'"),
         ("export", "write a portable JSON-lines file with all templates", "facegate gallery export backup.jsonl"),
@@ -85,6 +87,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("file", type=Path, help="JSON-lines export file")
         if name == "export":
             p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+        if name == "list":
+            p.add_argument("--lookalikes", action="store_true",
+                           help="also list the pairs of identities closer to each other than the threshold (any two "
+                           "templates), with their closest score and the margin the daemon requires between them")
+            p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help="with --lookalikes: take decision.threshold and decision.lookalike_margin from this "
+                           "daemon config (default: the pack's threshold and the default margin)")
         p.set_defaults(handler=globals()[f"_gallery_{name}"])
 
 
@@ -165,6 +174,13 @@ def _enroll(args: argparse.Namespace) -> int:
         print(f"facegate: skipped {_shown(o.file)} ({o.identity!r}): already enrolled", file=sys.stderr)
     for o in refused:
         print(f"facegate: refused {_shown(o.file)} ({o.identity!r}): {_shown(str(o.reason))}", file=sys.stderr)
+    for o in outcomes:
+        if o.status == "enrolled" and o.lookalike:
+            other = o.lookalike["identity"]
+            print(f"facegate: lookalike {_shown(o.file)} ({o.identity!r}): enrolled, but this face also scores "
+                  f"{o.lookalike['score']} against {_shown(other)!r}, within the threshold: the two are lookalikes "
+                  "and the daemon grants either only when one beats the other by decision.lookalike_margin "
+                  "(`facegate gallery list --lookalikes`)", file=sys.stderr)
     report = {
         "gallery": str(folder), "pack": pack_name,
         "enrolled": len(outcomes) - len(refused) - len(skipped), "skipped": len(skipped), "refused": len(refused),
@@ -206,9 +222,34 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _gallery_list(args: argparse.Namespace) -> int:
+    if args.config is not None and not args.lookalikes:
+        raise UsageError("--config is for --lookalikes; add --lookalikes")
     with _open(args) as gallery:
-        print_json({**gallery.stats(), "identities_list": [i.to_json() for i in gallery.identities()]})
+        out = {**gallery.stats(), "identities_list": [i.to_json() for i in gallery.identities()]}
+        if args.lookalikes:
+            out["lookalikes"] = _lookalikes(gallery, args.config)
+        print_json(out)
     return 0
+
+
+def _lookalikes(gallery, config_path: Path | None) -> dict:
+    """``gallery list --lookalikes``: the threshold in force (the config's ``decision.threshold``, else the pack's),
+    the margin the daemon requires between lookalikes, and every pair (``gallery/lookalikes.py``)."""
+    from facegate.config import DecisionConfig
+    from facegate.config_file import load_config
+    from facegate.gallery.lookalikes import Lookalikes
+    from facegate.packs.manifest import load_manifest
+    from facegate.scoring import Scorer
+
+    decision = load_config(config_path).decision if config_path is not None else DecisionConfig()
+    if gallery.pack is None:
+        return {"threshold": decision.threshold, "margin_required": decision.lookalike_margin, "pairs": []}
+    scorer = Scorer.resolve(load_manifest(gallery.pack.name), decision.threshold)
+    found = Lookalikes(scorer)
+    found.update(*gallery.templates())
+    names = {i.id: i.name for i in gallery.identities()}
+    return {"metric": scorer.metric, "threshold": scorer.threshold, "margin_required": decision.lookalike_margin,
+            "pairs": [{**pair, "margin_required": decision.lookalike_margin} for pair in found.to_json(names)]}
 
 
 def _gallery_show(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def pipeline_key(pipeline, detection_fingerprint: str, jitters: int = 0) -> str:
     embeddings are never mixed)."""
     from facegate.packs.jitter import describe, effective_count
 
-    manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path"})
+    # recogniser.min_face_px decides which faces vote in the daemon, not what they embed to
+    manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point": True, "manifest_path": True,
+                                                                  "recogniser": {"min_face_px"}})
     parts = [json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint]
     count = effective_count(jitters)
     if count:

@@ -90,7 +90,7 @@ class Gallery:
         """Load the saved index and bring it up to the store's state, or rebuild it from SQLite."""
         t0 = time.perf_counter()
         generation = self.store.generation
-        tids, iids = self.store.template_ids()
+        tids, _ = self.store.template_ids()
         loaded = None if self._params else GalleryIndex.load(
             self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
         if loaded is not None and loaded[1] > generation:
@@ -103,7 +103,7 @@ class Gallery:
             index, saved_generation = loaded
             in_graph = index.labels()
             present = np.isin(tids, in_graph)
-            index.attach(tids[present], iids[present], self._names(), generation)
+            index.attach(self.store.embeddings(tids[present]), self._names(), generation)
             missing = tids[~present]
             for mt, mi, vecs in self.store.embeddings(missing if len(missing) else np.zeros(0, np.int64)):
                 index.add(mt, mi, vecs)
@@ -194,6 +194,14 @@ class Gallery:
     @property
     def version(self) -> int:
         return self._index.version if self._index else 0
+
+    def templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every live template as the index holds it: (template ids int64 L, identity ids int64 L, vectors L×D
+        float32; cosine vectors L2-normalised). Empty arrays for a gallery without a pack."""
+        if self._index is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, self.pack.dim if self.pack else 0),
+                                                                           np.float32)
+        return self._index.templates()
 
     # -- writes -----------------------------------------------------------------------------------------------
     def enrol(

@@ -9,11 +9,26 @@ Gates (each refusal names its reason; limits in ``QualityLimits``):
    the face's size in the photo;
 4. pose: the nose's offset from the eye midpoint along the eye line, divided by the inter-eye distance (0 for a
    frontal face, growing with yaw);
-5. duplicate check: a face whose comparison score passes the pack's threshold (``FacePipeline.scorer``,
-   ``facegate/scoring.py``) against a *different* identity is refused unless ``force`` (one person must not be
-   enrolled under two names); an image already enrolled for this identity (same sha256) is skipped ("already
-   enrolled", not a refusal), so re-running an interrupted enrolment only adds what is missing. SQLite's UNIQUE
-   (identity, image sha256) index makes this hold across processes.
+5. the other identities (one person must not have two names, and a face must not be admitted as someone else).
+   Let X be the closest *other* identity, ``s`` its best comparison score with the face (``facegate/scoring.py``:
+   the pack's threshold, ``FacePipeline.scorer``). When ``s`` passes the threshold the gallery would admit this
+   face as X, so the face is first scored against **its own identity**: the templates already enrolled under the
+   name (earlier photos of the same command count once enrolled), best score ``o``.
+
+   * ``o`` exists and is better than ``s``: enrolled, with a ``lookalike`` note (the outcome's ``lookalike`` field,
+     a stderr line from the CLI): the name and X are now lookalikes, and the daemon grants either only when one
+     beats the other by ``decision.lookalike_margin`` (``runtime/decision.py``; ``gallery list --lookalikes``);
+   * otherwise — a new identity, or the face closer to X than to its own photos — it is **refused**, with the
+     reason in these words: "the gallery would admit this face as X (score s)". A photo refused so is tried once
+     more after the command's other photos of the same name (so the file order does not matter). ``force``
+     enrols it anyway (different people who look alike): the pair then becomes lookalikes as above.
+
+   A refused photo leaves the gallery as it was: faces like it are still admitted as X, which the refusal says.
+   The way to make the gallery tell the two apart is to enrol the photo (``--force``) so that the daemon requires
+   the lookalike margin between them.
+6. an image already enrolled for this identity (same sha256) is skipped ("already enrolled", not a refusal), so
+   re-running an interrupted enrolment only adds what is missing. SQLite's UNIQUE (identity, image sha256) index
+   makes this hold across processes.
 """
 
 from __future__ import annotations
@@ -119,6 +134,9 @@ class Outcome:
     quality: dict[str, Any] = field(default_factory=dict)
     template_id: int | None = None
     skipped: bool = False  # already enrolled for this identity: neither added nor refused
+    #: the other identity this face is also within the threshold of: {"identity", "score", "own_score"}
+    lookalike: dict[str, Any] | None = None
+    _pending: tuple | None = field(default=None, repr=False)  # (embedding, quality, sha) of a lookalike refusal
 
     @property
     def status(self) -> str:
@@ -132,6 +150,8 @@ class Outcome:
             out["template_id"] = self.template_id
         if self.quality:
             out["quality"] = self.quality
+        if self.lookalike:
+            out["lookalike"] = self.lookalike
         return out
 
 
@@ -179,20 +199,34 @@ class Enroller:
     def enrol_iter(self, name: str, files: Sequence[str | Path], groups: Iterable[str] = (),
                    progress: Callable[[int], None] | None = None) -> Iterator[Outcome]:
         """``enrol`` yielding each ``Outcome`` as soon as its photo is committed (or refused), so that a caller
-        interrupted (Ctrl-C) can report exactly what was stored."""
+        interrupted (Ctrl-C) can report exactly what was stored. A photo the gallery would admit as another
+        identity (gate 5) is held back and decided after the other photos, against the templates they added."""
         groups = list(groups)
         existing: set[str] = set()
         with contextlib.suppress(GalleryError):  # GalleryError: a new identity, nothing enrolled yet
             existing = {str(t["image_sha256"]) for t in self.gallery.identity(name).template_info}
+        deferred: list[Outcome] = []
         for path in files:
             outcome = self._one(name, Path(path), groups, existing)
-            if outcome.enrolled and outcome.quality.get("image_sha256"):
-                existing.add(outcome.quality["image_sha256"])
-            log.info("enrol file=%r identity=%r status=%s reason=%s", str(path), name, outcome.status,
-                     outcome.reason)
-            if progress:
-                progress(1)
-            yield outcome
+            if outcome._pending is not None and len(files) > 1:
+                deferred.append(outcome)  # tried again once the name's other photos are enrolled
+                continue
+            yield self._done(name, outcome, existing, progress)
+        for first in deferred:
+            embedding, quality, sha = first._pending
+            outcome = self._decide(name, Path(first.file), embedding, quality, sha, groups)
+            yield self._done(name, outcome, existing, progress)
+
+    def _done(self, name: str, outcome: Outcome, existing: set[str], progress: Callable[[int], None] | None
+              ) -> Outcome:
+        if outcome.enrolled and outcome.quality.get("image_sha256"):
+            existing.add(outcome.quality["image_sha256"])
+        log.info("enrol file=%r identity=%r status=%s reason=%s lookalike=%s", outcome.file, name, outcome.status,
+                 outcome.reason, outcome.lookalike)
+        if progress:
+            progress(1)
+        outcome._pending = None
+        return outcome
 
     def _one(self, name: str, path: Path, groups: list[str], existing: set[str]) -> Outcome:
         try:  # read once, bounded (never a device or FIFO): the hash and the decoded image come from these bytes
@@ -213,20 +247,48 @@ class Enroller:
             quality["jitters"] = self.jitters
         if reason:
             return Outcome(str(path), name, False, reason, quality)
-        embedding = dets.data["embeddings"][:1]
         quality["image_sha256"] = sha
-        if not self.force:
-            best = [m for m in self.gallery.search(embedding, k=3)[0] if m.name != name]
-            if best and self.scorer.passes(best[0].score):
-                return Outcome(str(path), name, False,
-                               f"this face matches identity {best[0].name!r} (score {best[0].score:.3f}, threshold "
-                               f"{self.scorer.threshold}); one person must not have two identities — use --force "
-                               "if they really are different people", quality)
+        return self._decide(name, path, dets.data["embeddings"][:1], quality, sha, groups)
+
+    def _own_best(self, name: str, embedding: np.ndarray) -> float | None:
+        """The best comparison score of ``embedding`` (1×D) with the templates enrolled under ``name`` (None when
+        there are none)."""
+        try:
+            ident = self.gallery.identity(name)
+        except GalleryError:
+            return None
+        if ident.name != name or not ident.template_info:
+            return None
+        vectors = [v for _, _, v in self.gallery.store.embeddings(np.array([t["id"] for t in ident.template_info]))]
+        if not vectors:
+            return None
+        return self.scorer.best(self.scorer.compare(embedding, np.concatenate(vectors))[0].tolist())
+
+    def _decide(self, name: str, path: Path, embedding: np.ndarray, quality: dict[str, Any], sha: str,
+                groups: list[str]) -> Outcome:
+        """Gate 5 (module docstring), then store the template."""
+        lookalike = None
+        other = next((m for m in self.gallery.search(embedding, k=3)[0] if m.name != name), None)
+        if other is not None and self.scorer.passes(other.score):
+            own = self._own_best(name, embedding)
+            lookalike = {"identity": other.name, "score": round(other.score, 5),
+                         "own_score": None if own is None else round(own, 5)}
+            closer_to_own = own is not None and self.scorer.better(own, other.score)
+            if not closer_to_own and not self.force:
+                why = (f"{name!r} has no enrolled photo to compare it with" if own is None else
+                       f"it is closer to {other.name!r} than to {name!r}'s own photos (best score {own:.3f})")
+                reason = (f"the gallery would admit this face as {other.name!r} (score {other.score:.3f}; threshold: "
+                          f"{self.scorer.describe()}): {why}. If the photo shows {other.name!r}, enrol it under that "
+                          f"name; if they are different people, enrol it with --force: the two then count as "
+                          f"lookalikes and the daemon grants either only when one beats the other by "
+                          f"decision.lookalike_margin (see `facegate gallery list --lookalikes`)")
+                return Outcome(str(path), name, False, reason, quality, lookalike=lookalike,
+                               _pending=(embedding, quality, sha))
         stored = {k: v for k, v in quality.items() if k != "image_sha256"}
         _, tids = self.gallery.enrol(name, embedding, self.pack, groups, [sha], [stored])
         if tids[0] < 0:  # another process enrolled this photo meanwhile (UNIQUE index)
             return Outcome(str(path), name, False, ALREADY_ENROLLED, quality, skipped=True)
-        return Outcome(str(path), name, True, None, quality, int(tids[0]))
+        return Outcome(str(path), name, True, None, quality, int(tids[0]), lookalike=lookalike)
 
 
 def scan_folder(folder: str | Path) -> list[tuple[str, list[Path]]]:

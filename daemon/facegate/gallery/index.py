@@ -32,6 +32,10 @@ shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU 
 ``DEFAULT_EF`` = 160 is the highest-recall setting measured at 1M (0.994, ≈ 1.2 ms); at 100k ef ≥ 96 already
 gives 1.000.
 
+Search (``search``): exact below ``EXACT_SEARCH_MAX_TEMPLATES`` live templates — brute force over the in-memory
+template matrix (``gallery/exact.py``), so an enrolled template is always found — and above it the graph with an
+exact re-rank of ``RERANK_FACTOR`` × the needed candidates; the numbers above are the graph alone.
+
 Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
 generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
 only then are older index files removed. A crash at any point leaves ``index.json`` naming a complete file (or no
@@ -47,6 +51,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import hnswlib
@@ -54,6 +59,7 @@ import numpy as np
 
 from facegate.errors import GalleryError
 from facegate.fileio import folder_lock, read_limited, sha256_file, write_atomic
+from facegate.gallery.exact import TemplateMatrix
 from facegate.scoring import METRICS, Candidate
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,16 @@ DEFAULT_M = 48
 DEFAULT_EF_CONSTRUCTION = 400
 #: Query-time candidate list (raised per query to at least the number of templates fetched); see the module docstring.
 DEFAULT_EF = 160
+#: Up to this many live templates every search is exact: brute force over all of them (``gallery/exact.py``, one
+#: BLAS matrix product), no approximation, so no silent miss. Above it hnswlib fetches candidates, which are then
+#: re-scored exactly. Measured by ``bench/gallery_bench.py --crossover`` (README "1:N search benchmark",
+#: 2026-12-06, 2-core VM, 128-d, k = 5): the latency curves cross between 10k and 50k templates, but the graph
+#: path, even re-ranked, returned another best template than brute force for 2/500 fresh queries at 50k and 4/500
+#: at 100k, while brute force at 100k costs 3.6 ms CPU p50 / 5.5 ms p99 per search (≈ 6 % of a frame's cycle).
+EXACT_SEARCH_MAX_TEMPLATES = 100_000
+#: Above ``EXACT_SEARCH_MAX_TEMPLATES``: the graph is asked for this many times the templates a search needs (k ×
+#: the largest template count of one identity), all re-scored exactly; the best template per identity wins.
+RERANK_FACTOR = 4
 #: Capacity grows by this factor when full (hnswlib's resize_index copies the graph).
 GROWTH = 2.0
 INITIAL_CAPACITY = 1024
@@ -83,11 +99,15 @@ class GalleryIndex:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         ef: int = DEFAULT_EF,
         capacity: int | None = INITIAL_CAPACITY,
+        exact_max: int = EXACT_SEARCH_MAX_TEMPLATES,
     ) -> None:
         if metric not in METRICS:
             raise GalleryError(f"metric {metric!r} is not 'euclidean' or 'cosine'")
         self.dim, self.metric = dim, metric
         self.M, self.ef_construction, self.ef = M, ef_construction, ef
+        #: Live-template count up to which searches are exact (brute force); see ``EXACT_SEARCH_MAX_TEMPLATES``.
+        self.exact_max = exact_max
+        self._exact = TemplateMatrix(dim, metric)  # every live template, for exact search and re-scoring
         self._lock = threading.Lock()
         self._index = hnswlib.Index(space="l2" if metric == "euclidean" else "cosine", dim=dim)
         if capacity is not None:  # None: load_index follows (hnswlib prints a warning on stdout otherwise)
@@ -127,6 +147,7 @@ class GalleryIndex:
                     self._owner = grown
                 # hnswlib parallelises big batches itself; single-template enrolments stay inline.
                 self._index.add_items(vecs, tids, num_threads=-1 if len(tids) > 1000 else 1)
+                self._exact.add(tids, vecs)
                 self._owner[tids] = iids
                 for iid, count in zip(*np.unique(iids, return_counts=True), strict=True):
                     self._per_identity[int(iid)] = self._per_identity.get(int(iid), 0) + int(count)
@@ -146,6 +167,7 @@ class GalleryIndex:
                 if tid < len(self._owner) and self._owner[tid] >= 0:
                     iid = int(self._owner[tid])
                     self._index.mark_deleted(int(tid))
+                    self._exact.remove(np.array([tid]))
                     self._owner[tid] = -1
                     self._per_identity[iid] -= 1
                     if self._per_identity[iid] <= 0:
@@ -175,11 +197,13 @@ class GalleryIndex:
     def search(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Candidate]], int]:
         """Top-``k`` identities per probe (best template per identity), best first.
 
-        ``probes``: N×D float32 embeddings of the gallery's pack. Templates are over-fetched (``k`` × the largest
-        number of templates one identity has, which guarantees ``k`` distinct identities if the graph search is
-        exact) and grouped by identity. An empty gallery gives empty lists; fewer than ``k`` identities give
-        shorter lists. Returns (per-probe lists of ``scoring.Candidate`` with ``template_id`` set, the index
-        version the answer reflects).
+        ``probes``: N×D float32 embeddings of the gallery's pack. Up to ``exact_max`` live templates the answer is
+        exact (brute force over every live template, ``gallery/exact.py``); above it hnswlib fetches
+        ``RERANK_FACTOR`` × as many templates as needed and they are re-scored exactly. Templates needed: ``k`` ×
+        the largest number of templates one identity has, which guarantees ``k`` distinct identities. Every score
+        is ``scoring.compare`` of the probe and the stored template, whichever path found it. An empty gallery
+        gives empty lists; fewer than ``k`` identities give shorter lists. Returns (per-probe lists of
+        ``scoring.Candidate`` with ``template_id`` set, the index version the answer reflects).
         """
         probes = np.ascontiguousarray(probes, dtype=np.float32).reshape(-1, self.dim)
         if k < 1:
@@ -189,30 +213,36 @@ class GalleryIndex:
             if self._alive == 0 or len(probes) == 0:
                 return [[] for _ in range(len(probes))], version
             fetch = min(self._alive, k * max(1, self._max_per_identity))
-            self._index.set_ef(max(self.ef, fetch))
-            labels, dists = self._query(probes, fetch)
-            owner = self._owner
-            meta = self._meta
-            out: list[list[Candidate]] = []
-            for row_l, row_d in zip(labels, dists, strict=True):
-                seen: set[int] = set()
-                matches: list[Candidate] = []
-                for label, dist in zip(row_l, row_d, strict=True):
-                    if label < 0:
-                        continue
-                    iid = int(owner[label])
-                    if iid < 0 or iid in seen:
-                        continue
-                    seen.add(iid)
-                    name, groups = meta.get(iid, (f"#{iid}", ()))
-                    matches.append(Candidate(iid, name, groups, self._score(float(dist)), int(label)))
-                    if len(matches) == k:
-                        break
-                out.append(matches)
+            if self._alive <= self.exact_max:
+                found = self._exact.nearest(probes, fetch)
+            else:
+                found = self._approximate(probes, min(self._alive, fetch * RERANK_FACTOR))
+            out = [self._group(probe, tids, k) for probe, tids in zip(probes, found, strict=True)]
         return out, version
 
-    def _score(self, dist: float) -> float:
-        return float(np.sqrt(max(dist, 0.0))) if self.metric == "euclidean" else 1.0 - dist
+    def _approximate(self, probes: np.ndarray, fetch: int) -> list[np.ndarray]:
+        """hnswlib's ``fetch`` nearest live templates per probe (ef raised to at least ``fetch``)."""
+        self._index.set_ef(max(self.ef, fetch))
+        labels, _ = self._query(probes, fetch)
+        return [row[(row >= 0) & (self._owner[np.maximum(row, 0)] >= 0)] for row in labels.astype(np.int64)]
+
+    def _group(self, probe: np.ndarray, template_ids: np.ndarray, k: int) -> list[Candidate]:
+        """Re-score the templates exactly, sort best first and keep the best template of each of ``k`` identities."""
+        scores = self._exact.rescore(probe, template_ids)
+        order = np.argsort(scores if self.metric == "euclidean" else -scores, kind="stable")
+        seen: set[int] = set()
+        matches: list[Candidate] = []
+        for i in order:
+            label = int(template_ids[i])
+            iid = int(self._owner[label])
+            if iid < 0 or iid in seen:
+                continue
+            seen.add(iid)
+            name, groups = self._meta.get(iid, (f"#{iid}", ()))
+            matches.append(Candidate(iid, name, groups, float(scores[i]), label))
+            if len(matches) == k:
+                break
+        return matches
 
     def _query(self, probes: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """knn_query, tolerating hnswlib's RuntimeError when it finds fewer than ``fetch`` live items
@@ -272,8 +302,8 @@ class GalleryIndex:
         return path
 
     @classmethod
-    def load(cls, folder: Path, gallery_id: str, pack: str, dim: int, metric: str, ef: int = DEFAULT_EF
-             ) -> tuple[GalleryIndex, int] | None:
+    def load(cls, folder: Path, gallery_id: str, pack: str, dim: int, metric: str, ef: int = DEFAULT_EF,
+             exact_max: int = EXACT_SEARCH_MAX_TEMPLATES) -> tuple[GalleryIndex, int] | None:
         """Load the saved index if it belongs to this gallery and pack and its checksum holds, else None.
 
         Returns (index with no label bookkeeping yet — call ``attach``, the generation it was saved at).
@@ -290,7 +320,8 @@ class GalleryIndex:
             if path.stat().st_size != meta["bytes"] or sha256_file(path) != meta["sha256"]:
                 log.warning("gallery_index_ignored reason=checksum file=%s", path)
                 return None
-            obj = cls(dim, metric, int(meta["M"]), int(meta["ef_construction"]), ef, capacity=None)
+            obj = cls(dim, metric, int(meta["M"]), int(meta["ef_construction"]), ef, capacity=None,
+                      exact_max=exact_max)
             obj._index.load_index(str(path), allow_replace_deleted=False)
             obj.generation = int(meta["generation"])
             return obj, obj.generation
@@ -323,13 +354,21 @@ class GalleryIndex:
         with self._lock:
             return np.asarray(self._index.get_ids_list(), np.int64)
 
-    def attach(self, template_ids: np.ndarray, identity_ids: np.ndarray,
+    def attach(self, templates: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
                names: dict[int, tuple[str, tuple[str, ...]]], generation: int) -> None:
-        """After ``load``: take the live labels' identities from the store and mark every other label deleted.
+        """After ``load``: take the live templates from the store and mark every other label deleted.
 
-        ``template_ids`` must all be in the graph (the caller adds missing ones with ``add`` afterwards).
+        ``templates``: batches of (template ids int64 B, identity ids int64 B, vectors B×D float32), as
+        ``Store.embeddings`` yields them; every id must be in the graph (the caller adds missing ones with ``add``
+        afterwards). The vectors fill the exact-search matrix (``gallery/exact.py``).
         """
-        tids = np.asarray(template_ids, np.int64)
+        exact = TemplateMatrix(self.dim, self.metric)
+        tid_parts, iid_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for tids, iids, vecs in templates:
+            exact.add(tids, vecs)
+            tid_parts.append(np.asarray(tids, np.int64))
+            iid_parts.append(np.asarray(iids, np.int64))
+        tids, identity_ids = np.concatenate(tid_parts), np.concatenate(iid_parts)
         with self._lock:
             in_graph = np.asarray(self._index.get_ids_list(), np.int64)
             stale = np.setdiff1d(in_graph, tids)
@@ -339,6 +378,7 @@ class GalleryIndex:
             size = int(max(in_graph.max(initial=0), tids.max(initial=0))) + 1
             self._owner = np.full(max(size, INITIAL_CAPACITY), -1, np.int64)
             self._owner[tids] = identity_ids
+            self._exact = exact
             self._per_identity = {}
             for iid, count in zip(*np.unique(identity_ids, return_counts=True), strict=True):
                 self._per_identity[int(iid)] = int(count)
@@ -347,6 +387,13 @@ class GalleryIndex:
             self._meta = dict(names)
             self.generation = generation
             self.version += 1
+
+    def templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A consistent copy of every live template: (template ids int64 L, identity ids int64 L, vectors L×D
+        float32; cosine vectors L2-normalised)."""
+        with self._lock:
+            tids, vecs = self._exact.snapshot()
+            return tids, self._owner[tids].copy(), vecs
 
 
 def remove_stale_files(folder: Path, keep: str | None) -> None:

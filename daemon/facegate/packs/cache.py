@@ -65,11 +65,11 @@ class PreparedPack:
 
 
 def _manifest_digest(manifest: PackManifest) -> str:
-    """Digest of what decides the built files (not the operating point or descriptions: changing a threshold
-    must not force every machine to rebuild its models)."""
-    return sha256_bytes(
-        manifest.model_dump_json(exclude={"manifest_path", "operating_point", "description"}).encode()
-    )
+    """Digest of what decides the built files (not the operating point, the minimum face size for a vote or
+    descriptions: changing a threshold must not force every machine to rebuild its models)."""
+    return sha256_bytes(manifest.model_dump_json(exclude={
+        "manifest_path": True, "operating_point": True, "description": True, "recogniser": {"min_face_px"},
+    }).encode())
 
 
 def _verified_source(model: ModelFile, manifest: PackManifest, role: str) -> tuple[bytes, Path | None]:

@@ -92,6 +92,9 @@ class RecogniserSpec(ModelFile):
     fixed_batch: bool = Field(False, description="True when the graph's batch dimension is fixed to 1")
     normalise: bool = Field(False, description="L2-normalise embeddings")
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    min_face_px: int = Field(
+        ..., ge=0, description="Smallest face (detector box width, px) whose match may vote for a grant: the lower "
+        "end of the face sizes the pack's threshold was measured on (smaller faces are tracked, never granted)")
 
 
 class LivenessModel(ModelFile):

@@ -5,7 +5,9 @@ each face's candidates, and records one observation per track. A track is then d
 
 * **grant** when, among its last ``n`` frames that are younger than ``max_frame_age_s``, at least ``k`` matched the
   same identity (score passing the ``Scorer``'s threshold — ``facegate/scoring.py`` says which threshold applies —
-  AND beating the best *other* identity of that frame by ``margin``),
+  AND beating the best *other* identity of that frame by ``margin``, AND beating each of that identity's
+  **lookalikes** by ``lookalike_margin``; a face narrower than the pack's ``recogniser.min_face_px`` never
+  matches: it is tracked and reported but casts no vote),
   no other identity has as many such frames, liveness passed (when enabled: the mean of the track's last
   ``liveness.frames`` per-face live scores ≥ ``liveness.threshold``; no grant before that many scores exist), and
   the door's ``AccessRules`` allow it;
@@ -20,6 +22,15 @@ One decision per track per outcome: a decision with the same (type, identity, re
 until ``repeat_after_s`` has passed; after a grant the track is not decided again for the longer of
 ``repeat_after_s`` and the door's cooldown (the person is walking through). An unknown can later become a grant
 when the person comes close enough to match; a liveness deny never turns into a grant on the same track.
+
+**One grant per passage** (``runtime/presence.py``): an identity granted at a camera is not granted again, nor
+denied, by a later track of that camera while its presence there continues (a matching face seen again within
+``presence_gap_s``): a broken track is not a new passage.
+
+**Lookalikes**: pairs of enrolled identities with any two templates closer than the threshold
+(``gallery/lookalikes.py``, kept by ``runtime/matching.py``); a frame votes for one of them only when it beats the
+other by ``lookalike_margin`` (larger than ``margin``). A lookalike missing from a face's candidates counts as
+scoring like the last candidate (fail closed).
 
 Work once per face: ``plan`` (called by the inference stage before embedding, ``runtime/inference.py``) tracks a
 frame's faces and says which need an embedding. A track that is decided — granted, denied for a reason other
@@ -60,16 +71,20 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from facegate.config import DecisionConfig
 from facegate.detections import Detections
 from facegate.errors import UsageError
+from facegate.imaging import face_crop
 from facegate.runtime.health import SETTLE_S, Health
+from facegate.runtime.presence import Presence
+from facegate.runtime.reverify import ReverifyMixin
 from facegate.runtime.rules import AccessRules, camera_doors
-from facegate.runtime.tracking import FaceTracker, box_iou
+from facegate.runtime.track_state import Observation, TrackState, Vote
+from facegate.runtime.tracking import FaceTracker
 from facegate.scoring import Candidate, Scorer, liveness_threshold
 
 if TYPE_CHECKING:
@@ -83,19 +98,12 @@ log = logging.getLogger(__name__)
 GRANT, DENY, UNKNOWN = "grant", "deny", "unknown"
 
 
+LookalikesFn = Callable[[Scorer], Mapping[Any, frozenset]]
+"""``lookalikes(scorer) → identity id → the ids of its lookalikes`` under that scorer's threshold
+(``LiveGallery.lookalikes``)."""
+
 SearchFn = Callable[[np.ndarray], Sequence[Sequence[Candidate]]]
 """``search(embeddings N×D float32) → per face a list of ``scoring.Candidate``, best first`` (``Gallery.search``)."""
-
-
-class Vote(NamedTuple):
-    """One frame's match for a track: the identity it voted for, its comparison score and its ``margin`` over the
-    best other identity of that frame (None when the gallery had no other identity)."""
-
-    identity_id: Any
-    name: str
-    groups: tuple[str, ...]
-    score: float
-    margin: float | None
 
 
 @dataclass(frozen=True)
@@ -142,75 +150,11 @@ class Decision:
     face_crop: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
-class _Obs(NamedTuple):
-    t: float  # monotonic capture time
-    match: Vote | None  # when the frame matched
-    best: float | None  # best score of the frame (any identity), for unknown events
-    live: float | None
-
-
-#: Deny reasons that come from the door's rules and can change while a track stands there (time, cooldown).
-_RULE_REASONS = frozenset({"not_in_group", "outside_schedule", "cooldown", "anti_passback", "unknown_door"})
-
-
-@dataclass
-class _Hold:
-    """A decided track: its faces are embedded only for re-verification until ``until`` (capture time, s)."""
-
-    type: str
-    identity_id: Any
-    groups: tuple[str, ...]
-    reason: str | None
-    until: float
-    checked_at: float  # capture time of the last frame that confirmed it
-    box: np.ndarray  # that frame's box, 4 float32 px
-
-
-@dataclass
-class _TrackState:
-    first_seen: float
-    obs: deque = field(default_factory=deque)
-    emitted: dict = field(default_factory=dict)  # (type, identity, reason) → monotonic s
-    granted_at: float | None = None
-    granted_id: Any = None
-    spoof: bool = False
-    attempt_since: float | None = None  # capture time the current vote started (first_seen, or a decided state's end)
-    hold: _Hold | None = None
-
-    def __post_init__(self) -> None:
-        if self.attempt_since is None:
-            self.attempt_since = self.first_seen
-
-    def restart(self, cap: float) -> None:
-        """End the decided state: embed every frame again and vote afresh from ``cap``."""
-        self.hold = None
-        self.attempt_since = cap
-
-
-#: Context kept around a face box on each side for a snapshot, as a fraction of the box's size.
-CROP_MARGIN = 0.25
-
-
-def face_crop(image: np.ndarray, box: Sequence[float], margin: float = CROP_MARGIN) -> np.ndarray | None:
-    """A copy of ``box`` (x1, y1, x2, y2 px) of a BGR uint8 H×W×3 ``image``, widened by ``margin`` of its size on
-    each side and clipped to the image; None when nothing of it lies inside the image."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return None
-    mx, my = margin * (x2 - x1), margin * (y2 - y1)
-    a, b = max(0, int(x1 - mx)), max(0, int(y1 - my))
-    c, d = min(w, int(math.ceil(x2 + mx))), min(h, int(math.ceil(y2 + my)))
-    if c - a < 2 or d - b < 2:
-        return None
-    return image[b:d, a:c].copy()
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class DecisionEngine:
+class DecisionEngine(ReverifyMixin):
     """Decisions for all cameras. Constructor (keyword only):
 
     * ``search``: ``SearchFn`` (the running daemon's: ``runtime/matching.py``);
@@ -219,6 +163,9 @@ class DecisionEngine:
     * ``camera_doors``: camera id → door id (``runtime/rules.camera_doors``);
     * ``rules``: ``AccessRules``; ``config``: the ``decision:`` section; ``liveness``: ``LivenessGate`` or None;
     * ``sink``: called with every decision ``on_result`` makes (the emitter's ``emit``); None keeps them;
+    * ``lookalikes``: ``LookalikesFn`` (``LiveGallery.lookalikes``) or None (no lookalike pairs known);
+    * ``min_vote_face_px``: faces narrower than this (px, box width) cast no vote (the pack's
+      ``recogniser.min_face_px``; 0 = every embedded face votes);
     * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds;
     * ``health``: where a frame that cannot be observed (tracking or gallery search failing) is reported, once per
       episode (part ``decision:<camera>``; a private registry when None), instead of a traceback per frame.
@@ -234,6 +181,8 @@ class DecisionEngine:
         config: DecisionConfig | None = None,
         liveness: LivenessGate | None = None,
         sink: Callable[[Decision], Any] | None = None,
+        lookalikes: LookalikesFn | None = None,
+        min_vote_face_px: int = 0,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
         health: Health | None = None,
@@ -247,11 +196,14 @@ class DecisionEngine:
         self.config = config or DecisionConfig()
         self.liveness = liveness
         self.sink = sink
+        self.lookalikes = lookalikes
+        self.min_vote_face_px = int(min_vote_face_px)
         self.wall_clock = wall_clock
         self.clock = clock
         self.health = health if health is not None else Health()
         self._trackers: dict[str, FaceTracker] = {}
-        self._tracks: dict[str, dict[int, _TrackState]] = {}
+        self._tracks: dict[str, dict[int, TrackState]] = {}
+        self._presence = Presence(self.config.presence_gap_s)
         self._lock = threading.Lock()
         self.stats: Counter[str] = Counter()
         #: Attach each decision's face crop (``Decision.face_crop``) in ``on_result``: snapshot retention only.
@@ -260,13 +212,18 @@ class DecisionEngine:
     @classmethod
     def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
                     cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None,
-                    health: Health | None = None) -> DecisionEngine:
+                    health: Health | None = None, lookalikes: LookalikesFn | None = None) -> DecisionEngine:
         """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
-        operating point), ``liveness:`` gating, each camera's door; failures reported to ``health``."""
+        operating point), ``liveness:`` gating, each camera's door, the pack's minimum face size for a vote
+        (``recogniser.min_face_px``) and the gallery's lookalike pairs (computed once here, so the first frame
+        does not wait for them); failures reported to ``health``."""
         engine = cls(search=search, scorer=Scorer.resolve(pipeline.manifest, config.decision.threshold),
                      camera_doors=camera_doors(config, cameras), rules=rules, config=config.decision,
                      liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink,
-                     health=health)
+                     health=health, lookalikes=lookalikes,
+                     min_vote_face_px=pipeline.manifest.recogniser.min_face_px)
+        if lookalikes is not None:
+            lookalikes(engine.scorer)
         engine._warn_doorless()
         return engine
 
@@ -278,6 +235,8 @@ class DecisionEngine:
             self.config = config.decision
             self.scorer = Scorer.resolve(manifest, config.decision.threshold)
             self.camera_doors = camera_doors(config, cameras)
+            self.min_vote_face_px = manifest.recogniser.min_face_px
+            self._presence.gap_s = config.decision.presence_gap_s
         self._warn_doorless()
 
     def _warn_doorless(self) -> None:
@@ -302,36 +261,7 @@ class DecisionEngine:
                 except OSError:
                     log.exception("event=audit_write_failed type=%s camera=%s note=not_published", d.type, d.camera)
 
-    # ----------------------------------------------------------------------------------------------- tracking
-    def plan(self, camera: str, dets: Detections, captured_at: float) -> tuple[np.ndarray, np.ndarray]:
-        """Track one frame's faces before they are embedded (the inference stage's ``TrackPlanner``).
-
-        ``dets``: the frame's faces (boxes, landmarks; no embeddings needed), ``captured_at`` monotonic s. Returns
-        (N int64 track ids, N bool: embed this face). A face is left out only when its track is decided and not
-        due for re-verification (module docstring). Pass the ids and the mask on to ``process`` as
-        ``data["track_ids"]`` and ``data["embedded"]`` (the inference stage does).
-        """
-        with self._lock:
-            tracker, states = self._tracking(camera)
-            ids = tracker.update(dets, captured_at)
-            for gone in tracker.expired:
-                states.pop(gone, None)
-            embed = np.ones(len(dets), bool)
-            for i, tid in enumerate(ids.tolist()):
-                st = states.get(tid)
-                if st is not None and st.hold is not None and not self._due(st.hold, dets.boxes[i], captured_at):
-                    embed[i] = False
-            self.stats["faces_not_embedded"] += int((~embed).sum())
-            return ids, embed
-
-    def _due(self, hold: _Hold, box: np.ndarray, cap: float) -> bool:
-        """A decided track's face needs an embedding: its window ended, its check is due, or its box jumped."""
-        p = self.config
-        if p.reverify_s <= 0 or cap >= hold.until or cap - hold.checked_at >= p.reverify_s:
-            return True
-        return float(box_iou(hold.box, box)[0, 0]) < p.reverify_iou
-
-    def _tracking(self, camera: str) -> tuple[FaceTracker, dict[int, _TrackState]]:
+    def _tracking(self, camera: str) -> tuple[FaceTracker, dict[int, TrackState]]:
         tracker = self._trackers.get(camera)
         if tracker is None:
             tracker = self._trackers[camera] = FaceTracker(
@@ -341,11 +271,14 @@ class DecisionEngine:
         return tracker, self._tracks[camera]
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def frame_match(self, candidates: Sequence[Candidate]) -> tuple[Vote | None, float | None]:
+    def frame_match(self, candidates: Sequence[Candidate], partners: Mapping[Any, frozenset] | None = None
+                    ) -> tuple[Vote | None, float | None]:
         """One face's gallery answer → (its ``Vote`` or None, best score or None).
 
         Candidates are re-sorted best first (``Scorer.best_first``); the margin is the ``Scorer.gap`` to the best
-        *other* identity (None when there is none). A non-finite score never matches.
+        *other* identity (None when there is none). A non-finite score never matches. ``partners`` (identity →
+        its lookalikes): the best identity must also beat each of its lookalikes by ``lookalike_margin``; a
+        lookalike absent from the candidates is taken to score like the last one (it cannot score better).
         """
         cands = self.scorer.best_first(c for c in candidates if math.isfinite(float(c.score)))
         if not cands:
@@ -355,6 +288,12 @@ class DecisionEngine:
         score = float(best.score)
         margin = None if other is None else self.scorer.gap(score, other.score)
         ok = self.scorer.passes(score) and (margin is None or margin >= self.config.margin)
+        if ok and partners and partners.get(best.identity_id):
+            found = {c.identity_id: c.score for c in cands[1:]}
+            gaps = [self.scorer.gap(score, found.get(p, cands[-1].score)) for p in partners[best.identity_id]]
+            if min(gaps) < self.config.lookalike_margin:
+                ok = False
+                self.stats["lookalike_margin_not_met"] += 1
         return (Vote(best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score
 
     # ----------------------------------------------------------------------------------------------- frames
@@ -410,7 +349,7 @@ class DecisionEngine:
         return out
 
     def _decide_track(
-        self, camera: str, door: str, tid: int, state: _TrackState, cap: float, wall: datetime, now: float,
+        self, camera: str, door: str, tid: int, state: TrackState, cap: float, wall: datetime, now: float,
         box: np.ndarray,
     ) -> Decision | None:
         try:
@@ -434,6 +373,7 @@ class DecisionEngine:
                 return None
             state.granted_at = now
             state.granted_id = d.identity_id
+            self._presence.grant(camera, d.identity_id, cap)
         self._hold(door, state, d, box, cap, now)
         self.stats[d.type] += 1
         log.info(
@@ -444,12 +384,13 @@ class DecisionEngine:
 
     def _observe(
         self, camera: str, door: str, dets: Detections, captured_at: float, now: float,
-    ) -> tuple[dict[int, _TrackState], dict[int, np.ndarray]]:
+    ) -> tuple[dict[int, TrackState], dict[int, np.ndarray]]:
         """Record one observation per embedded face; returns the camera's track states and the tracks to decide
         (track id → its box), in face order. Without ``data["track_ids"]`` (not planned) every face is tracked
         here and decided. Planned: faces ``plan`` left out add nothing; a re-verification that confirms its
         track's decision adds its observation but asks for no decision."""
         tracker, states = self._tracking(camera)
+        self._presence.prune(camera, captured_at)
         given = dets.data.get("track_ids")
         if given is None:  # not planned: track here
             ids = tracker.update(dets, captured_at)
@@ -472,97 +413,37 @@ class DecisionEngine:
         if len(answers) != len(rows):
             raise ValueError(f"search returned {len(answers)} answers for {len(rows)} faces")
         live = dets.data.get("liveness") if self.liveness is not None else None
+        partners = self.lookalikes(self.scorer) if self.lookalikes is not None else None
+        widths = dets.widths
         n = self.config.n
         decide: dict[int, np.ndarray] = {}
         for j, i in enumerate(rows.tolist()):
             tid = int(ids[i])
             state = states.get(tid)
             if state is None:
-                state = states[tid] = _TrackState(first_seen=captured_at, obs=deque(maxlen=n))
-            match, best = self.frame_match(answers[j])
+                state = states[tid] = TrackState(first_seen=captured_at, obs=deque(maxlen=n))
+            match, best = self.frame_match(answers[j], partners)
+            if match is not None and not widths[i] >= self.min_vote_face_px:
+                match = None  # smaller than the pack is calibrated for: tracked and reported, never a vote
+                self.stats["small_face_frames"] += 1
             lv = None if live is None else float(live[i])
             if lv is not None and not math.isfinite(lv):
                 lv = None
-            state.obs.append(_Obs(captured_at, match, best, lv))
+            state.obs.append(Observation(captured_at, match, best, lv))
             # decided states only exist for planned frames: unplanned callers embed and decide every face
             if given is None or not self._confirmed(camera, door, tid, state, match, best, dets.boxes[i],
                                                     captured_at, now):
                 decide[tid] = dets.boxes[i]
         return states, decide
 
-    # ----------------------------------------------------------------------------------------------- decided
-    def _stranger(self, best: float | None) -> bool:
-        """A face's best comparison score misses the threshold by at least ``margin`` (or there was none): clearly
-        nobody enrolled, not a near miss that the next frame may turn into a match."""
-        return best is None or not math.isfinite(best) or \
-            self.scorer.gap(self.scorer.threshold, best) >= self.config.margin
-
-    def _confirmed(self, camera: str, door: str, tid: int, st: _TrackState, match: Vote | None, best: float | None,
-                   box: np.ndarray, cap: float, now: float) -> bool:
-        """A decided track's new observation: True when it confirms the decision (nothing new to decide); else
-        the decided state ends (False: decide as usual)."""
-        hold = st.hold
-        if hold is None:
-            return False
-        if cap >= hold.until:  # the decision's window is over: vote afresh
-            st.restart(cap)
-            return False
-        # for an unknown, a match or a near miss may be the start of a grant: vote on every frame again
-        agrees = (match is None and self._stranger(best)) if hold.type == UNKNOWN else (
-            match is not None and match.identity_id == hold.identity_id)
-        if agrees and hold.type == DENY and hold.reason in _RULE_REASONS:
-            # the door's answer can change while the person stands there (schedule, cooldown)
-            agrees = self.rules.check(identity_id=hold.identity_id, groups=hold.groups, door=door,
-                                      wall=self.wall_clock(), now=now) == hold.reason
-        if agrees:
-            hold.checked_at, hold.box = cap, np.array(box, np.float32)
-            self.stats["reverified"] += 1
-            return True
-        st.restart(cap)
-        self.stats["reverify_failed"] += 1
-        log.info("event=reverify_failed camera=%s track=%d decided=%s identity=%s now=%s", camera, tid, hold.type,
-                 hold.identity_id, None if match is None else match.identity_id)
-        return False
-
-    def _hold(self, door: str, st: _TrackState, d: Decision, box: np.ndarray, cap: float, now: float) -> None:
-        """Mark a track decided by ``d`` (a grant, a deny other than ``error``, with ``reverify_unknown`` an unknown
-        whose fresh frames all missed the threshold by at least ``margin``) until its repeat window ends."""
-        p = self.config
-        if p.reverify_s <= 0 or d.reason == "error":
-            return
-        if d.type == UNKNOWN and not (p.reverify_unknown and all(
-                self._stranger(o.best) for o in st.obs if now - o.t <= p.max_frame_age_s)):
-            return  # only a clear stranger is left alone: near misses keep voting on every frame
-        if d.type == GRANT:
-            left = max(p.repeat_after_s, self.rules.cooldown_s(door))
-        else:
-            last = st.emitted.get((d.type, d.identity_id, d.reason), now)
-            left = last + p.repeat_after_s - now
-        groups = next((o.match.groups for o in reversed(st.obs)
-                       if o.match is not None and o.match.identity_id == d.identity_id), ())
-        if left > 0:
-            st.hold = _Hold(d.type, d.identity_id, groups, d.reason, cap + left, cap, np.array(box, np.float32))
-
-    def _rehold_grant(self, door: str, st: _TrackState, box: np.ndarray, cap: float, now: float) -> None:
-        """A granted track whose re-verification failed is decided again, without a new event, once its votes
-        name the granted identity again within the grant's window."""
-        if st.hold is not None or st.granted_at is None or self.config.reverify_s <= 0:
-            return
-        left = st.granted_at + max(self.config.repeat_after_s, self.rules.cooldown_s(door)) - now
-        fresh = [o for o in st.obs if now - o.t <= self.config.max_frame_age_s]
-        if left > 0 and self._winner(fresh) == st.granted_id:
-            groups = next(o.match.groups for o in reversed(fresh)
-                          if o.match is not None and o.match.identity_id == st.granted_id)
-            st.hold = _Hold(GRANT, st.granted_id, groups, None, cap + left, cap, np.array(box, np.float32))
-
-    def _winner(self, fresh: list[_Obs]) -> Any:
+    def _winner(self, fresh: list[Observation]) -> Any:
         """The identity with at least ``k`` of the fresh votes and more than any other, else None."""
         ranked = Counter(o.match.identity_id for o in fresh if o.match is not None).most_common()
         if ranked and ranked[0][1] >= self.config.k and (len(ranked) == 1 or ranked[1][1] < ranked[0][1]):
             return ranked[0][0]
         return None
 
-    def _fresh_key(self, state: _TrackState, d: Decision, now: float) -> bool:
+    def _fresh_key(self, state: TrackState, d: Decision, now: float) -> bool:
         key = (d.type, d.identity_id, d.reason)
         last = state.emitted.get(key)
         if last is not None and now - last < self.config.repeat_after_s:
@@ -577,9 +458,12 @@ class DecisionEngine:
         )
 
     def _decide(
-        self, camera: str, door: str, tid: int, st: _TrackState, cap: float, wall: datetime, now: float
+        self, camera: str, door: str, tid: int, st: TrackState, cap: float, wall: datetime, now: float
     ) -> Decision | None:
         p = self.config
+        last = st.obs[-1] if st.obs else None
+        if last is not None and last.t == cap and last.match is not None:  # this frame's face matches someone
+            self._presence.seen(camera, last.match.identity_id, cap)  # a sighting (one grant per passage)
         if st.granted_at is not None and now - st.granted_at < max(p.repeat_after_s, self.rules.cooldown_s(door)):
             return None
         fresh = [o for o in st.obs if now - o.t <= p.max_frame_age_s]
@@ -589,6 +473,14 @@ class DecisionEngine:
             if len(fresh) >= p.n or track_age >= p.unknown_after_s:
                 best = self.scorer.best(o.best for o in fresh if o.best is not None)
                 return self._make(UNKNOWN, camera, door, tid, cap, wall, score=best, frames_used=len(fresh))
+            return None
+        if self._presence.granted(camera, winner, cap):
+            # the same passage as an earlier grant at this camera (a broken track): no second grant, no deny; the
+            # track is held as granted (``_rehold_grant``) like the track that was granted
+            st.granted_at, st.granted_id = now, winner
+            self.stats["same_passage"] += 1
+            log.info("event=same_passage camera=%s door=%s track=%d identity=%s note=granted_once", camera, door,
+                     tid, winner)
             return None
         used = [o.match for o in fresh if o.match is not None and o.match.identity_id == winner]
         name, groups = used[-1].name, used[-1].groups

@@ -18,12 +18,19 @@ file and which gallery id), then:
 The daemon is a read-only consumer of the index files (``Gallery(saves_index=False)``): it never writes one, so
 after ``facegate gallery remove`` and ``compact`` by another process nothing it does (refresh, SIGHUP, SIGTERM,
 SIGKILL) can put an erased template back into the folder.
+
+``LiveGallery.lookalikes`` is the decision engine's ``LookalikesFn``: the gallery's lookalike pairs
+(``gallery/lookalikes.py``) under the engine's threshold, brought up to date after every change (incremental: new
+templates against all; a stricter threshold only filters the pairs, a looser one recomputes them; a gallery loaded
+whole starts them afresh).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +38,7 @@ import numpy as np
 
 from facegate.errors import GalleryError
 from facegate.gallery.location import default_gallery_path
+from facegate.gallery.lookalikes import Lookalikes
 from facegate.gallery.watch import GalleryFile, probe
 from facegate.runtime.health import Health
 
@@ -38,12 +46,15 @@ if TYPE_CHECKING:
     from facegate.config import Config
     from facegate.gallery import Gallery
     from facegate.pipeline import FacePipeline
-    from facegate.scoring import Candidate
+    from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
 #: Candidates fetched per probe: the best identity and enough others for the margin test.
 SEARCH_K = 5
+#: Lookalike pairs named in the ``event=lookalikes`` log line (closest first); `facegate gallery list --lookalikes`
+#: lists them all.
+LOG_PAIRS = 20
 
 
 class LiveGallery:
@@ -64,6 +75,9 @@ class LiveGallery:
         self.stale = False  # set while the gallery cannot be trusted: search answers nothing (fail closed)
         self._reopen = False  # load the gallery whole at the next refresh (after a stale episode)
         self._file: GalleryFile = probe(self.folder)
+        self._lookalikes: Lookalikes | None = None
+        self._lookalikes_version = -1  # the gallery version the pairs reflect
+        self._lookalikes_lock = threading.Lock()
         self._identities = self._names()
         self._opened_log()
 
@@ -139,6 +153,10 @@ class LiveGallery:
             return False
         old, self.gallery = self.gallery, new
         replaced = now.gallery_id != self._file.gallery_id
+        with self._lookalikes_lock:  # another gallery's templates: the pairs start afresh
+            if self._lookalikes is not None:
+                self._lookalikes = Lookalikes(self._lookalikes.scorer)
+            self._lookalikes_version = -1
         self._file = now
         try:
             old.close()  # never saves an index (saves_index=False); closes its database connection
@@ -169,6 +187,8 @@ class LiveGallery:
             log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
         self._identities = names
         log.info("event=gallery_reloaded identities=%d", len(names))
+        if self._lookalikes is not None:  # now, not at the next frame
+            self.lookalikes(self._lookalikes.scorer)
 
     def _fail(self, reason: str) -> None:
         self.stale = True
@@ -179,6 +199,29 @@ class LiveGallery:
         self.stale = False
         self._reopen = False
         self.health.clear("gallery")
+
+    def lookalikes(self, scorer: Scorer) -> Mapping[int, frozenset[int]]:
+        """Identity id → the ids of its lookalikes under ``scorer`` (module docstring); updated first when the
+        gallery or the threshold changed. Logs ``event=lookalikes`` with the pairs whenever they change."""
+        with self._lookalikes_lock:
+            la = self._lookalikes
+            if la is not None and la.scorer != scorer and la.covers(scorer):
+                la.restrict(scorer)
+            elif la is None or la.scorer != scorer:
+                la = self._lookalikes = Lookalikes(scorer)
+                self._lookalikes_version = -1
+            version = self.gallery.version  # read before the snapshot: a change meanwhile is caught next time
+            if version != self._lookalikes_version:
+                t0 = time.perf_counter()
+                tids, iids, vecs = self.gallery.templates()
+                if la.update(tids, iids, vecs) or self._lookalikes_version < 0:
+                    names = self._identities
+                    shown = la.scorer.best_first(la.pairs.values())[:LOG_PAIRS]
+                    pairs = ",".join(f"{names.get(p.a, p.a)!r}~{names.get(p.b, p.b)!r}:{p.score:.3f}" for p in shown)
+                    log.info("event=lookalikes pairs=%d threshold=%g templates=%d seconds=%.3f list=%s",
+                             len(la.pairs), scorer.threshold, len(tids), time.perf_counter() - t0, pairs or "none")
+                self._lookalikes_version = version
+            return la.partners()
 
     # ------------------------------------------------------------------------------------------------ search
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:

@@ -18,7 +18,8 @@
 The rules are the validated ``doors:`` section itself (``facegate.config.DoorConfig``): every setting keeps its YAML
 name here and is trusted (ids, time zone names, window order were checked when the config was loaded). With no
 doors configured, ``AccessRules.from_config`` builds the one implicit door ``DEFAULT_DOOR`` that admits every
-enrolled identity at any time.
+enrolled identity at any time, with the default cooldown of ``DoorConfig`` (5 s: a quick-start door must not
+grant the same person again and again while they stand in front of the camera).
 
 Schedules are wall-clock windows in the door's zone (``zoneinfo``), to the second, so a 07:00–19:00 window follows
 daylight saving time: it opens at 07:00 local on both sides of a DST change. ``end`` is exclusive; ``"24:00"`` ends
@@ -112,12 +113,13 @@ class AccessRules:
     @classmethod
     def from_config(cls, config: Config) -> AccessRules:
         """The rules of ``config.doors``; with no doors, the implicit ``DEFAULT_DOOR`` (everyone enrolled, any
-        time, no cooldown) and a warning that every enrolled identity is admitted."""
+        time, ``DoorConfig``'s default cooldown) and a warning that every enrolled identity is admitted."""
         if config.doors:
             return cls(config.doors)
-        log.warning("event=no_doors_configured door=%s note=every_enrolled_identity_is_admitted_at_any_time",
-                    DEFAULT_DOOR)
-        return cls([DoorConfig(id=DEFAULT_DOOR, cooldown_s=0.0)])
+        door = DoorConfig(id=DEFAULT_DOOR)
+        log.warning("event=no_doors_configured door=%s cooldown_s=%g "
+                    "note=every_enrolled_identity_is_admitted_at_any_time", DEFAULT_DOOR, door.cooldown_s)
+        return cls([door])
 
     def update(self, other: AccessRules) -> None:
         """Take ``other``'s doors (SIGHUP reload) and keep this object's grant history, so a reload reopens no

@@ -42,6 +42,8 @@ def snapshot_path(folder: Path, event_id: str) -> Path | None:
     return folder / f"{event_id}.jpg" if _EVENT_ID.match(event_id or "") else None
 
 
+
+
 class SnapshotSink:
     """Sink writing each decision's face crop; ``purge_if_due`` deletes old ones. ``folder`` is created 0700."""
 
