@@ -12,16 +12,17 @@ append through ``AuditLog``: each record with ``write()`` on an ``O_APPEND`` des
 
 Faults (a full or failing file system). A write can stop half-way (``ENOSPC`` after part of the line) or ``fsync``
 can fail: the line is then *torn*. Before every record the writer (holding the lock) looks at the file's last byte:
-after a torn line — its own, the other process's, or a crash's — it truncates the file back to the end of the last
-complete line (``ftruncate``); if that fails too it starts the record on a fresh line (a newline first). So a record
+after a torn line — its own, or the other process's — it truncates the file back to the end of the last complete
+line (``ftruncate``); if that fails too it starts the record on a fresh line (a newline first). So a record
 is never appended onto a partial line and every complete line stays parseable. The
 daemon keeps deciding meanwhile and retries at every event; the episode is reported once through ``Health``
 (part ``audit``: one ``degraded`` line, and a ``recovered`` line with the number of events that were not recorded,
 hence not published), never as a traceback per decision. When space returns the next event is recorded: recovery
 needs no restart.
 
-Opening an existing log appends to it; a torn last line a crash left is repaired as above before the first record,
-and ``read_audit`` skips any line that is not a JSON object with a warning naming the file and line number.
+Opening an existing log appends to it. A torn last line that a crash of an earlier process left is not rewritten
+(its bytes may matter to an investigation): the first record starts on a fresh line after it. ``read_audit`` skips
+any line that is not a JSON object with a warning naming the file and line number.
 
 Rotation: ``reopen`` (SIGHUP, after logrotate renamed the file; ``systemd/facegate.logrotate``) opens ``path``
 afresh, creating it when it was moved away; records written between the rename and the signal are in the renamed
@@ -73,6 +74,7 @@ class AuditLog:
         self.health = health if health is not None else Health()
         self._lock = threading.Lock()
         self._fd = self._open()
+        self._found = os.fstat(self._fd).st_size  # bytes an earlier process left: a torn end there is kept
 
     def _open(self) -> int:
         """Open ``path`` for appending (0600 when created). Raises ``ConfigError`` naming it."""
@@ -130,6 +132,13 @@ class AuditLog:
         if size == 0 or os.pread(self._fd, 1, size - 1) == b"\n":
             return
         end = _last_line_end(self._fd, size)
+        if end < self._found:  # a crash's torn line from before this writer opened the file: kept as it is
+            log.warning("event=audit_torn_line path=%s action=newline_appended note=left_by_an_earlier_process",
+                        self.path)
+            os.write(self._fd, b"\n")
+            os.fsync(self._fd)
+            self._found = 0
+            return
         try:
             os.ftruncate(self._fd, end)
             os.fsync(self._fd)
@@ -149,6 +158,7 @@ class AuditLog:
             return
         with self._lock:
             old, self._fd = self._fd, fd
+            self._found = os.fstat(fd).st_size
         if old >= 0:
             os.close(old)
         log.info("event=audit_reopened path=%s", self.path)
