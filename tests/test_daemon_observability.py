@@ -19,8 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import free_port
 
 from facegate.config import Config
-from facegate.gallery import Gallery
-from facegate.gallery.enrol import Enroller, pack_binding
 from facegate.imaging import face_crop
 from facegate.runtime.audit import is_decision, read_audit
 from facegate.runtime.service import Service, build_stages
@@ -30,17 +28,6 @@ STAGE = "data/videos/stage_clip_640x360.mp4"
 MIRANDA = "Lin-Manuel Miranda"
 
 
-@pytest.fixture(scope="module")
-def enrolled(tmp_path_factory) -> Path:
-    from facegate.pipeline import FacePipeline
-
-    folder = tmp_path_factory.mktemp("gallery")
-    pipeline = FacePipeline.load("default")
-    with Gallery(folder, pack=pack_binding(pipeline)) as gallery:
-        photo = need_shared("data", "enroll_examples", "single", "lin-manuel-miranda.png")
-        (outcome,) = Enroller(gallery, pipeline).enrol(MIRANDA, [photo], groups=["staff"])
-        assert outcome.status == "enrolled", outcome.to_json()
-    return folder
 
 
 def _config(tmp_path: Path, port: int) -> Config:
@@ -62,8 +49,8 @@ def _scrape(url: str) -> dict[str, list]:
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
 
-def test_metrics_state_file_and_snapshots_of_a_running_service(tmp_path, enrolled):
-    shutil.copytree(enrolled, tmp_path / "gallery")
+def test_metrics_state_file_and_snapshots_of_a_running_service(tmp_path, enrolled_gallery):
+    shutil.copytree(enrolled_gallery, tmp_path / "gallery")
     port = free_port()
     config = _config(tmp_path, port)
     stages = build_stages(config, [], [])

@@ -7,12 +7,9 @@ import logging
 import threading
 from pathlib import Path
 
-import pytest
 from conftest import need_shared
 
 from facegate.config import CameraConfig, Config
-from facegate.gallery import Gallery
-from facegate.gallery.enrol import Enroller, pack_binding
 from facegate.runtime.audit import read_audit
 from facegate.runtime.events import SignedEvent
 from facegate.runtime.service import Service, build_stages
@@ -49,24 +46,12 @@ def _config(tmp_path: Path, **sections) -> Config:
     return Config.model_validate(base)
 
 
-@pytest.fixture(scope="module")
-def enrolled(tmp_path_factory) -> Path:
-    """A gallery with Miranda (staff), enrolled in-process with the default pack."""
-    from facegate.pipeline import FacePipeline
-
-    folder = tmp_path_factory.mktemp("gallery")
-    pipeline = FacePipeline.load("default")
-    with Gallery(folder, pack=pack_binding(pipeline)) as gallery:
-        photo = need_shared("data", "enroll_examples", "single", "lin-manuel-miranda.png")
-        (outcome,) = Enroller(gallery, pipeline).enrol(MIRANDA, [photo], groups=["staff"])
-        assert outcome.status == "enrolled", outcome.to_json()
-    return folder
 
 
-def test_a_service_runs_in_process_with_an_injected_sink(tmp_path, enrolled):
+def test_a_service_runs_in_process_with_an_injected_sink(tmp_path, enrolled_gallery):
     import shutil
 
-    shutil.copytree(enrolled, tmp_path / "gallery")
+    shutil.copytree(enrolled_gallery, tmp_path / "gallery")
     config = _config(tmp_path)
     opened: list = []
     stages = build_stages(config, [], opened)

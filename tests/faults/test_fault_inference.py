@@ -25,8 +25,6 @@ from onnx import TensorProto, helper
 from onnxruntime import InferenceSession
 
 from facegate.config import Config
-from facegate.gallery import Gallery
-from facegate.gallery.enrol import Enroller, pack_binding
 from facegate.packs.onnx_session import make_session
 from facegate.runtime.events import SignedEvent
 from facegate.runtime.service import Service, build_stages
@@ -80,17 +78,6 @@ def broken_recogniser_session() -> InferenceSession:
     return make_session(model.SerializeToString(), "broken recogniser", ["CPUExecutionProvider"], 1)
 
 
-@pytest.fixture(scope="module")
-def enrolled(tmp_path_factory) -> Path:
-    from facegate.pipeline import FacePipeline
-
-    folder = tmp_path_factory.mktemp("gallery")
-    pipeline = FacePipeline.load("default")
-    with Gallery(folder, pack=pack_binding(pipeline)) as gallery:
-        photo = need_shared("data", "enroll_examples", "single", "lin-manuel-miranda.png")
-        (outcome,) = Enroller(gallery, pipeline).enrol(MIRANDA, [photo], groups=["staff"])
-        assert outcome.status == "enrolled", outcome.to_json()
-    return folder
 
 
 def _wait(predicate, timeout: float) -> bool:
@@ -102,9 +89,10 @@ def _wait(predicate, timeout: float) -> bool:
     return bool(predicate())
 
 
-def test_runtime_model_failure_denies_reports_once_and_starves_the_watchdog(tmp_path, enrolled, mosquitto_broker,
-                                                                            monkeypatch, caplog, capfd):
-    shutil.copytree(enrolled, tmp_path / "gallery")
+def test_runtime_model_failure_denies_reports_once_and_starves_the_watchdog(tmp_path, enrolled_gallery,
+                                                                            mosquitto_broker, monkeypatch, caplog,
+                                                                            capfd):
+    shutil.copytree(enrolled_gallery, tmp_path / "gallery")
     notify = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", notify.path)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WATCHDOG=1 every 0.5 s while healthy

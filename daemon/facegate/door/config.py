@@ -9,11 +9,12 @@ with their key path and YAML line. ``config/door.example.yaml`` documents every 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from facegate.config_file import node_line
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 from facegate.limits import StrictSection, host_problem
@@ -267,23 +268,6 @@ class DoorAgentConfig(_Section):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest YAML node along ``loc``."""
-    node, line = root, (root.start_mark.line + 1) if root is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if k.value == part), None)
-            if match is None:
-                return line
-            node, line = match[1], match[0].start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
 def parse_door_config(text: str) -> tuple[DoorAgentConfig | None, list[str]]:
     """YAML text → (config, []) or (None, ["line N: key.path: message", ...]). Never raises."""
     try:
@@ -308,7 +292,7 @@ def parse_door_config(text: str) -> tuple[DoorAgentConfig | None, list[str]]:
                 msg = "unknown key (misspelt? see config/door.example.yaml for every key)"
             elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
                 msg += f" (got {err.get('input')!r})"
-            line = _line(root, loc)
+            line = node_line(root, loc)
             problems.append(f"{f'line {line}: ' if line else ''}{path}: {msg}")
         return None, problems
 
