@@ -38,7 +38,7 @@ def _lfw_image(name: str, index: int) -> np.ndarray:
 def pipeline():
     from facegate.pipeline import FacePipeline
 
-    return FacePipeline.load("default", with_liveness=False)
+    return FacePipeline.load("dlib", with_liveness=False)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_enroll_cli_with_jitters(tmp_path: Path) -> None:
     from facegate.gallery import Gallery
     from facegate.pipeline import FacePipeline
 
-    pipe = FacePipeline.load("default", with_liveness=False)
+    pipe = FacePipeline.load("dlib", with_liveness=False)
     image = load_image(photo)
     dets = pipe.detect([image])[0]
     expected = pipe.embed(image, dets[0:1], jitters=4)

@@ -85,6 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("file", type=Path, help="JSON-lines export file")
         if name == "export":
             p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+        if name == "list":
+            p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                           help="the daemon's config: its decision section (threshold or false_accept_rate, k, n) "
+                           "and pack give the security level shown (default: built-in defaults)")
+            rate = p.add_mutually_exclusive_group()
+            rate.add_argument("--threshold", type=float, default=None, help="show the rate of this fixed threshold")
+            rate.add_argument("--false-accept-rate", type=float, default=None, metavar="F",
+                              help="show the threshold this goal gives with the gallery (e.g. 1e-4)")
         p.set_defaults(handler=globals()[f"_gallery_{name}"])
 
 
@@ -188,9 +196,51 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _gallery_list(args: argparse.Namespace) -> int:
+    from facegate.config import Config
+    from facegate.config_file import load_config
+
+    config = load_config(args.config) if args.config else Config()
+    if args.gallery is None and config.gallery.path:
+        args.gallery = Path(config.gallery.path)
+    decision = config.decision
+    if args.threshold is not None or args.false_accept_rate is not None:
+        decision = decision.model_copy(update={"threshold": args.threshold,
+                                               "false_accept_rate": args.false_accept_rate})
     with _open(args) as gallery:
-        print_json({**gallery.stats(), "identities_list": [i.to_json() for i in gallery.identities()]})
+        pack = config.pack if args.config else None
+        print_json({**gallery.stats(), "security": _security(gallery, decision, pack),
+                    "identities_list": [i.to_json() for i in gallery.identities()]})
     return 0
+
+
+def _security(gallery, decision, pack: str | None) -> dict:
+    """The threshold the daemon would use with this gallery and what false-accept rate it gives
+    (``Scorer.resolve``; the model is in facegate/scoring.py), or why it cannot be said. ``pack``: the config's
+    (None: the gallery's own)."""
+    from facegate.errors import FacegateError, FalseAcceptGoalError
+    from facegate.gallery.store import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.packs.manifest import load_manifest, pack_calibration
+    from facegate.scoring import Scorer
+
+    if gallery.pack is None:
+        return {"note": "empty gallery: no pack bound yet"}
+    name = pack or gallery.pack.name
+    templates = int(gallery.stats()["templates"])
+    try:
+        manifest = load_manifest(name)
+        want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
+        if want != gallery.pack and not (gallery.pack == LEGACY_DEFAULT and want.name == "dlib"):
+            return {"pack": name, "error": mismatch_message(gallery.folder, gallery.pack, want)}
+        scorer = Scorer.resolve(manifest, decision.threshold, false_accept_rate=decision.false_accept_rate,
+                                calibration=pack_calibration(manifest), templates=templates,
+                                vote=(decision.k, decision.n))
+    except FalseAcceptGoalError as exc:
+        return {"pack": name, "templates": templates, "goal_met": False, "error": str(exc)}
+    except FacegateError as exc:
+        return {"pack": name, "error": str(exc)}
+    assert scorer.basis is not None
+    return {"pack": name, "threshold": scorer.threshold, "rule": scorer.describe(), "goal_met": True,
+            **scorer.basis.to_json()}
 
 
 def _gallery_show(args: argparse.Namespace) -> int:

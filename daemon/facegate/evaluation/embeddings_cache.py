@@ -82,12 +82,15 @@ def detector_key(pipeline) -> str:
 
 
 def pipeline_key(pipeline, detection_fingerprint: str, jitters: int = 0) -> str:
-    """Key of the embedding stage: manifest (no operating point), face-choice rule and the detection fingerprint,
+    """Key of the embedding stage: manifest (no operating point, calibration or fusion LLR maps: they change no
+    embedding), face-choice rule and the detection fingerprint,
     plus the jitter count, seed and recipe when ``jitters`` ≥ 2 (plain keys are unchanged, so jittered and plain
     embeddings are never mixed)."""
     from facegate.packs.jitter import describe, effective_count
 
-    manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path"})
+    manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point", "manifest_path", "calibration"})
+    for part in manifest["recogniser"].get("parts", []):
+        part.pop("llr", None)  # a fused pack's LLR maps change its scores, not its embeddings
     parts = [json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint]
     count = effective_count(jitters)
     if count:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.gallery.exact import ExactIndex
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
-from facegate.gallery.store import FILE_MODE, Identity, PackBinding, Store
+from facegate.gallery.store import FILE_MODE, LEGACY_DEFAULT, LEGACY_RENAMED, Identity, PackBinding, Store
 from facegate.gallery.validate import groups_problem, name_problem
-from facegate.scoring import Candidate
+from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,24 @@ class Gallery:
     """Identities and templates of one gallery folder, bound to one pack; thread-safe.
 
     ``pack`` (optional) is the pack the caller will add or search with; a gallery bound to another pack raises
-    ``GalleryError``. A new gallery is bound by its first enrolment.
+    ``GalleryError``. A new gallery is bound by its first enrolment. ``scorer`` (optional, or later
+    ``use_scorer``): the pack's ``scoring.Scorer``; a gallery of a fused pack is searched exactly with it
+    (``gallery/exact.py``), every other one through the hnswlib index (``gallery/index.py``).
     """
 
     def __init__(self, folder: str | Path, pack: PackBinding | None = None, ef: int = DEFAULT_EF,
-                 index_params: dict[str, int] | None = None) -> None:
+                 index_params: dict[str, int] | None = None, scorer: Scorer | None = None) -> None:
         self.folder = Path(folder)
         self.store = Store(self.folder)
         self._write_lock = threading.RLock()
         self._ef = ef
         self._params = dict(index_params or {})
-        self._index: GalleryIndex | None = None
+        self._scorer = scorer
+        self._index: GalleryIndex | ExactIndex | None = None
         self._dirty = False
         bound = self.store.binding()
         if pack is not None and bound is not None and bound != pack:
-            self.store.bind(pack)  # raises the mismatch error with the folder named
+            bound = self.store.bind(pack)  # raises the mismatch error with the folder named (or renames a legacy one)
         self.pack = bound or pack
         if bound is not None:
             self._open_index(bound)
@@ -76,8 +80,19 @@ class Gallery:
                 self._index.save(self.folder, self.store.gallery_id, self.pack.name)
                 self._dirty = False
 
-    def _new_index(self, pack: PackBinding, capacity: int) -> GalleryIndex:
+    def _new_index(self, pack: PackBinding, capacity: int) -> GalleryIndex | ExactIndex:
+        if pack.metric == "fused":
+            scorer = self._scorer if self._scorer is not None and self._scorer.metric == pack.metric else None
+            return ExactIndex(pack.dim, pack.metric, scorer)
         return GalleryIndex(pack.dim, pack.metric, ef=self._ef, capacity=capacity, **self._params)
+
+    def use_scorer(self, scorer: Scorer) -> None:
+        """Search with the pack's ``scorer`` from now on (needed by a fused gallery; the hnswlib index of the other
+        metrics scores by itself). Raises ``GalleryError`` for a scorer of another metric or width."""
+        self._scorer = scorer
+        index = self._index
+        if isinstance(index, ExactIndex):
+            index.use_scorer(scorer)
 
     def _names(self) -> dict[int, tuple[str, tuple[str, ...]]]:
         return {i.id: (i.name, tuple(i.groups)) for i in self.store.identities()}
@@ -87,7 +102,7 @@ class Gallery:
         t0 = time.perf_counter()
         generation = self.store.generation
         tids, iids = self.store.template_ids()
-        loaded = None if self._params else GalleryIndex.load(
+        loaded = None if self._params or pack.metric == "fused" else GalleryIndex.load(
             self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
         if loaded is not None:
             index, saved_generation = loaded
@@ -313,6 +328,8 @@ class Gallery:
         except (KeyError, TypeError, ValueError) as exc:
             raise GalleryError(f"{path}: export header has no valid pack ({exc})") from None
         bound = self.store.binding()
+        if pack == LEGACY_DEFAULT and bound == LEGACY_RENAMED:
+            pack = bound  # an export of the old built-in pack: the dlib pack makes the same templates
         if bound is not None and bound != pack:
             raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into {self.folder}, "
                                f"which holds pack {bound.describe()}; import into another --gallery folder")

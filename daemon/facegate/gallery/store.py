@@ -113,13 +113,35 @@ class PackBinding:
     metric: str  # "euclidean" | "cosine"
 
     def __post_init__(self) -> None:
-        if self.metric not in ("euclidean", "cosine"):
-            raise GalleryError(f"pack {self.name!r}: metric {self.metric!r} is not 'euclidean' or 'cosine'")
+        if self.metric not in ("euclidean", "cosine", "fused"):
+            raise GalleryError(f"pack {self.name!r}: metric {self.metric!r} is not 'euclidean', 'cosine' or 'fused'")
         if self.dim <= 0:
             raise GalleryError(f"pack {self.name!r}: embedding size {self.dim} must be positive")
 
     def describe(self) -> str:
         return f"{self.name} ({self.dim}-d, {self.metric})"
+
+
+#: What galleries enrolled with facegate ≤ 0.1's built-in pack are bound to: that pack is now called ``dlib`` and makes
+#: the same templates (models/dlib.yaml), so such a gallery is renamed to it when opened with the dlib pack.
+LEGACY_DEFAULT = PackBinding("default", 128, "euclidean")
+LEGACY_RENAMED = PackBinding("dlib", 128, "euclidean")
+
+
+def mismatch_message(folder: Path, bound: PackBinding, wanted: PackBinding) -> str:
+    """Why a gallery bound to ``bound`` cannot be used with ``wanted``, and what to do."""
+    if bound == LEGACY_DEFAULT and wanted.name == "default":
+        return (f"{folder}: this gallery was enrolled with facegate's previous built-in pack (the dlib ResNet, "
+                f"{bound.dim}-d, {bound.metric}), which is now called 'dlib'; the new 'default' pack fuses dlib and "
+                f"MobileFaceNet ({wanted.describe()}) and cannot compare with these templates. Either keep this "
+                "gallery with the dlib pack (`pack: dlib` in the config, `--pack dlib` on the command line: it makes "
+                "the same templates), or re-enrol everyone with the default pack into a new --gallery folder")
+    if bound.name == wanted.name:
+        return (f"{folder}: this gallery holds templates of pack {bound.describe()}, but pack {wanted.name!r} now "
+                f"makes {wanted.describe()} templates (the pack changed); re-enrol everyone into a new --gallery "
+                "folder, or use the pack version the gallery was enrolled with")
+    return (f"{folder}: this gallery holds templates of pack {bound.describe()}, not {wanted.describe()}; "
+            "templates of different packs cannot be compared — use another --gallery folder or the same pack")
 
 
 @dataclass
@@ -369,17 +391,23 @@ class Store:
         return PackBinding(name, int(dim), str(self.meta("metric")))
 
     def bind(self, pack: PackBinding) -> PackBinding:
-        """Bind an unbound gallery to ``pack``; raise ``GalleryError`` if it is bound to a different pack."""
+        """Bind an unbound gallery to ``pack``; raise ``GalleryError`` (``mismatch_message``) if it is bound to a
+        different pack. A gallery of the old built-in pack (``LEGACY_DEFAULT``) opened with the ``dlib`` pack is
+        renamed to it (same templates)."""
         with self.transaction() as cur:
             if self._bind_in(cur, pack):
+                return pack
+            if pack == LEGACY_RENAMED and self._meta(cur, "pack") == LEGACY_DEFAULT.name and \
+                    self._meta(cur, "dim") == str(LEGACY_DEFAULT.dim) and \
+                    self._meta(cur, "metric") == LEGACY_DEFAULT.metric:
+                self._set_meta(cur, "pack", pack.name)
+                log.warning("gallery_pack_renamed folder=%s from=%s to=%s note=same_templates", self.folder,
+                            LEGACY_DEFAULT.name, pack.name)
                 return pack
         bound = self.binding()
         assert bound is not None
         if bound != pack:
-            raise GalleryError(
-                f"{self.folder}: this gallery holds templates of pack {bound.describe()}, not {pack.describe()}; "
-                "templates of different packs cannot be compared — use another --gallery folder or the same pack"
-            )
+            raise GalleryError(mismatch_message(self.folder, bound, pack))
         return bound
 
     def _bind_in(self, cur: sqlite3.Cursor, pack: PackBinding) -> bool:

@@ -9,6 +9,7 @@ every face stays unknown and no door opens, until a refresh succeeds again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ class LiveGallery:
     def __init__(self, gallery: Gallery) -> None:
         self.gallery = gallery
         self.stale = False  # set while the gallery cannot be refreshed: search answers nothing (fail closed)
+        #: Called with the new template count after every change ``refresh`` applies (the decision engine's
+        #: ``gallery_changed``: the threshold of a false-accept goal depends on the gallery's size).
+        self.on_change: Callable[[int], Any] | None = None
         self._identities = self._names()
         stats = gallery.stats()
         log.info("event=gallery_opened folder=%s identities=%s templates=%s", stats["folder"], stats["identities"],
@@ -50,7 +54,7 @@ class LiveGallery:
         from facegate.gallery.enrol import pack_binding
 
         folder = Path(config.gallery.path) if config.gallery.path else default_gallery_path()
-        return cls(Gallery(folder, pack=pack_binding(pipeline)))
+        return cls(Gallery(folder, pack=pack_binding(pipeline), scorer=pipeline.scorer))
 
     def _names(self) -> dict[Any, str]:
         return {i.id: i.name for i in self.gallery.identities()}
@@ -78,8 +82,15 @@ class LiveGallery:
         for iid in sorted(set(before) - set(now)):
             log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
         self._identities = now
-        log.info("event=gallery_reloaded identities=%d", len(now))
+        log.info("event=gallery_reloaded identities=%d templates=%d", len(now), self.templates)
+        if self.on_change is not None:
+            self.on_change(self.templates)
         return True
+
+    @property
+    def templates(self) -> int:
+        """Templates in the gallery now (every one a stranger is compared with)."""
+        return int(self.gallery.stats()["templates"])
 
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:
         """Per probe (N×D float32), its ``Candidate`` identities best first. Nothing while the gallery is stale

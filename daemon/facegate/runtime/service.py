@@ -108,7 +108,8 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     rules = AccessRules.from_config(config)
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
-                                        cameras=cameras, sink=emitter.emit)
+                                        cameras=cameras, sink=emitter.emit, templates=gallery.templates)
+    gallery.on_change = engine.gallery_changed  # the threshold follows the gallery's size
     capture = CaptureStage(cameras)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result)
     return Stages(capture, inference, engine, emitter, gallery, stats, publisher, opened)
