@@ -196,3 +196,44 @@ def test_goal_needs_a_calibrated_pack_and_not_both_settings():
         dlib = load_manifest("dlib")
         Scorer.resolve(dlib, false_accept_rate=2.0, calibration=pack_calibration(dlib))
     assert math.isfinite(Scorer.resolve(load_manifest("dlib")).threshold)
+
+
+def test_config_check_refuses_a_goal_for_a_pack_without_calibration(tmp_path):
+    from cli_util import run_cli
+    from conftest import need_shared
+
+    video = need_shared("data", "videos", "stage_clip_640x360.mp4")
+    cfg = tmp_path / "c.yaml"
+    base = {"cameras": [{"id": "a", "file": str(video)}], "service": {"state_dir": str(tmp_path / "s")},
+            "gallery": {"path": str(tmp_path / "g")}}
+    cfg.write_text(yaml.safe_dump({**base, "pack": "yunet-dlib", "decision": {"false_accept_rate": 1e-4}}))
+    result = run_cli("config", "check", str(cfg))
+    assert result.code == 2 and "decision.false_accept_rate" in result.stderr and "has no calibration" in result.stderr
+    cfg.write_text(yaml.safe_dump({**base, "decision": {"false_accept_rate": 1e-4}}))
+    assert run_cli("config", "check", str(cfg)).code == 0
+    cfg.write_text(yaml.safe_dump({**base, "decision": {"false_accept_rate": 1e-4, "threshold": 5.0}}))
+    both = run_cli("config", "check", str(cfg))
+    assert both.code == 2 and "either threshold" in both.stderr and "Traceback" not in both.stderr
+
+
+@pytest.mark.slow
+def test_eval_calibrate_writes_a_file_the_pack_can_use(tmp_path):
+    from cli_util import assert_user_error, run_cli
+    from conftest import need_shared
+
+    enroll = need_shared("data", "enroll_examples")
+    out = tmp_path / "cal.json"
+    result = run_cli("eval", "calibrate", "--pack", "dlib", "--enroll-examples", str(enroll), "--out", str(out),
+                     "--cache", str(tmp_path / "cache.sqlite"), "--no-progress")
+    assert result.code == 0, result.stderr
+    report = result.json()
+    manifest = load_manifest("dlib")
+    cal = Calibration.load(out, report["sha256"], score_digest(manifest), "dlib")
+    (d,) = cal.datasets
+    assert d.name == "enroll-examples" and d.impostor_pairs == 4584 and d.genuine_pairs == 138
+    assert report["manifest"] == {"calibration": {"file": "cal.json", "sha256": sha256_file(out)}}
+    assert "facegate eval calibrate --pack dlib" in cal.code and cal.floor == pytest.approx(3 / 4584)
+    assert_user_error(run_cli("eval", "calibrate", "--pack", "dlib", "--enroll-examples", str(enroll), "--out",
+                              str(out)), "exists", "--force", code=2)
+    assert_user_error(run_cli("eval", "calibrate", "--pack", "dlib", "--out", str(tmp_path / "x.json")),
+                      "at least one data set", code=2)

@@ -155,6 +155,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         parse_pairs(args.lfw_pairs)
     if args.enroll_examples is not None and not args.enroll_examples.is_dir():
         raise UsageError(f"--enroll-examples {args.enroll_examples}: no such folder")
+    if args.lfw is None and args.enroll_examples is None:
+        raise UsageError("give at least one data set: --lfw DIR --lfw-pairs FILE and/or --enroll-examples DIR")
     out = args.out if args.out.suffix == ".json" else args.out / "calibration.json"
     if out.exists() and not args.force:
         raise UsageError(f"{out}: exists; give --force to overwrite it")

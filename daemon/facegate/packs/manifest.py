@@ -323,12 +323,13 @@ def calibration_path(manifest: PackManifest) -> Path | None:
 
 
 def pack_calibration(manifest: PackManifest) -> Calibration | None:
-    """The pack's calibration (``facegate/calibration.py``), checked against the manifest: its sha256, its pack name
-    and that it was measured for the scores this manifest makes (``score_digest``). None when the pack has none.
-    Raises ``ConfigError`` naming the file and what to do."""
+    """The pack's calibration (``facegate/calibration.py``), checked against the manifest: its sha256 and that it was
+    measured for the scores this manifest makes (``score_digest``; a copy of a manifest under another name that
+    makes the same scores may use it). None when the pack has none. Raises ``ConfigError`` naming the file and what
+    to do."""
     from facegate.calibration import Calibration
 
     path = calibration_path(manifest)
     if path is None or manifest.calibration is None:
         return None
-    return Calibration.load(path, manifest.calibration.sha256, score_digest(manifest), manifest.name)
+    return Calibration.load(path, manifest.calibration.sha256, score_digest(manifest))
