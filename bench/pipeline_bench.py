@@ -2,7 +2,8 @@
 
 Part 1, throughput on the same decoded frames (no capture pacing):
 
-* facegate: ``FacePipeline`` (the built-in pack) detect → align → embed per frame, one frame per call as the
+* facegate: ``FacePipeline`` (the ``dlib`` pack: the peer's recogniser; the built-in ``default`` pack runs
+  MobileFaceNet as well, ≈ 3× the embedding time) detect → align → embed per frame, one frame per call as the
   daemon does with one camera (``batch 1``) and four frames per call as it does with four cameras (``batch 4``);
 * peer: what ageitgey/face_recognition runs by default, via dlib-bin: HOG frontal face detector with one
   upsampling, 5-point shape predictor, ResNet descriptor (``compute_face_descriptor``), on RGB frames.
@@ -80,12 +81,14 @@ def _timed(fn) -> tuple[float, float]:
 # Part 1: throughput on the same frames
 
 
-def bench_facegate(frames: list[np.ndarray], batch: int, threads: int | None, min_face_px: int = 0) -> dict:
+def bench_facegate(frames: list[np.ndarray], batch: int, threads: int | None, min_face_px: int = 0,
+                   pack: str = "dlib") -> dict:
     """Detect every face; embed those at least ``min_face_px`` wide (0 = all), as the daemon's inference stage does
-    with ``decision.min_face_px``. ``faces`` counts faces found; ``embedded`` those recognised."""
+    with ``decision.min_face_px``. ``faces`` counts faces found; ``embedded`` those recognised. ``pack``: ``dlib``
+    (the same recogniser as the dlib peer) or ``default`` (the fused built-in pack: both recognisers)."""
     from facegate.pipeline import FacePipeline
 
-    pipe = FacePipeline.load("default", threads=threads, with_liveness=False)
+    pipe = FacePipeline.load(pack, threads=threads, with_liveness=False)
     pipe.embed_many(frames[:2], pipe.detect(frames[:2]))  # warm-up
     faces = embedded = 0
 
