@@ -218,7 +218,7 @@ def _security(gallery, decision, pack: str | None) -> dict:
     (``Scorer.resolve``; the model is in facegate/scoring.py), or why it cannot be said. ``pack``: the config's
     (None: the gallery's own)."""
     from facegate.errors import FacegateError, FalseAcceptGoalError
-    from facegate.gallery.store import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
     from facegate.packs.manifest import load_manifest, pack_calibration
     from facegate.scoring import Scorer
 

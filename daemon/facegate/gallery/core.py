@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.gallery.binding import LEGACY_DEFAULT, LEGACY_RENAMED, PackBinding
 from facegate.gallery.exact import ExactIndex
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
-from facegate.gallery.store import FILE_MODE, LEGACY_DEFAULT, LEGACY_RENAMED, Identity, PackBinding, Store
+from facegate.gallery.store import FILE_MODE, Identity, Store
 from facegate.gallery.validate import groups_problem, name_problem
 from facegate.scoring import Candidate, Scorer
 
