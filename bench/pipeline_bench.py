@@ -2,7 +2,8 @@
 
 Part 1, throughput on the same decoded frames (no capture pacing):
 
-* facegate: ``FacePipeline`` (the built-in pack) detect → align → embed per frame, one frame per call as the
+* facegate: ``FacePipeline`` (the ``dlib`` pack: the peer's recogniser; the built-in ``default`` pack runs
+  MobileFaceNet as well, ≈ 3× the embedding time) detect → align → embed per frame, one frame per call as the
   daemon does with one camera (``batch 1``) and four frames per call as it does with four cameras (``batch 4``);
 * peer: what ageitgey/face_recognition runs by default, via dlib-bin: HOG frontal face detector with one
   upsampling, 5-point shape predictor, ResNet descriptor (``compute_face_descriptor``), on RGB frames.
@@ -81,13 +82,14 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def bench_facegate(frames: list[np.ndarray], batch: int, threads: int | None, min_face_px: int = 0,
-                   providers: list[str] | None = None) -> dict:
+                   providers: list[str] | None = None, pack: str = "dlib") -> dict:
     """Detect every face; embed those at least ``min_face_px`` wide (0 = all), as the daemon's inference stage does
     with ``decision.min_face_px``. ``faces`` counts faces found; ``embedded`` those recognised. ``providers``: ONNX
-    Runtime execution providers (None: CUDA when available, then CPU)."""
+    Runtime execution providers (None: CUDA when available, then CPU). ``pack``: ``dlib`` (the same recogniser as
+    the dlib peer) or ``default`` (the fused built-in pack: both recognisers)."""
     from facegate.pipeline import FacePipeline
 
-    pipe = FacePipeline.load("default", providers=providers, threads=threads, with_liveness=False)
+    pipe = FacePipeline.load(pack, providers=providers, threads=threads, with_liveness=False)
     pipe.embed_many(frames[:2], pipe.detect(frames[:2]))  # warm-up
     faces = embedded = 0
 

@@ -263,8 +263,9 @@ def test_bad_config_is_reported_with_key_path_and_exit_2(tmp_path):
 
 
 def test_missing_model_is_named(tmp_path):
-    manifest = yaml.safe_load((REPO / "models" / "default.yaml").read_text())
+    manifest = yaml.safe_load((REPO / "models" / "dlib.yaml").read_text())
     manifest["name"] = "broken"
+    manifest.pop("calibration")  # relative to models/, and a copy with another recogniser file is not calibrated
     manifest["recogniser"] = {**manifest["recogniser"], "source": {"file": str(tmp_path / "missing_resnet.dat")}}
     pack = tmp_path / "broken.yaml"
     pack.write_text(yaml.safe_dump(manifest))

@@ -35,7 +35,7 @@ def lfw_dir() -> Path:
 def pipeline():
     from facegate.pipeline import FacePipeline
 
-    return FacePipeline.load("default", with_liveness=False)
+    return FacePipeline.load("dlib", with_liveness=False)  # Euclidean units in the checks below
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,18 @@ def test_detect_json_and_annotate(tmp_path):
 
 def test_embed_prints_128_d_vectors():
     single = need_shared("data", "enroll_examples", "single")
-    result = run_cli("embed", str(single / "obama.jpg"), str(single / "biden.jpg"))
+    result = run_cli("embed", "--pack", "dlib", str(single / "obama.jpg"), str(single / "biden.jpg"))
     assert result.code == 0, result.stderr
     items = result.json()
     assert [len(i["faces"]) for i in items] == [1, 1]
     a, b = (np.array(i["faces"][0]["embedding"]) for i in items)
     assert a.shape == (128,) and items[0]["metric"] == "euclidean"
     assert np.linalg.norm(a - b) > 0.6  # different people
+    fused = run_cli("embed", str(single / "obama.jpg"))  # the built-in pack: dlib's 128 then MobileFaceNet's 128
+    assert fused.code == 0, fused.stderr
+    template = np.array(fused.json()[0]["faces"][0]["embedding"])
+    assert template.shape == (256,) and fused.json()[0]["metric"] == "fused"
+    np.testing.assert_allclose(template[:128], a, atol=1e-6)
 
 
 def test_no_face_gives_empty_list():

@@ -1,137 +1,84 @@
-"""No silent misses (issue 14, item 6): the gallery searches exactly (brute force over every live template) up to
-``EXACT_SEARCH_MAX_TEMPLATES``, and above it re-scores hnswlib's candidates exactly. No models needed."""
+"""The exact search of fused galleries (``gallery/exact.py``): every template scored with the pack's fused rule, the
+best template per identity, best first; removal, names, an empty gallery and a missing scorer; and a ``Gallery`` of
+a fused pack on disk, reopened (the index is rebuilt from SQLite)."""
 
 from __future__ import annotations
-
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from facegate.errors import GalleryError
 from facegate.gallery import Gallery, PackBinding
-from facegate.gallery.exact import TemplateMatrix
-from facegate.gallery.index import EXACT_SEARCH_MAX_TEMPLATES, GalleryIndex
-from facegate.scoring import compare
+from facegate.gallery.exact import ExactIndex
+from facegate.scoring import Fusion, FusionPart, Scorer
 
-METRICS = ["euclidean", "cosine"]
-
-
-def _exact_top(vectors: np.ndarray, probes: np.ndarray, metric: str, alive: np.ndarray, fetch: int) -> list[set]:
-    """Reference: the ``fetch`` best live rows per probe by ``scoring.compare`` (float64), as sets of row numbers."""
-    scores = compare(probes, vectors, metric, np.float64)
-    scores = np.where(alive[None, :], scores, np.inf if metric == "euclidean" else -np.inf)
-    order = np.argsort(scores if metric == "euclidean" else -scores, axis=1, kind="stable")
-    return [set(row[: min(fetch, int(alive.sum()))].tolist()) for row in order]
+FUSION = Fusion((FusionPart(128, "euclidean", 10.0, -20.0), FusionPart(128, "cosine", -4.0, 15.0)))
+SCORER = Scorer("fused", 3.0, FUSION)
+PACK = PackBinding("fused-test", 256, "fused")
 
 
-@pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("n", [1, 7, 127, 128, 129, 1000, 3000])
-def test_template_matrix_nearest_is_exact(metric: str, n: int) -> None:
-    rng = np.random.default_rng(n)
-    vectors = rng.standard_normal((n, 16)).astype(np.float32)
-    matrix = TemplateMatrix(16, metric)
-    tids = np.arange(n) * 3 + 2  # sparse ids, as SQLite's are after erasures
-    matrix.add(tids, vectors)
-    dead = rng.choice(n, n // 4, replace=False)
-    matrix.remove(tids[dead])
-    alive = np.ones(n, bool)
-    alive[dead] = False
-    probes = rng.standard_normal((70, 16)).astype(np.float32)  # > PROBE_CHUNK: two chunks
-    for fetch in (1, 5, 40):
-        want = _exact_top(vectors, probes, metric, alive, fetch)
-        got = matrix.nearest(probes, fetch)
-        for row, expected in zip(got, want, strict=True):
-            assert set(((row - 2) // 3).tolist()) == expected
-            scores = matrix.rescore(probes[0], row)
-            assert np.all(np.isfinite(scores))
+def _templates(rng: np.random.Generator, n: int) -> np.ndarray:
+    dlib = rng.normal(0, 0.09, (n, 128)).astype(np.float32)
+    mfn = rng.normal(0, 1, (n, 128)).astype(np.float32)
+    mfn /= np.linalg.norm(mfn, axis=1, keepdims=True)
+    return np.concatenate([dlib, mfn], axis=1)
 
 
-def test_template_matrix_compacts_and_keeps_answers() -> None:
+def test_search_is_exact_best_template_per_identity():
+    rng = np.random.default_rng(7)
+    vecs = _templates(rng, 600)
+    owners = np.repeat(np.arange(200), 3)  # 3 templates per identity
+    index = ExactIndex(256, "fused", SCORER)
+    index.add(np.arange(600), owners, vecs, names={i: (f"p{i}", ("staff",)) for i in range(200)})
+    probes = vecs[[5, 77, 301]] + rng.normal(0, 0.01, (3, 256)).astype(np.float32)
+    found, version = index.search(probes, k=4)
+    assert version == index.version and [len(f) for f in found] == [4, 4, 4]
+    scores = SCORER.compare(probes, vecs)
+    for row, cands in zip(scores, found, strict=True):
+        best_per_identity = {}
+        for t, s in enumerate(row):
+            best_per_identity[owners[t]] = max(best_per_identity.get(owners[t], -np.inf), s)
+        expect = sorted(best_per_identity.items(), key=lambda kv: -kv[1])[:4]
+        assert [c.identity_id for c in cands] == [i for i, _ in expect]
+        assert [c.score for c in cands] == pytest.approx([s for _, s in expect], abs=1e-4)
+        assert all(owners[c.template_id] == c.identity_id for c in cands)
+    assert found[0][0].name == "p1" and found[0][0].groups == ("staff",)  # template 5 belongs to identity 1
+    index.remove(np.array([3, 4, 5]), identity_id=1)
+    again, _ = index.search(probes[:1], k=4)
+    assert 1 not in [c.identity_id for c in again[0]] and index.count == 597
+
+
+def test_empty_missing_scorer_and_bad_k():
+    index = ExactIndex(256, "fused")
+    assert index.search(np.zeros((2, 256), np.float32))[0] == [[], []]
+    index.add(np.array([1]), 1, _templates(np.random.default_rng(0), 1))
+    with pytest.raises(GalleryError, match="needs the pack's scorer"):
+        index.search(np.zeros((1, 256), np.float32))
+    with pytest.raises(GalleryError, match="expects 128-d"):
+        index.use_scorer(Scorer("fused", 0.0, Fusion((FusionPart(64, "euclidean", 0, -1),
+                                                      FusionPart(64, "cosine", 0, 1)))))
+    index.use_scorer(SCORER)
+    with pytest.raises(GalleryError, match="k=0"):
+        index.search(np.zeros((1, 256), np.float32), k=0)
+
+
+def test_a_fused_gallery_on_disk_is_searched_with_the_scorer_after_reopening(tmp_path):
     rng = np.random.default_rng(3)
-    vectors = rng.standard_normal((5000, 8)).astype(np.float32)
-    matrix = TemplateMatrix(8, "euclidean")
-    matrix.add(np.arange(5000), vectors)
-    matrix.remove(np.arange(0, 4000))  # more dead than live rows: squeezed out
-    assert matrix.rows == 1000 and matrix.dead == 0 and matrix.live == 1000
-    tids, kept = matrix.snapshot()
-    assert np.array_equal(tids, np.arange(4000, 5000)) and np.array_equal(kept, vectors[4000:])
-    probe = vectors[4321:4322]
-    assert matrix.nearest(probe, 1)[0].tolist() == [4321]
-    with pytest.raises(KeyError):
-        matrix.vectors(np.array([5]))
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_both_paths_give_the_exact_scores_of_scoring_compare(metric: str) -> None:
-    """The exact path and the hnswlib + re-rank path score a template identically: ``scoring.compare`` of the
-    probe and the stored template (same float32 numbers, so a threshold decides the same way on either path)."""
-    rng = np.random.default_rng(5)
-    n_ids, per_id, dim = 400, 5, 32
-    centres = rng.normal(0, 0.1, (n_ids, dim)).astype(np.float32)
-    vecs = (centres.repeat(per_id, 0) + rng.normal(0, 0.02, (n_ids * per_id, dim))).astype(np.float32)
-    index = GalleryIndex(dim, metric, capacity=len(vecs))
-    index.add(np.arange(len(vecs)), np.arange(len(vecs)) // per_id, vecs)
-    probes = centres[:60] + rng.normal(0, 0.02, (60, dim)).astype(np.float32)
-    exact, _ = index.search(probes, k=5)
-    index.exact_max = 0  # force the approximate path on the same index
-    approx, _ = index.search(probes, k=5)
-    stored = vecs / np.linalg.norm(vecs, axis=1, keepdims=True) if metric == "cosine" else vecs
-    for probe, e_row, a_row in zip(probes, exact, approx, strict=True):
-        assert len(e_row) == 5 and len({c.identity_id for c in e_row}) == 5
-        want = compare(probe, stored[[c.template_id for c in e_row]], metric)[0]
-        np.testing.assert_allclose([c.score for c in e_row], want, rtol=1e-6, atol=1e-6)
-        # whatever the graph found carries the exact score of that template (BLAS may round the last bit
-        # differently for another number of rows, hence the tolerance of a few float32 ulps)
-        got = [c.score for c in a_row]
-        np.testing.assert_allclose(got, compare(probe, stored[[c.template_id for c in a_row]], metric)[0],
-                                   rtol=1e-6, atol=1e-6)
-    # on this easy set the graph + re-rank finds the same best identity as brute force
-    assert [r[0].identity_id for r in approx] == [r[0].identity_id for r in exact]
-
-
-def test_gallery_reopened_from_its_saved_index_searches_exactly(tmp_path: Path) -> None:
-    """A gallery whose hnswlib file is loaded (not rebuilt) fills the exact matrix from SQLite: every template is
-    still found as its own best match, also after an erasure and a later enrolment."""
-    pack = PackBinding("default", 64, "euclidean")
-    rng = np.random.default_rng(9)
-    vecs = rng.normal(0, 0.1, (60, 64)).astype(np.float32)
-    with Gallery(tmp_path / "g") as g:
-        for i in range(20):
-            g.enrol(f"p{i}", vecs[3 * i : 3 * i + 3], pack)
-        g.remove("p4")
-    with Gallery(tmp_path / "g") as g:
-        g.enrol("late", rng.normal(0, 0.1, (2, 64)).astype(np.float32), pack)
-        found = g.search(vecs, k=1)
-        for i, row in enumerate(found):
-            if i // 3 == 4:
-                assert row[0].name != "p4"
-            else:
-                assert row[0].name == f"p{i // 3}" and row[0].score == pytest.approx(0.0, abs=1e-3)
-
-
-@pytest.mark.slow
-def test_every_template_of_a_100k_gallery_is_its_own_best_match() -> None:
-    """Issue 14: in a 100,000-template gallery an enrolled photo came back unknown because the approximate search
-    missed its own template. At this size the default search is exact, so it cannot miss: all 100,000 templates
-    (synthetic, L2-normalised, 5 per identity, the clustered worst case of bench/gallery_bench.py) are searched
-    and each comes back as its own best match with similarity 1. 32-d rather than the packs' 128-d keeps the
-    10¹⁰ comparisons near half a minute of CPU (the search code does not depend on the dimension; the daemon's
-    per-frame cost at 128-d is in README's crossover table). The graph is built deliberately poor (M = 4,
-    ef_construction = 8, seconds instead of minutes): the exact path must not depend on it."""
-    n, per_id, dim = 100_000, 5, 32
-    assert n <= EXACT_SEARCH_MAX_TEMPLATES
-    rng = np.random.default_rng(14)
-    centres = rng.normal(0, 0.1, (n // per_id, dim)).astype(np.float32)
-    vecs = centres.repeat(per_id, 0) + rng.normal(0, 0.02, (n, dim)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    c0 = time.process_time()
-    index = GalleryIndex(dim, "cosine", M=4, ef_construction=8, capacity=n)
-    index.add(np.arange(n), np.arange(n) // per_id, vecs)
-    misses = []
-    for start in range(0, n, 4096):
-        found, _ = index.search(vecs[start : start + 4096], k=1)
-        misses += [start + i for i, row in enumerate(found) if row[0].template_id != start + i]
-        assert all(row[0].score == pytest.approx(1.0, abs=1e-5) for row in found)
-    assert misses == [], f"{len(misses)} templates not found as their own best match, e.g. {misses[:5]}"
-    print(f"100,000 templates added and searched in {time.process_time() - c0:.1f} s of CPU")
+    vecs = _templates(rng, 6)
+    with Gallery(tmp_path / "g", scorer=SCORER) as gallery:
+        for i in range(3):
+            gallery.enrol(f"person{i}", vecs[2 * i : 2 * i + 2], PACK)
+        (cands,) = gallery.search(vecs[2:3], k=2)
+        own = float(SCORER.compare(vecs[2], vecs[2])[0, 0])
+        assert cands[0].name == "person1" and cands[0].score == pytest.approx(own)
+    with Gallery(tmp_path / "g") as reopened:  # no scorer yet: listing works, searching says what it needs
+        assert reopened.stats()["metric"] == "fused" and reopened.stats()["templates"] == 6
+        with pytest.raises(GalleryError, match="needs the pack's scorer"):
+            reopened.search(vecs[:1])
+        reopened.use_scorer(SCORER)
+        assert reopened.search(vecs[4:5], k=1)[0][0].name == "person2"
+        reopened.remove("person2")
+        assert reopened.search(vecs[4:5], k=1)[0][0].name != "person2"
+    with pytest.raises(GalleryError, match="fused-test .*not other"), Gallery(tmp_path / "g",
+                                                                             PackBinding("other", 256, "fused")):
+        pass

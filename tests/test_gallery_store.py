@@ -89,7 +89,10 @@ def test_pack_binding_is_enforced(tmp_path: Path) -> None:
         g.enrol("b", np.full((1, 128), np.nan, np.float32), DLIB)
     g.close()
     with pytest.raises(GalleryError, match="different packs"):
-        Gallery(tmp_path / "g", PackBinding("default", 128, "cosine"))
+        Gallery(tmp_path / "g", PackBinding("other", 128, "euclidean"))
+    # "default" 128-d Euclidean is what facegate <= 0.1's built-in pack wrote: the message says what to do
+    with pytest.raises(GalleryError, match="now called 'dlib'.*re-enrol"):
+        Gallery(tmp_path / "g", PackBinding("default", 256, "fused"))
 
 
 def test_reopen_loads_index_and_rebuilds_when_missing_or_corrupt(tmp_path: Path) -> None:

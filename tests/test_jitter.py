@@ -38,7 +38,7 @@ def _lfw_image(name: str, index: int) -> np.ndarray:
 def pipeline():
     from facegate.pipeline import FacePipeline
 
-    return FacePipeline.load("default", with_liveness=False)
+    return FacePipeline.load("dlib", with_liveness=False)
 
 
 @pytest.fixture(scope="module")
@@ -170,29 +170,31 @@ def test_embed_jitters(pipeline, face) -> None:
 def test_enroll_cli_with_jitters(tmp_path: Path) -> None:
     photo = need_shared("data", "lfw", "lfw-deepfunneled", PERSON_A[0], f"{PERSON_A[0]}_0001.jpg")
     folder = tmp_path / "gallery"
-    result = run_cli("enroll", "--gallery", str(folder), "--name", "aaron", "--jitters", "4", str(photo))
+    result = run_cli("enroll", "--gallery", str(folder), "--name", "aaron", "--pack", "dlib", "--jitters", "4",
+                     str(photo))
     assert result.code == 0, result.stderr
     report = result.json()
     assert report["enrolled"] == 1 and report["results"][0]["quality"]["jitters"] == 4
     from facegate.gallery import Gallery
     from facegate.pipeline import FacePipeline
 
-    pipe = FacePipeline.load("default", with_liveness=False)
+    pipe = FacePipeline.load("dlib", with_liveness=False)
     image = load_image(photo)
     dets = pipe.detect([image])[0]
     expected = pipe.embed(image, dets[0:1], jitters=4)
     with Gallery(folder) as gallery:
         match = gallery.search(expected, k=1)[0][0]
     assert match.name == "aaron" and match.score < 1e-4
-    assert_user_error(run_cli("enroll", "--gallery", str(folder), "--name", "x", "--jitters", "-1", str(photo)),
-                      "--jitters")
+    assert_user_error(run_cli("enroll", "--gallery", str(folder), "--name", "x", "--pack", "dlib", "--jitters", "-1",
+                              str(photo)), "--jitters")
 
 
 def test_eval_cli_with_jitters_keeps_cache_apart(tmp_path: Path) -> None:
     lfw = need_shared("data", "lfw")
     cache = tmp_path / "cache.sqlite"
     common = ["eval", "lfw", "--root", str(lfw / "lfw-deepfunneled"), "--pairs", str(lfw / "pairs.txt"),
-              "--limit-folds", "2", "--max-pairs-per-fold", "2", "--cache", str(cache), "--no-progress", "--no-plot"]
+              "--limit-folds", "2", "--max-pairs-per-fold", "2", "--cache", str(cache), "--no-progress", "--no-plot",
+              "--pack", "dlib"]
     jittered = run_cli(*common, "--out", str(tmp_path / "j"), "--jitters", "3")
     assert jittered.code == 0, jittered.stderr
     report = jittered.json()

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "facegate"
 #: Lowest first. A module may import its own layer or lower ones. Prefixes match module names (``packs`` = every
 #: ``facegate.packs.*``); the longest matching prefix wins.
 LAYERS: list[tuple[str, ...]] = [
-    ("__init__", "errors", "fileio", "limits", "signing", "scoring", "detections", "imaging", "config", "config_file"),
+    ("__init__", "errors", "fileio", "limits", "signing", "calibration", "scoring", "detections", "imaging", "config",
+     "config_file"),
     ("packs", "gallery.location", "homeassistant"),
     ("pipeline", "gallery", "config_checks", "evaluation", "door"),
     ("runtime",),

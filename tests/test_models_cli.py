@@ -13,7 +13,7 @@ from facegate.packs.cache import ensure_prepared, pack_state, prepare_pack
 from facegate.packs.manifest import load_manifest
 from tests.cli_util import assert_user_error, run_cli
 
-DEFAULT = load_manifest("default")
+DEFAULT = load_manifest("dlib")  # the pack whose recogniser is the dlib .dat file
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def isolated(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 def _write_pack(folder: Path, name: str, edit) -> Path:
-    """A copy of the default manifest under another name, changed by ``edit(dict)``."""
+    """A copy of the dlib manifest under another name, changed by ``edit(dict)``."""
     raw = yaml.safe_load(Path(DEFAULT.manifest_path).read_text())
     raw["name"] = name
     edit(raw)
@@ -121,7 +121,7 @@ def test_unknown_pack_and_invalid_manifest(isolated, tmp_path):
 
 
 def test_copied_manifest_with_the_same_name_gets_its_own_cache_folder(isolated, tmp_path):
-    """An integrator's edited copy keeps `name: default`; preparing it must not overwrite the real pack's cache."""
+    """An integrator's edited copy keeps `name: dlib`; preparing it must not overwrite the real pack's cache."""
     copy = tmp_path / "elsewhere" / "mine.yaml"
     copy.parent.mkdir()
     raw = yaml.safe_load(Path(DEFAULT.manifest_path).read_text())
@@ -129,7 +129,7 @@ def test_copied_manifest_with_the_same_name_gets_its_own_cache_folder(isolated, 
     copy.write_text(yaml.safe_dump(raw))
     original = prepare_pack(DEFAULT)
     mine = prepare_pack(load_manifest(copy))
-    assert mine.directory != original.directory and mine.directory.name.startswith("default@")
+    assert mine.directory != original.directory and mine.directory.name.startswith("dlib@")
     assert pack_state(DEFAULT) == "prepared"
 
 

@@ -134,7 +134,7 @@ def test_batch_limit_follows_the_graph():
 def test_built_objects_satisfy_the_protocols():
     from facegate.pipeline import FacePipeline
 
-    pipeline = FacePipeline.load("default", threads=1, with_liveness=False)
+    pipeline = FacePipeline.load("dlib", threads=1, with_liveness=False)
     assert isinstance(pipeline.detector, Detector) and isinstance(pipeline.detector, RetinaFaceDetector)
     assert isinstance(pipeline.recogniser, Recogniser) and isinstance(pipeline.recogniser, JitterRecogniser)
     assert pipeline.providers == pipeline.recogniser.providers and pipeline.providers

@@ -12,7 +12,7 @@ from tests.conftest import need_dlib, need_shared
 
 @pytest.fixture(scope="module")
 def pipeline() -> FacePipeline:
-    return FacePipeline.load("default")
+    return FacePipeline.load("dlib")
 
 
 def _lfw_images(count: int) -> list:

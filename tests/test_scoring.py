@@ -111,7 +111,7 @@ def test_validation_and_resolution_from_manifests():
     for bad in (NAN, float("inf"), "x", None):
         with pytest.raises(UsageError, match="finite number"):
             Scorer("cosine", bad)  # type: ignore[arg-type]
-    dlib = load_manifest("default")
+    dlib = load_manifest("dlib")
     assert Scorer.resolve(dlib) == Scorer("euclidean", dlib.operating_point.threshold)
     assert Scorer.resolve(dlib, None).threshold == dlib.operating_point.threshold  # config says nothing
     assert Scorer.resolve(dlib, 0.47) == Scorer("euclidean", 0.47)  # decision.threshold overrides

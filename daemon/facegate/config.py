@@ -163,8 +163,13 @@ class DecisionConfig(_Section):
     # is a deque (its length must fit memory and Py_ssize_t); expires_at is a datetime (year ≤ 9999) that the door
     # agent accepts only up to its checks.max_ttl_s ≤ 300 s; durations are compared with monotonic seconds
     threshold: float | None = Field(
-        None, ge=-1, le=1000, description="Comparison-score threshold (pack metric: distance ≤ t or similarity ≥ t; "
-        "-1…1000); None = the pack's measured operating point")
+        None, ge=-1000, le=1000, description="Comparison-score threshold (pack metric: distance ≤ t, similarity ≥ "
+        "t or a fused LLR ≥ t; -1000…1000); None = derived from false_accept_rate when that is set, else the pack's "
+        "measured operating point")
+    false_accept_rate: float | None = Field(
+        None, gt=0, lt=1, description="Goal: the chance per attempt that a stranger is granted as someone (e.g. "
+        "1.0e-4); the threshold is derived from the pack's calibration, the live gallery size and the k-of-n vote "
+        "(facegate/scoring.py). Not together with threshold")
     k: int = Field(3, ge=1, le=1000, description="Frames of the last n that must match the same identity for a "
                    "decision (1…n)")
     n: int = Field(5, ge=1, le=1000, description="Voting window in frames per track (1…1000: 33 s at 30 fps, "
@@ -215,6 +220,8 @@ class DecisionConfig(_Section):
     @model_validator(mode="after")
     def _cross_field(self) -> DecisionConfig:
         if problem := k_le_n_problem(self.k, self.n) or lookalike_margin_problem(self.margin, self.lookalike_margin):
+            raise ValueError(problem)
+        if problem := threshold_or_rate_problem(self.threshold, self.false_accept_rate):
             raise ValueError(problem)
         return self
 
@@ -579,6 +586,15 @@ class Config(_Section):
                 raise ValueError(f"cameras[{i}].door: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} "
                                  "lists it")
         return self
+
+
+def threshold_or_rate_problem(threshold: float | None, false_accept_rate: float | None) -> str | None:
+    """``decision.threshold`` and ``decision.false_accept_rate`` both set (they are two ways to choose one threshold:
+    ``facegate/scoring.py`` ``Scorer.resolve``)."""
+    if threshold is not None and false_accept_rate is not None:
+        return ("set either threshold (a fixed comparison score) or false_accept_rate (a goal the threshold is "
+                "derived from), not both")
+    return None
 
 
 def k_le_n_problem(k: int, n: int) -> str | None:

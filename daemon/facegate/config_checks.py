@@ -58,14 +58,16 @@ def _creatable(path: Path, folder: bool) -> str | None:
 def check_environment(config: Config, extra_cameras: list[CameraConfig] | None = None) -> list[ConfigIssue]:
     """Every check ``facegate run`` makes before it starts (run on a validated, resolved config; ``extra_cameras``
     are the command line's ``--camera`` ones): at least one camera and unique ids, video files exist, time zones
-    exist, the pack is known (with a liveness model when ``liveness.enabled``), the audit log, state folder and
+    exist, the pack is known (with a liveness model when ``liveness.enabled``, an intact calibration file, and one at
+    all when ``decision.false_accept_rate`` is set — whether the goal can be met depends on the gallery's size, which
+    ``facegate run`` checks when it opens the gallery), the audit log, state folder and
     gallery can be created (the audit log a regular file), ``inference.threads`` fits this machine's CPUs, the
     signing key is a readable file that others cannot read, TLS and password files
     are readable and the password variable is set.
 
     Cameras are not opened here (a camera offline at start-up must not stop the others). Returns every issue found.
     """
-    from facegate.packs.manifest import load_manifest
+    from facegate.packs.manifest import load_manifest, pack_calibration
 
     issues: list[ConfigIssue] = []
     cameras = list(config.cameras) + list(extra_cameras or [])
@@ -117,6 +119,15 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if config.liveness.enabled and manifest.liveness is None:
             issues.append(ConfigIssue("liveness.enabled", None, f"pack {manifest.name!r} has no liveness model; "
                                       "choose a pack with one or set liveness.enabled: false"))
+        try:  # the daemon reads the calibration at start (the rate of its threshold; a false-accept goal needs it)
+            calibration = pack_calibration(manifest)
+        except ConfigError as exc:
+            issues.append(ConfigIssue("pack", None, str(exc)))
+        else:
+            if calibration is None and config.decision.false_accept_rate is not None:
+                issues.append(ConfigIssue("decision.false_accept_rate", None, f"pack {manifest.name!r} has no "
+                                          "calibration; set decision.threshold instead, or use a calibrated pack "
+                                          "(default, dlib, retinaface-mobilefacenet)"))
     return issues
 
 

@@ -27,6 +27,10 @@ class ConfigError(UsageError):
     """A configuration file that cannot be read or does not validate; the message carries the key path."""
 
 
+class FalseAcceptGoalError(ConfigError):
+    """A ``decision.false_accept_rate`` that the pack's calibration cannot vouch for with the gallery it has."""
+
+
 class ImageError(FacegateError):
     """An image that is missing, unreadable, corrupt or unsupported."""
 

@@ -1,4 +1,5 @@
-"""``facegate eval lfw|openset``: accuracy of a model pack on LFW (verification and open-set 1:N)."""
+"""``facegate eval lfw|openset|calibrate``: accuracy of a model pack on LFW (verification and open-set 1:N) and its
+calibration file (impostor score distribution on every data set, ``facegate/calibration.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ LFW_EXAMPLE = (
 #: Most images per detector/embedder batch: a batch is held decoded at once (1024 LFW images ≈ 190 MB).
 MAX_BATCH = 1024
 OPENSET_EXAMPLE = "Example: facegate eval openset --root ../shared/data/lfw/lfw-deepfunneled --out eval-out"
+CALIBRATE_EXAMPLE = (
+    "Example: facegate eval calibrate --pack default --lfw ../shared/data/lfw --lfw-pairs ../shared/data/lfw/pairs.txt "
+    "--enroll-examples ../shared/data/enroll_examples --out models/default.calibration.json"
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +73,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="use only the first N identities by name (quick runs)")
     _common(openset)
     openset.set_defaults(handler=_openset)
+    cal = verbs.add_parser(
+        "calibrate",
+        help="write a pack's calibration: FMR against threshold from all-pairs impostor comparisons",
+        description="Compare every pair of the LFW View 2 images and of the labelled enroll_examples faces, and "
+        "write the impostor and genuine score distributions to a calibration file (decision.false_accept_rate "
+        "derives the threshold from it). Prints the file's sha256 for the manifest's calibration block.",
+        epilog=CALIBRATE_EXAMPLE,
+    )
+    cal.add_argument("--lfw", type=Path, default=None, metavar="DIR", help="LFW folder (<Name>/<Name>_NNNN.jpg)")
+    cal.add_argument("--lfw-pairs", type=Path, default=None, metavar="FILE", help="LFW View 2 pairs.txt")
+    cal.add_argument("--enroll-examples", type=Path, default=None, metavar="DIR",
+                     help="../shared/data/enroll_examples (labelled faces, evaluation/enroll_set.py)")
+    cal.add_argument("--force", action="store_true", help="overwrite the --out file")
+    _common(cal)
+    cal.set_defaults(handler=_calibrate)
     ev.set_defaults(handler=lambda args: (ev.print_help(), 2)[1])
 
 
@@ -129,4 +149,44 @@ def _print_report(report: dict) -> int:
     if report.get("output_error"):
         print(f"facegate: error: {report['output_error']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from facegate.errors import UsageError
+    from facegate.evaluation.calibrate import calibrate
+    from facegate.evaluation.lfw import parse_pairs, resolve_root
+
+    if args.lfw is not None:
+        resolve_root(args.lfw)
+        if args.lfw_pairs is None:
+            raise UsageError("--lfw needs --lfw-pairs FILE (LFW View 2 pairs.txt)")
+        parse_pairs(args.lfw_pairs)
+    if args.enroll_examples is not None and not args.enroll_examples.is_dir():
+        raise UsageError(f"--enroll-examples {args.enroll_examples}: no such folder")
+    if args.lfw is None and args.enroll_examples is None:
+        raise UsageError("give at least one data set: --lfw DIR --lfw-pairs FILE and/or --enroll-examples DIR")
+    out = args.out if args.out.suffix == ".json" else args.out / "calibration.json"
+    if out.exists() and not args.force:
+        raise UsageError(f"{out}: exists; give --force to overwrite it")
+    pipeline, cache = _setup(args)
+    try:
+        cal = calibrate(pipeline, args.lfw, args.lfw_pairs, args.enroll_examples, cache=cache, batch=args.batch,
+                        progress=not args.no_progress)
+    finally:
+        cache.close()
+    from facegate.fileio import write_atomic
+
+    data = cal.dumps()
+    try:
+        write_atomic(out, data)
+        out.chmod(0o644)  # shipped beside the manifest: world-readable like it
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the calibration file ({exc.strerror or exc})") from None
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    print_json({"file": str(out), "sha256": digest, "pack": cal.pack, "floor": cal.floor,
+                "datasets": cal.describe()["datasets"],
+                "manifest": {"calibration": {"file": out.name, "sha256": digest}}})
     return 0

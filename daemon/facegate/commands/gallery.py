@@ -92,8 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="also list the pairs of identities closer to each other than the threshold (any two "
                            "templates), with their closest score and the margin the daemon requires between them")
             p.add_argument("--config", type=Path, default=None, metavar="FILE",
-                           help="with --lookalikes: take decision.threshold and decision.lookalike_margin from this "
-                           "daemon config (default: the pack's threshold and the default margin)")
+                           help="the daemon's config: its decision section (threshold or false_accept_rate, k, n) "
+                           "and pack give the security level shown (default: built-in defaults)")
+            rate = p.add_mutually_exclusive_group()
+            rate.add_argument("--threshold", type=float, default=None, help="show the rate of this fixed threshold")
+            rate.add_argument("--false-accept-rate", type=float, default=None, metavar="F",
+                              help="show the threshold this goal gives with the gallery (e.g. 1e-4)")
         p.set_defaults(handler=globals()[f"_gallery_{name}"])
 
 
@@ -222,34 +226,68 @@ def _identify(args: argparse.Namespace) -> int:
 
 
 def _gallery_list(args: argparse.Namespace) -> int:
-    if args.config is not None and not args.lookalikes:
-        raise UsageError("--config is for --lookalikes; add --lookalikes")
+    from facegate.config import Config
+    from facegate.config_file import load_config
+
+    config = load_config(args.config) if args.config else Config()
+    if args.gallery is None and config.gallery.path:
+        args.gallery = Path(config.gallery.path)
+    decision = config.decision
+    if args.threshold is not None or args.false_accept_rate is not None:
+        decision = decision.model_copy(update={"threshold": args.threshold,
+                                               "false_accept_rate": args.false_accept_rate})
     with _open(args) as gallery:
-        out = {**gallery.stats(), "identities_list": [i.to_json() for i in gallery.identities()]}
+        pack = config.pack if args.config else None
+        security, scorer = _security(gallery, decision, pack)
+        out = {**gallery.stats(), "security": security, "identities_list": [i.to_json() for i in gallery.identities()]}
         if args.lookalikes:
-            out["lookalikes"] = _lookalikes(gallery, args.config)
+            out["lookalikes"] = _lookalikes(gallery, scorer, decision.lookalike_margin)
         print_json(out)
     return 0
 
 
-def _lookalikes(gallery, config_path: Path | None) -> dict:
-    """``gallery list --lookalikes``: the threshold in force (the config's ``decision.threshold``, else the pack's),
-    the margin the daemon requires between lookalikes, and every pair (``gallery/lookalikes.py``)."""
-    from facegate.config import DecisionConfig
-    from facegate.config_file import load_config
+def _lookalikes(gallery, scorer, margin: float) -> dict:
+    """``gallery list --lookalikes``: under the threshold in force (``_security``'s scorer), the margin the daemon
+    requires between lookalikes and every pair (``gallery/lookalikes.py``)."""
     from facegate.gallery.lookalikes import Lookalikes
-    from facegate.packs.manifest import load_manifest
-    from facegate.scoring import Scorer
 
-    decision = load_config(config_path).decision if config_path is not None else DecisionConfig()
-    if gallery.pack is None:
-        return {"threshold": decision.threshold, "margin_required": decision.lookalike_margin, "pairs": []}
-    scorer = Scorer.resolve(load_manifest(gallery.pack.name), decision.threshold)
+    if scorer is None:
+        return {"margin_required": margin, "pairs": [], "note": "no threshold in force (see security)"}
     found = Lookalikes(scorer)
     found.update(*gallery.templates())
     names = {i.id: i.name for i in gallery.identities()}
-    return {"metric": scorer.metric, "threshold": scorer.threshold, "margin_required": decision.lookalike_margin,
-            "pairs": [{**pair, "margin_required": decision.lookalike_margin} for pair in found.to_json(names)]}
+    return {"metric": scorer.metric, "threshold": scorer.threshold, "margin_required": margin,
+            "pairs": [{**pair, "margin_required": margin} for pair in found.to_json(names)]}
+
+
+def _security(gallery, decision, pack: str | None) -> tuple[dict, object]:
+    """The threshold the daemon would use with this gallery and what false-accept rate it gives
+    (``Scorer.resolve``; the model is in facegate/scoring.py), or why it cannot be said; and that scorer (None when
+    there is none). ``pack``: the config's (None: the gallery's own)."""
+    from facegate.errors import FacegateError, FalseAcceptGoalError
+    from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.packs.manifest import load_manifest, pack_calibration
+    from facegate.scoring import Scorer
+
+    if gallery.pack is None:
+        return {"note": "empty gallery: no pack bound yet"}, None
+    name = pack or gallery.pack.name
+    templates = int(gallery.stats()["templates"])
+    try:
+        manifest = load_manifest(name)
+        want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
+        if want != gallery.pack and not (gallery.pack == LEGACY_DEFAULT and want.name == "dlib"):
+            return {"pack": name, "error": mismatch_message(gallery.folder, gallery.pack, want)}, None
+        scorer = Scorer.resolve(manifest, decision.threshold, false_accept_rate=decision.false_accept_rate,
+                                calibration=pack_calibration(manifest), templates=templates,
+                                vote=(decision.k, decision.n))
+    except FalseAcceptGoalError as exc:
+        return {"pack": name, "templates": templates, "goal_met": False, "error": str(exc)}, None
+    except FacegateError as exc:
+        return {"pack": name, "error": str(exc)}, None
+    assert scorer.basis is not None
+    return {"pack": name, "threshold": scorer.threshold, "rule": scorer.describe(), "goal_met": True,
+            **scorer.basis.to_json()}, scorer
 
 
 def _gallery_show(args: argparse.Namespace) -> int:

@@ -84,14 +84,19 @@ def detector_key(pipeline) -> str:
 
 
 def pipeline_key(pipeline, detection_fingerprint: str, jitters: int = 0) -> str:
-    """Key of the embedding stage: manifest (no operating point), face-choice rule and the detection fingerprint,
+    """Key of the embedding stage: manifest (no operating point, calibration or fusion LLR maps: they change no
+    embedding), face-choice rule and the detection fingerprint,
     plus the jitter count, seed and recipe when ``jitters`` ≥ 2 (plain keys are unchanged, so jittered and plain
     embeddings are never mixed)."""
     from facegate.packs.jitter import describe, effective_count
 
-    # recogniser.min_face_px decides which faces vote in the daemon, not what they embed to
+    # recogniser.min_face_px decides which faces vote in the daemon, not what they embed to; a fused pack's LLR maps
+    # change its scores, not its embeddings
     manifest = pipeline.manifest.model_dump(mode="json", exclude={"operating_point": True, "manifest_path": True,
+                                                                  "calibration": True,
                                                                   "recogniser": {"min_face_px"}})
+    for part in manifest["recogniser"].get("parts", []):
+        part.pop("llr", None)
     parts = [json.dumps(manifest, sort_keys=True), RULE_VERSION, detection_fingerprint]
     count = effective_count(jitters)
     if count:

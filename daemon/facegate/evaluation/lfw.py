@@ -212,7 +212,7 @@ def evaluate_lfw(
     scorer = pipeline.scorer  # the pack's metric and operating point (facegate/scoring.py)
     embedded = embed_files(pipeline, files, cache=cache, batch=batch, progress=progress, jitters=jitters)
     emb = embedded.embeddings
-    scores = m.pair_scores(emb[index[:, 0]], emb[index[:, 1]], scorer.metric)
+    scores = m.pair_scores(emb[index[:, 0]], emb[index[:, 1]], scorer)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     report = {
@@ -220,6 +220,7 @@ def evaluate_lfw(
         "pack": pipeline.manifest.name,
         "metric": scorer.metric,
         "threshold_units": "euclidean distance, accept when <=" if scorer.lower_is_better
+        else "fused log-likelihood ratio, accept when >=" if scorer.fusion is not None
         else "cosine similarity, accept when >=",
         "root": str(root),
         "pairs_file": str(pairs_path),

@@ -37,21 +37,30 @@ def _as_scores(values: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def pair_scores(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+Rule = str | scoring.Scorer
+"""How to compare: a metric name (``euclidean``/``cosine``) or a pack's ``scoring.Scorer`` (needed for ``fused``)."""
+
+
+def pair_scores(a: np.ndarray, b: np.ndarray, metric: Rule) -> np.ndarray:
     """Row-wise comparison scores of two N×D embedding arrays → N float64 (higher = more similar).
 
     ``metric`` ``"euclidean"``: −‖a−b‖₂; ``"cosine"``: a·b / (‖a‖‖b‖) (``scoring.compare_pairs`` in float64,
-    then ``scoring.to_higher_better``). Raises ``ValueError`` for another metric.
+    then ``scoring.to_higher_better``); a ``Scorer``: its own comparison (the sum of LLRs for a fused pack).
+    Raises ``ValueError`` for another metric.
     """
+    if isinstance(metric, scoring.Scorer):
+        return metric.to_higher_better(metric.compare_pairs(a, b, np.float64))
     return scoring.to_higher_better(scoring.compare_pairs(a, b, metric, np.float64), metric)
 
 
-def score_matrix(probes: np.ndarray, gallery: np.ndarray, metric: str) -> np.ndarray:
+def score_matrix(probes: np.ndarray, gallery: np.ndarray, metric: Rule) -> np.ndarray:
     """All-against-all scores: P×D probes vs G×D gallery → P×G float64 (higher = more similar).
 
     ``scoring.compare`` in float64 (Euclidean as one matrix product, ‖p‖² + ‖g‖² − 2p·g clipped at 0), then
-    ``scoring.to_higher_better``. Raises ``ValueError`` for another metric.
+    ``scoring.to_higher_better``; a ``Scorer`` compares its own way. Raises ``ValueError`` for another metric.
     """
+    if isinstance(metric, scoring.Scorer):
+        return metric.to_higher_better(metric.compare(probes, gallery, np.float64))
     return scoring.to_higher_better(scoring.compare(probes, gallery, metric, np.float64), metric)
 
 
@@ -251,7 +260,7 @@ class Searches:
 
 
 def search(
-    mated: np.ndarray, mated_ids: np.ndarray, nonmated: np.ndarray, gallery: np.ndarray, metric: str,
+    mated: np.ndarray, mated_ids: np.ndarray, nonmated: np.ndarray, gallery: np.ndarray, metric: Rule,
     chunk: int = 2048,
 ) -> Searches:
     """Exhaustive 1:N search of probes against a gallery with one template per identity.
@@ -364,7 +373,7 @@ class AllPairs:
 
 
 def all_pairs(
-    embeddings: np.ndarray, labels: np.ndarray, metric: str, fars: tuple[float, ...] = (1e-3,),
+    embeddings: np.ndarray, labels: np.ndarray, metric: Rule, fars: tuple[float, ...] = (1e-3,),
     thresholds: tuple[float, ...] = (), chunk: int = 512,
 ) -> AllPairs:
     """Compare every unordered pair of the N×D ``embeddings`` (N labels, any hashable dtype) exhaustively.

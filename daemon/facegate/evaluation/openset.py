@@ -90,11 +90,13 @@ def openset_report(searches: m.Searches, metric: str, pack_threshold: float | No
     return report
 
 
-def all_pairs_report(emb: np.ndarray, labels: np.ndarray, metric: str, extra_native: list[float]) -> dict:
-    """1:1 FMR/FNMR over every pair of images: thresholds at ``FMR_TARGETS`` and rates at ``extra_native``."""
+def all_pairs_report(emb: np.ndarray, labels: np.ndarray, rule: m.Rule, extra_native: list[float]) -> dict:
+    """1:1 FMR/FNMR over every pair of images: thresholds at ``FMR_TARGETS`` and rates at ``extra_native``.
+    ``rule``: a metric name or the pack's ``Scorer`` (``metrics.Rule``)."""
+    metric = rule.metric if isinstance(rule, scoring.Scorer) else rule
     native = (lambda t: round(scoring.from_higher_better(t, metric), 6))  # noqa: E731
     extra = tuple(scoring.to_higher_better(t, metric) for t in extra_native)
-    result = m.all_pairs(emb, labels, metric, fars=FMR_TARGETS, thresholds=extra)
+    result = m.all_pairs(emb, labels, rule, fars=FMR_TARGETS, thresholds=extra)
     report = {"genuine": int(result.genuine.size), "impostor": result.impostor_count, "at_fmr": {}, "at_threshold": []}
     for far in FMR_TARGETS:
         if far * result.impostor_count < 1:
@@ -130,7 +132,7 @@ def evaluate_openset(
     emb = embedded.embeddings
     g, k = len(split["gallery"]), len(split["mated"])
     mated_ids = np.array([row for row, _, _ in split["mated"]], dtype=np.int64)
-    searches = m.search(emb[g : g + k], mated_ids, emb[g + k :], emb[:g], scorer.metric)
+    searches = m.search(emb[g : g + k], mated_ids, emb[g + k :], emb[:g], scorer)
     report = {
         "protocol": "open-set 1:N on LFW: first image of each identity with >= 2 images enrolled; mated probes = "
                     "their other images; non-mated probes = single-image identities; exhaustive search; "
@@ -146,7 +148,7 @@ def evaluate_openset(
     labels = np.array([n for n, _ in split["gallery"]] + [n for _, n, _ in split["mated"]]
                       + [n for n, _ in split["nonmated"]])
     extra = sorted({float(scorer.threshold), *(extra_thresholds or [])})
-    report["all_pairs_1to1"] = all_pairs_report(emb, labels, scorer.metric, extra)
+    report["all_pairs_1to1"] = all_pairs_report(emb, labels, scorer, extra)
     if groups_csv is not None:
         from facegate.evaluation.bias import load_groups, openset_by_group
 

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import GalleryError
+from facegate.gallery.binding import LEGACY_DEFAULT, LEGACY_RENAMED, PackBinding
+from facegate.gallery.exact import ExactIndex
 from facegate.gallery.exchange import EXPORT_FORMAT, EXPORT_VERSION, read_export
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
-from facegate.gallery.store import FILE_MODE, Identity, PackBinding, Store
+from facegate.gallery.store import FILE_MODE, Identity, Store
 from facegate.gallery.validate import groups_problem, name_problem
-from facegate.scoring import Candidate
+from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ class Gallery:
     """Identities and templates of one gallery folder, bound to one pack; thread-safe.
 
     ``pack`` (optional) is the pack the caller will add or search with; a gallery bound to another pack raises
-    ``GalleryError``. A new gallery is bound by its first enrolment.
+    ``GalleryError``. A new gallery is bound by its first enrolment. ``scorer`` (optional, or later
+    ``use_scorer``): the pack's ``scoring.Scorer``; a gallery of a fused pack is searched exactly with it
+    (``gallery/exact.py``), every other one through the hnswlib index (``gallery/index.py``).
 
     ``saves_index=False`` makes a read-only consumer of the index files (the running daemon,
     ``runtime/matching.py``): ``save``/``close`` never write one. The commands that change the gallery (enrol,
@@ -45,18 +49,20 @@ class Gallery:
     """
 
     def __init__(self, folder: str | Path, pack: PackBinding | None = None, ef: int = DEFAULT_EF,
-                 index_params: dict[str, int] | None = None, saves_index: bool = True) -> None:
+                 index_params: dict[str, int] | None = None, saves_index: bool = True,
+                 scorer: Scorer | None = None) -> None:
         self.folder = Path(folder)
         self.saves_index = saves_index
         self.store = Store(self.folder)
         self._write_lock = threading.RLock()
         self._ef = ef
         self._params = dict(index_params or {})
-        self._index: GalleryIndex | None = None
+        self._scorer = scorer
+        self._index: GalleryIndex | ExactIndex | None = None
         self._dirty = False
         bound = self.store.binding()
         if pack is not None and bound is not None and bound != pack:
-            self.store.bind(pack)  # raises the mismatch error with the folder named
+            bound = self.store.bind(pack)  # raises the mismatch error with the folder named (or renames a legacy one)
         self.pack = bound or pack
         if bound is not None:
             self._open_index(bound)
@@ -80,8 +86,19 @@ class Gallery:
                 self._index.save(self.folder, self.store.gallery_id, self.pack.name)
                 self._dirty = False
 
-    def _new_index(self, pack: PackBinding, capacity: int) -> GalleryIndex:
+    def _new_index(self, pack: PackBinding, capacity: int) -> GalleryIndex | ExactIndex:
+        if pack.metric == "fused":
+            scorer = self._scorer if self._scorer is not None and self._scorer.metric == pack.metric else None
+            return ExactIndex(pack.dim, pack.metric, scorer)
         return GalleryIndex(pack.dim, pack.metric, ef=self._ef, capacity=capacity, **self._params)
+
+    def use_scorer(self, scorer: Scorer) -> None:
+        """Search with the pack's ``scorer`` from now on (needed by a fused gallery; the hnswlib index of the other
+        metrics scores by itself). Raises ``GalleryError`` for a scorer of another metric or width."""
+        self._scorer = scorer
+        index = self._index
+        if isinstance(index, ExactIndex):
+            index.use_scorer(scorer)
 
     def _names(self) -> dict[int, tuple[str, tuple[str, ...]]]:
         return {i.id: (i.name, tuple(i.groups)) for i in self.store.identities()}
@@ -90,8 +107,8 @@ class Gallery:
         """Load the saved index and bring it up to the store's state, or rebuild it from SQLite."""
         t0 = time.perf_counter()
         generation = self.store.generation
-        tids, _ = self.store.template_ids()
-        loaded = None if self._params else GalleryIndex.load(
+        tids, iids = self.store.template_ids()
+        loaded = None if self._params or pack.metric == "fused" else GalleryIndex.load(
             self.folder, self.store.gallery_id, pack.name, pack.dim, pack.metric, self._ef)
         if loaded is not None and loaded[1] > generation:
             # an index newer than the database: gallery.db was restored from a backup. Its graph may hold templates
@@ -333,6 +350,8 @@ class Gallery:
 
         def accept(pack: PackBinding) -> None:
             bound = self.store.binding()
+            if pack == LEGACY_DEFAULT and bound == LEGACY_RENAMED:
+                return  # an export of the old built-in pack: the dlib pack makes the same templates
             if bound is not None and bound != pack:
                 raise GalleryError(f"{path}: templates of pack {pack.describe()} cannot be imported into "
                                    f"{self.folder}, which holds pack {bound.describe()}; import into another "
@@ -342,6 +361,8 @@ class Gallery:
         pack, records = read_export(path, accept)
         if pack is None:
             return {"identities": 0, "templates": 0, "skipped": 0}
+        if pack == LEGACY_DEFAULT and self.store.binding() == LEGACY_RENAMED:
+            pack = LEGACY_RENAMED
         with self._write_lock:
             added, skipped, _ = self.store.add_many(pack, records)
             self.refresh()  # adds the new templates (and names) to the index, or opens it

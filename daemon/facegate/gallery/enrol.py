@@ -185,7 +185,8 @@ class Enroller:
         self.limits = limits or QualityLimits()
         self.force = force
         if gallery.pack is not None and gallery.pack != self.pack:
-            gallery.store.bind(self.pack)  # raises GalleryError naming both packs
+            gallery.pack = gallery.store.bind(self.pack)  # raises GalleryError naming both packs (or renames)
+        gallery.use_scorer(self.scorer)  # a fused gallery is searched with the pack's own comparison
 
     def enrol(self, name: str, files: Sequence[str | Path], groups: Iterable[str] = (),
               progress: Callable[[int], None] | None = None) -> list[Outcome]:
@@ -321,7 +322,8 @@ def identify(gallery: Gallery, pipeline: Any, files: Sequence[str | Path], k: in
     pack = pack_binding(pipeline)
     scorer = pipeline.scorer
     if gallery.pack is not None and gallery.pack != pack:
-        gallery.store.bind(pack)  # raises the mismatch error
+        gallery.pack = gallery.store.bind(pack)  # raises the mismatch error (or renames a legacy gallery)
+    gallery.use_scorer(scorer)
     results: list[dict[str, Any]] = []
     for path in files:
         try:

@@ -1,193 +1,173 @@
-"""The gallery's templates as one in-memory matrix: exact 1:N search (brute force) and exact re-scoring.
+"""Exact 1:N search for galleries whose comparison score no vector index can compute: a fused pack's sum of
+per-model log-likelihood ratios (``facegate/scoring.py``, ``Fusion``).
 
-``GalleryIndex`` keeps every live template here as well as in its hnswlib graph. Up to
-``index.EXACT_SEARCH_MAX_TEMPLATES`` live templates it answers every search from this matrix (no approximation, so
-no silent miss); above that it asks the graph for candidates and re-scores them exactly here.
+``ExactIndex`` keeps every live template in one numpy array and scores a probe against all of them with the pack's
+``Scorer`` (two matrix products for the built-in fused pack), so the search never misses the best template: at
+100,000 256-d templates that is ≈ 100 MB of memory and a few milliseconds of BLAS per probe. It has the interface of
+``gallery/index.py``'s ``GalleryIndex`` that ``Gallery`` uses (add, remove, attach, search, names, versions); it is
+not saved to disk — ``Gallery`` rebuilds it from SQLite when it opens (≈ 1 s per 100,000 templates).
 
-Rows are appended in insertion order; ``row_of[template id]`` gives a template's row (-1: absent). Removing a
-template zeroes its row and marks it dead (its label becomes -1); dead rows are skipped by the search and squeezed
-out once they are more than half the rows (``compact``), so the matrix never holds more than twice the live rows.
-
-Scores are the comparison scores of ``facegate/scoring.py``: the candidates a search selects are re-scored with
-``scoring.compare`` (float32), so a template gets the same score from the exact and the approximate path. The
-selection itself ranks by a key that orders exactly like that score (cosine: the dot product of L2-normalised
-vectors; euclidean: the squared distance ‖p‖² + ‖t‖² − 2p·t, the same expression ``scoring.compare`` takes the root
-of). Memory: ``dim`` × 4 bytes per row (0.5 KiB per 128-d template) plus 12 bytes of bookkeeping.
-
-Not thread-safe: ``GalleryIndex`` calls it under its lock.
+Thread safety: one lock around every read and write, as ``GalleryIndex``.
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
-from facegate.scoring import MIN_NORM, compare
-
-#: First allocation (rows); the matrix doubles when full.
-INITIAL_ROWS = 1024
-#: Probes scored per matrix product: bounds the temporary score matrix (64 × N float32, 25 MiB at 100k templates).
-PROBE_CHUNK = 64
-#: Rows per block of the top-k selection (``smallest``); INITIAL_ROWS is a multiple of it.
-BLOCK = 128
+from facegate.errors import GalleryError
+from facegate.scoring import Candidate, Scorer
 
 
-class TemplateMatrix:
-    """Live templates (rows of float32 vectors) with their template ids; see the module docstring.
+class ExactIndex:
+    """Brute-force index of ``dim``-wide templates scored by a ``Scorer`` (set at construction or later with
+    ``use_scorer``; searching without one raises ``GalleryError``)."""
 
-    ``metric`` is ``euclidean`` or ``cosine``; cosine rows are stored L2-normalised (what ``scoring.compare``
-    normalises them to), euclidean rows as given.
-    """
-
-    def __init__(self, dim: int, metric: str) -> None:
+    def __init__(self, dim: int, metric: str, scorer: Scorer | None = None) -> None:
         self.dim, self.metric = dim, metric
-        self._cosine = metric == "cosine"
-        self._vecs = np.zeros((INITIAL_ROWS, dim), np.float32)
-        self._sq = np.zeros(INITIAL_ROWS, np.float32)  # squared norms (euclidean)
-        self._tid = np.full(INITIAL_ROWS, -1, np.int64)  # row → template id (-1: dead or unused)
-        self.row_of = np.full(INITIAL_ROWS, -1, np.int64)  # template id → row (-1: absent)
-        self.rows = 0  # rows in use, dead ones included
-        self.dead = 0
+        self._lock = threading.Lock()
+        self._vecs = np.zeros((0, dim), np.float32)
+        self._tids = np.zeros(0, np.int64)
+        self._iids = np.zeros(0, np.int64)
+        self._meta: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._max_per_identity = 0
+        self.scorer: Scorer | None = None
+        self.version = 0
+        self.generation = 0
+        if scorer is not None:
+            self.use_scorer(scorer)
 
-    @property
-    def live(self) -> int:
-        """Live templates."""
-        return self.rows - self.dead
+    def use_scorer(self, scorer: Scorer) -> None:
+        """Score with ``scorer`` (the pack's). Raises ``GalleryError`` for a scorer of another metric or width."""
+        if scorer.metric != self.metric:
+            raise GalleryError(f"the gallery holds {self.metric} templates; the scorer compares {scorer.metric}")
+        if scorer.fusion is not None and scorer.fusion.dim != self.dim:
+            raise GalleryError(f"the gallery holds {self.dim}-d templates; the pack's fusion expects "
+                               f"{scorer.fusion.dim}-d")
+        self.scorer = scorer
 
     # -- writes -----------------------------------------------------------------------------------------------
-    def add(self, template_ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Append templates (ids int64 N, vectors N×dim float32). An id already present is replaced."""
+    def add(self, template_ids: np.ndarray, identity_id: int | np.ndarray, vectors: np.ndarray,
+            names: dict[int, tuple[str, tuple[str, ...]]] | None = None, generation: int | None = None) -> None:
+        """Insert templates (ids int64 N, identities scalar or N, vectors N×D float32); ``names`` updates labels."""
         tids = np.asarray(template_ids, np.int64).reshape(-1)
-        vecs = np.asarray(vectors, np.float32).reshape(len(tids), self.dim)
-        if not len(tids):
-            return
-        self.remove(tids[tids < len(self.row_of)])
-        if self._cosine:
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), MIN_NORM)
-        need = self.rows + len(tids)
-        if need > len(self._vecs):
-            size = -(-max(need, 2 * len(self._vecs)) // BLOCK) * BLOCK  # whole blocks, for ``smallest``
-            self._vecs = _grown(self._vecs, size, 0.0)
-            self._sq = _grown(self._sq, size, 0.0)
-            self._tid = _grown(self._tid, size, -1)
-        top = int(tids.max()) + 1
-        if top > len(self.row_of):
-            self.row_of = _grown(self.row_of, max(top, 2 * len(self.row_of)), -1)
-        rows = np.arange(self.rows, need)
-        self._vecs[rows] = vecs
-        self._sq[rows] = np.einsum("ij,ij->i", vecs, vecs)
-        self._tid[rows] = tids
-        self.row_of[tids] = rows
-        self.rows = need
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(tids), self.dim)
+        iids = np.broadcast_to(np.asarray(identity_id, np.int64), tids.shape)
+        with self._lock:
+            if len(tids):
+                self._vecs = np.concatenate([self._vecs, vecs])
+                self._tids = np.concatenate([self._tids, tids])
+                self._iids = np.concatenate([self._iids, iids])
+                self._recount()
+            if names:
+                self._meta.update(names)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
 
-    def remove(self, template_ids: np.ndarray) -> None:
-        """Drop templates (ids absent here are ignored); their rows are zeroed."""
-        tids = np.asarray(template_ids, np.int64).reshape(-1)
-        tids = tids[(tids >= 0) & (tids < len(self.row_of))]
-        rows = self.row_of[tids]
-        rows = np.unique(rows[rows >= 0])
-        if not len(rows):
-            return
-        self._vecs[rows] = 0.0
-        self._sq[rows] = 0.0
-        self._tid[rows] = -1
-        self.row_of[tids] = -1
-        self.dead += len(rows)
-        if self.dead > max(self.live, INITIAL_ROWS):
-            self.compact()
+    def remove(self, template_ids: np.ndarray, identity_id: int | None = None, generation: int | None = None) -> int:
+        """Drop templates (never returned again); returns how many were live."""
+        with self._lock:
+            gone = np.isin(self._tids, np.asarray(template_ids, np.int64).reshape(-1))
+            removed = int(gone.sum())
+            self._vecs, self._tids, self._iids = self._vecs[~gone], self._tids[~gone], self._iids[~gone]
+            self._recount()
+            if identity_id is not None and identity_id not in set(self._iids.tolist()):
+                self._meta.pop(identity_id, None)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
+        return removed
 
-    def compact(self) -> None:
-        """Squeeze out the dead rows (keeps the order of the live ones)."""
-        keep = np.flatnonzero(self._tid[: self.rows] >= 0)
-        n = len(keep)
-        self._vecs[:n] = self._vecs[keep]
-        self._sq[:n] = self._sq[keep]
-        self._tid[:n] = self._tid[keep]
-        self._vecs[n : self.rows] = 0.0
-        self._sq[n : self.rows] = 0.0
-        self._tid[n : self.rows] = -1
-        self.row_of[self._tid[:n]] = np.arange(n)
-        self.rows, self.dead = n, 0
+    def _recount(self) -> None:
+        self._max_per_identity = int(np.bincount(np.unique(self._iids, return_inverse=True)[1]).max()
+                                     ) if len(self._iids) else 0
+
+    def attach(self, template_ids: np.ndarray, identity_ids: np.ndarray,
+               names: dict[int, tuple[str, tuple[str, ...]]], generation: int) -> None:
+        """Keep only ``template_ids`` (with their identities) and set the names (``GalleryIndex`` interface)."""
+        with self._lock:
+            keep = np.isin(self._tids, np.asarray(template_ids, np.int64))
+            self._vecs, self._tids = self._vecs[keep], self._tids[keep]
+            owner = dict(zip(np.asarray(template_ids).tolist(), np.asarray(identity_ids).tolist(), strict=True))
+            self._iids = np.array([owner[t] for t in self._tids.tolist()], np.int64)
+            self._recount()
+            self._meta = dict(names)
+            self.generation = generation
+            self.version += 1
+
+    def set_names(self, names: dict[int, tuple[str, tuple[str, ...]]], generation: int | None = None) -> None:
+        """Replace the identity id → (name, groups) map."""
+        with self._lock:
+            self._meta = dict(names)
+            if generation is not None:
+                self.generation = generation
+            self.version += 1
 
     # -- reads ------------------------------------------------------------------------------------------------
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        """(template ids int64 L, vectors L×dim float32) of the live templates — copies, in row order."""
-        keep = np.flatnonzero(self._tid[: self.rows] >= 0)
-        return self._tid[keep].copy(), self._vecs[keep].copy()
+    @property
+    def count(self) -> int:
+        return len(self._tids)
 
-    def vectors(self, template_ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these (live) templates, N×dim float32 (cosine: L2-normalised). Raises
-        ``KeyError`` for an id that is not live."""
-        tids = np.asarray(template_ids, np.int64).reshape(-1)
-        ok = (tids >= 0) & (tids < len(self.row_of))
-        rows = np.where(ok, self.row_of[np.where(ok, tids, 0)], -1)
-        if (rows < 0).any():
-            raise KeyError(f"template ids not in the matrix: {tids[rows < 0][:5].tolist()}")
-        return self._vecs[rows]
+    @property
+    def deleted(self) -> int:
+        return 0  # removed templates leave the array at once
 
-    def nearest(self, probes: np.ndarray, fetch: int) -> list[np.ndarray]:
-        """Exact top-``fetch`` templates per probe (N×dim float32): per probe the template ids, best first.
+    def labels(self) -> np.ndarray:
+        with self._lock:
+            return self._tids.copy()
 
-        Brute force: one matrix product per ``PROBE_CHUNK`` probes (numpy → BLAS), then ``smallest``. Fewer than
-        ``fetch`` live templates give them all.
-        """
-        probes = np.asarray(probes, np.float32).reshape(-1, self.dim)
-        fetch = min(fetch, self.live)
-        if fetch <= 0:
-            return [np.zeros(0, np.int64) for _ in range(len(probes))]
-        # Whole blocks of rows (the capacity is a multiple of BLOCK); unused and dead rows get an infinite key.
-        padded = -(-self.rows // BLOCK) * BLOCK
-        rows = self._vecs[:padded]
-        excluded = np.flatnonzero(self._tid[:padded] < 0)
-        out: list[np.ndarray] = []
-        buffer = np.empty((min(PROBE_CHUNK, len(probes)), padded), np.float32)  # reused: fresh pages cost more
-        # Ascending key = best first, straight out of the matrix product (no extra pass over the N×rows matrix).
-        # Cosine: −p·t (the probe's norm does not change the order within its row); euclidean: ‖t‖² − 2p·t, the
-        # squared distance less ‖p‖², which is the same for every row of a probe.
-        scaled = probes * np.float32(-1.0 if self._cosine else -2.0)
-        for start in range(0, len(probes), PROBE_CHUNK):
-            chunk = scaled[start : start + PROBE_CHUNK]
-            key = buffer[: len(chunk)]
-            np.matmul(chunk, rows.T, out=key)
-            if not self._cosine:
-                key += self._sq[:padded]
-            key[:, excluded] = np.inf
-            out.extend(self._tid[smallest(key, fetch)])
-        return out
+    def live_labels(self) -> np.ndarray:
+        with self._lock:
+            return np.sort(self._tids)
 
-    def rescore(self, probe: np.ndarray, template_ids: np.ndarray) -> np.ndarray:
-        """Exact comparison scores (``scoring.compare``, float32) of one probe (dim) against these live templates."""
-        if not len(template_ids):
-            return np.zeros(0, np.float32)
-        return compare(probe, self.vectors(template_ids), self.metric)[0]
+    def stored_vectors(self, template_ids: np.ndarray) -> np.ndarray:
+        """The stored templates of these ids, in that order (N×D float32)."""
+        with self._lock:
+            where = {t: i for i, t in enumerate(self._tids.tolist())}
+            return self._vecs[[where[int(t)] for t in np.asarray(template_ids).reshape(-1)]]
 
+    def search(self, probes: np.ndarray, k: int = 5) -> tuple[list[list[Candidate]], int]:
+        """Top-``k`` identities per probe (N×D float32), best template per identity, best first — exactly, every
+        template scored. Returns (lists of ``Candidate``, the version the answer reflects). Raises
+        ``GalleryError`` for ``k`` < 1 or when no scorer was given."""
+        probes = np.ascontiguousarray(probes, dtype=np.float32).reshape(-1, self.dim)
+        if k < 1:
+            raise GalleryError(f"k={k}: ask for at least one identity")
+        with self._lock:
+            version = self.version
+            if not len(self._tids) or not len(probes):
+                return [[] for _ in range(len(probes))], version
+            if self.scorer is None:
+                raise GalleryError(f"this gallery holds {self.metric} templates; searching it needs the pack's "
+                                   "scorer (open it with the pack loaded)")
+            scorer = self.scorer
+            scores = np.asarray(scorer.compare(probes, self._vecs, np.float32), np.float32)
+            keys = scores if scorer.lower_is_better else -scores
+            keys = np.where(np.isnan(keys), np.inf, keys)  # NaN sorts last (fail closed)
+            fetch = min(len(self._tids), k * max(1, self._max_per_identity))
+            out: list[list[Candidate]] = []
+            for row, key in zip(scores, keys, strict=True):
+                top = np.argpartition(key, fetch - 1)[:fetch] if fetch < len(key) else np.arange(len(key))
+                top = top[np.argsort(key[top], kind="stable")]
+                seen: set[int] = set()
+                found: list[Candidate] = []
+                for j in top.tolist():
+                    iid = int(self._iids[j])
+                    if iid in seen:
+                        continue
+                    seen.add(iid)
+                    name, groups = self._meta.get(iid, (f"#{iid}", ()))
+                    found.append(Candidate(iid, name, groups, float(row[j]), int(self._tids[j])))
+                    if len(found) == k:
+                        break
+                out.append(found)
+        return out, version
 
-def smallest(key: np.ndarray, fetch: int) -> np.ndarray:
-    """Column indices of the ``fetch`` smallest entries of each row of ``key`` (R×C float32, C a multiple of
-    ``BLOCK``), per row in ascending order of key (R×fetch int64; ``fetch`` ≤ C).
-
-    Block pruning, because ``np.argpartition`` over a whole row costs ≈ 15 ns per entry: the ``fetch`` smallest
-    entries of a row lie in the ``fetch`` blocks of ``BLOCK`` columns with the smallest block minima (each of the
-    ``f`` < ``fetch`` blocks whose minimum is below a block holding one of them contributes a distinct, smaller
-    entry), so one vectorised min over the row, a partition of the block minima and one of ``fetch`` × ``BLOCK``
-    entries replace the partition of the row.
-    """
-    n_rows, cols = key.shape
-    blocks = key.reshape(n_rows, cols // BLOCK, BLOCK)
-    if cols // BLOCK > fetch:
-        chosen = np.argpartition(blocks.min(axis=2), fetch - 1, axis=1)[:, :fetch]  # R×fetch block numbers
-        cand = np.take_along_axis(blocks, chosen[:, :, None], axis=1).reshape(n_rows, -1)
-        cols_of = (chosen[:, :, None] * BLOCK + np.arange(BLOCK)).reshape(n_rows, -1)
-    else:
-        cand, cols_of = key, np.broadcast_to(np.arange(cols), key.shape)
-    if cand.shape[1] > fetch:
-        part = np.argpartition(cand, fetch - 1, axis=1)[:, :fetch]
-    else:
-        part = np.broadcast_to(np.arange(cand.shape[1]), cand.shape)
-    order = np.take_along_axis(part, np.argsort(np.take_along_axis(cand, part, axis=1), axis=1, kind="stable"), 1)
-    return np.take_along_axis(cols_of, order, axis=1)
-
-
-def _grown(array: np.ndarray, size: int, fill: float) -> np.ndarray:
-    out = np.full((size, *array.shape[1:]), fill, array.dtype)
-    out[: len(array)] = array
-    return out
+    # -- persistence (none: rebuilt from SQLite) -----------------------------------------------------------------
+    def save(self, folder: Path, gallery_id: str, pack: str) -> Any:
+        """Nothing to write: the templates live in SQLite and the array is rebuilt when the gallery opens."""
+        return None

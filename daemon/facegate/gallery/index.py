@@ -33,8 +33,8 @@ shared 2-core VM (other jobs running, so wall-clock p99 is scheduler noise; CPU 
 gives 1.000.
 
 Search (``search``): exact below ``EXACT_SEARCH_MAX_TEMPLATES`` live templates — brute force over the in-memory
-template matrix (``gallery/exact.py``), so an enrolled template is always found — and above it the graph with an
-exact re-rank of ``RERANK_FACTOR`` × the needed candidates; the numbers above are the graph alone.
+template matrix (``gallery/template_matrix.py``), so an enrolled template is always found — and above it the graph
+with an exact re-rank of ``RERANK_FACTOR`` × the needed candidates; the numbers above are the graph alone.
 
 Persistence is atomic: the index is written to a new file, fsynced, then a small ``index.json`` (gallery id,
 generation, parameters, file name, sha256) is written to a temporary file, fsynced and renamed over the old one;
@@ -59,7 +59,7 @@ import numpy as np
 
 from facegate.errors import GalleryError
 from facegate.fileio import folder_lock, read_limited, sha256_file, write_atomic
-from facegate.gallery.exact import TemplateMatrix
+from facegate.gallery.template_matrix import TemplateMatrix
 from facegate.scoring import METRICS, Candidate
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ DEFAULT_M = 48
 DEFAULT_EF_CONSTRUCTION = 400
 #: Query-time candidate list (raised per query to at least the number of templates fetched); see the module docstring.
 DEFAULT_EF = 160
-#: Up to this many live templates every search is exact: brute force over all of them (``gallery/exact.py``, one
-#: BLAS matrix product), no approximation, so no silent miss. Above it hnswlib fetches candidates, which are then
-#: re-scored exactly. Measured by ``bench/gallery_bench.py --crossover`` (README "1:N search benchmark",
+#: Up to this many live templates every search is exact: brute force over all of them
+#: (``gallery/template_matrix.py``, one BLAS matrix product), no approximation, so no silent miss. Above it
+#: hnswlib fetches candidates, which are then re-scored exactly. Measured by ``bench/gallery_bench.py --crossover`` (README "1:N search benchmark",
 #: 2026-12-06, 2-core VM, 128-d, k = 5): the latency curves cross between 10k and 50k templates, but the graph
 #: path, even re-ranked, returned another best template than brute force for 2/500 fresh queries at 50k and 4/500
 #: at 100k, while brute force at 100k costs 3.6 ms CPU p50 / 5.5 ms p99 per search (≈ 6 % of a frame's cycle).
@@ -198,7 +198,7 @@ class GalleryIndex:
         """Top-``k`` identities per probe (best template per identity), best first.
 
         ``probes``: N×D float32 embeddings of the gallery's pack. Up to ``exact_max`` live templates the answer is
-        exact (brute force over every live template, ``gallery/exact.py``); above it hnswlib fetches
+        exact (brute force over every live template, ``gallery/template_matrix.py``); above it hnswlib fetches
         ``RERANK_FACTOR`` × as many templates as needed and they are re-scored exactly. Templates needed: ``k`` ×
         the largest number of templates one identity has, which guarantees ``k`` distinct identities. Every score
         is ``scoring.compare`` of the probe and the stored template, whichever path found it. An empty gallery
@@ -360,7 +360,7 @@ class GalleryIndex:
 
         ``templates``: batches of (template ids int64 B, identity ids int64 B, vectors B×D float32), as
         ``Store.embeddings`` yields them; every id must be in the graph (the caller adds missing ones with ``add``
-        afterwards). The vectors fill the exact-search matrix (``gallery/exact.py``).
+        afterwards). The vectors fill the exact-search matrix (``gallery/template_matrix.py``).
         """
         exact = TemplateMatrix(self.dim, self.metric)
         tid_parts, iid_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]

@@ -37,6 +37,7 @@ import numpy as np
 from facegate import fileio
 from facegate.errors import GalleryError
 from facegate.fileio import folder_lock
+from facegate.gallery.binding import LEGACY_DEFAULT, LEGACY_RENAMED, PackBinding, mismatch_message
 from facegate.gallery.validate import group_problem
 
 log = logging.getLogger(__name__)
@@ -91,24 +92,6 @@ def private_file(path: Path) -> None:
 def utc_now() -> str:
     """Current UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-30T12:00:00.000Z``."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-@dataclass(frozen=True)
-class PackBinding:
-    """The model pack a gallery is bound to: templates from another pack are not comparable."""
-
-    name: str
-    dim: int
-    metric: str  # "euclidean" | "cosine"
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("euclidean", "cosine"):
-            raise GalleryError(f"pack {self.name!r}: metric {self.metric!r} is not 'euclidean' or 'cosine'")
-        if self.dim <= 0:
-            raise GalleryError(f"pack {self.name!r}: embedding size {self.dim} must be positive")
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.dim}-d, {self.metric})"
 
 
 @dataclass
@@ -376,17 +359,23 @@ class Store:
         return PackBinding(name, int(dim), str(self.meta("metric")))
 
     def bind(self, pack: PackBinding) -> PackBinding:
-        """Bind an unbound gallery to ``pack``; raise ``GalleryError`` if it is bound to a different pack."""
+        """Bind an unbound gallery to ``pack``; raise ``GalleryError`` (``mismatch_message``) if it is bound to a
+        different pack. A gallery of the old built-in pack (``LEGACY_DEFAULT``) opened with the ``dlib`` pack is
+        renamed to it (same templates)."""
         with self.transaction() as cur:
             if self._bind_in(cur, pack):
+                return pack
+            if pack == LEGACY_RENAMED and self._meta(cur, "pack") == LEGACY_DEFAULT.name and \
+                    self._meta(cur, "dim") == str(LEGACY_DEFAULT.dim) and \
+                    self._meta(cur, "metric") == LEGACY_DEFAULT.metric:
+                self._set_meta(cur, "pack", pack.name)
+                log.warning("gallery_pack_renamed folder=%s from=%s to=%s note=same_templates", self.folder,
+                            LEGACY_DEFAULT.name, pack.name)
                 return pack
         bound = self.binding()
         assert bound is not None
         if bound != pack:
-            raise GalleryError(
-                f"{self.folder}: this gallery holds templates of pack {bound.describe()}, not {pack.describe()}; "
-                "templates of different packs cannot be compared — use another --gallery folder or the same pack"
-            )
+            raise GalleryError(mismatch_message(self.folder, bound, pack))
         return bound
 
     def _bind_in(self, cur: sqlite3.Cursor, pack: PackBinding) -> bool:

@@ -19,7 +19,15 @@ from pathlib import Path
 from facegate import __version__
 from facegate.errors import ChecksumError, ModelError
 from facegate.fileio import read_limited, sha256_file, write_atomic
-from facegate.packs.manifest import ModelFile, PackManifest, list_manifests, read_source_bytes, source_path
+from facegate.packs.manifest import (
+    FusedRecogniserSpec,
+    ModelFile,
+    PackManifest,
+    RecogniserSpec,
+    list_manifests,
+    read_source_bytes,
+    source_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +70,20 @@ class PreparedPack:
     landmarks: Path | None = None
     liveness: list[Path] = field(default_factory=list)
     directory: Path | None = None
+    #: Every recogniser file in manifest order: the one recogniser, or the parts of a fused pack.
+    recognisers: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.recognisers:
+            self.recognisers = [self.recogniser]
 
 
 def _manifest_digest(manifest: PackManifest) -> str:
-    """Digest of what decides the built files (not the operating point, the minimum face size for a vote or
-    descriptions: changing a threshold must not force every machine to rebuild its models)."""
+    """Digest of what decides the built files (not the operating point, calibration, the minimum face size for a
+    vote or descriptions: changing a threshold must not force every machine to rebuild its models)."""
     return sha256_bytes(manifest.model_dump_json(exclude={
-        "manifest_path": True, "operating_point": True, "description": True, "recogniser": {"min_face_px"},
+        "manifest_path": True, "operating_point": True, "calibration": True, "description": True,
+        "recogniser": {"min_face_px"},
     }).encode())
 
 
@@ -108,29 +123,13 @@ def prepare_pack(manifest: PackManifest, force: bool = False) -> PreparedPack:
     landmarks = None
     if manifest.landmarks is not None:
         landmarks = _materialise(manifest.landmarks, manifest, "landmarks", folder / "landmarks.dat")
-    recogniser_built: dict[str, str] = {}
-    if manifest.recogniser.kind == "dlib_resnet":
-        from facegate.packs.dlib_resnet import convert_dlib_resnet
-
-        _, dat_path = _verified_source(manifest.recogniser, manifest, "recogniser")
-        if dat_path is None:
-            dat_path = _materialise(manifest.recogniser, manifest, "recogniser", folder / "recogniser.dat")
-        recogniser = folder / "recogniser.onnx"
-        state = _read_state(folder)
-        recorded = state.get("files", {}).get("recogniser", {}) if state else {}
-        if (
-            force
-            or not recogniser.exists()
-            or recorded.get("source_sha256") != manifest.recogniser.sha256
-            or recorded.get("sha256") != sha256_file(recogniser)
-        ):
-            log.warning("building %s from %s (one-off, a few seconds)", recogniser, dat_path)
-            digest = convert_dlib_resnet(dat_path, recogniser)
-        else:
-            digest = recorded["sha256"]
-        recogniser_built = {"sha256": digest, "source_sha256": manifest.recogniser.sha256}
+    spec = manifest.recogniser
+    if isinstance(spec, FusedRecogniserSpec):
+        built = [_prepare_recogniser(part, manifest, folder, f"recogniser{i}", f"recogniser part {i}", force)
+                 for i, part in enumerate(spec.parts)]
     else:
-        recogniser = _materialise(manifest.recogniser, manifest, "recogniser", folder / "recogniser.onnx")
+        built = [_prepare_recogniser(spec, manifest, folder, "recogniser", "recogniser", force)]
+    parts = [path for path, _ in built]
     liveness: list[Path] = []
     if manifest.liveness is not None:
         for i, model in enumerate(manifest.liveness.models):
@@ -143,13 +142,52 @@ def prepare_pack(manifest: PackManifest, force: bool = False) -> PreparedPack:
         "files": {
             "detector": {"path": str(detector), "sha256": manifest.detector.sha256},
             "landmarks": {"path": str(landmarks), "sha256": manifest.landmarks.sha256} if landmarks else None,
-            "recogniser": {"path": str(recogniser), **(recogniser_built or {"sha256": manifest.recogniser.sha256})},
+            "recogniser": {"path": str(parts[0]), **built[0][1]},
+            "recogniser_parts": [{"path": str(path), **rec} for path, rec in built],
             "liveness": [{"path": str(p), "sha256": m.sha256} for p, m in
                          zip(liveness, manifest.liveness.models if manifest.liveness else [], strict=True)],
         },
     }
     write_atomic(folder / STATE_FILE, json.dumps(record, indent=2).encode())
-    return PreparedPack(manifest, detector, recogniser, landmarks, liveness, folder)
+    return PreparedPack(manifest, detector, parts[0], landmarks, liveness, folder, parts)
+
+
+def _prepare_recogniser(
+    spec: RecogniserSpec, manifest: PackManifest, folder: Path, stem: str, role: str, force: bool,
+) -> tuple[Path, dict[str, str]]:
+    """One recogniser's verified ONNX file (the dlib ResNet converted into ``<stem>.onnx`` once, other files used
+    where they are) and its state record ``{sha256[, source_sha256]}``."""
+    if spec.kind != "dlib_resnet":
+        return _materialise(spec, manifest, role, folder / f"{stem}.onnx"), {"sha256": spec.sha256}
+    from facegate.packs.dlib_resnet import convert_dlib_resnet
+
+    _, dat_path = _verified_source(spec, manifest, role)
+    if dat_path is None:
+        dat_path = _materialise(spec, manifest, role, folder / f"{stem}.dat")
+    target = folder / f"{stem}.onnx"
+    state = _read_state(folder)
+    recorded = _recorded(state, str(target))
+    if (
+        force
+        or not target.exists()
+        or recorded.get("source_sha256") != spec.sha256
+        or recorded.get("sha256") != sha256_file(target)
+    ):
+        log.warning("building %s from %s (one-off, a few seconds)", target, dat_path)
+        digest = convert_dlib_resnet(dat_path, target)
+    else:
+        digest = recorded["sha256"]
+    return target, {"sha256": digest, "source_sha256": spec.sha256}
+
+
+def _recorded(state: dict | None, path: str) -> dict:
+    """The state record of the built recogniser file ``path`` (``recogniser_parts``, or the older single
+    ``recogniser`` entry), {} when there is none."""
+    files = (state or {}).get("files", {})
+    for record in [*files.get("recogniser_parts", []), files.get("recogniser") or {}]:
+        if record.get("path") == path:
+            return record
+    return {}
 
 
 def _read_state(folder: Path) -> dict | None:
@@ -166,10 +204,11 @@ def pack_state(manifest: PackManifest) -> str:
         return "not prepared"
     if state.get("manifest_digest") != _manifest_digest(manifest):
         return "stale"
-    built = state.get("files", {}).get("recogniser", {})
-    path = Path(built.get("path", ""))
-    if not path.is_file() or sha256_file(path) != built.get("sha256"):
-        return "stale"
+    files = state.get("files", {})
+    for built in files.get("recogniser_parts") or [files.get("recogniser") or {}]:
+        path = Path(built.get("path", ""))
+        if not path.is_file() or sha256_file(path) != built.get("sha256"):
+            return "stale"
     return "prepared"
 
 

@@ -71,9 +71,18 @@ class DlibRecogniser:
         cls, prepared: PreparedPack, providers: Sequence[str] | None = None, threads: int | None = None,
     ) -> DlibRecogniser:
         """The recogniser of a prepared pack. Raises ``ModelError`` when the pack has no landmarks model."""
+        return cls.from_part(prepared, prepared.recogniser, prepared.manifest.recogniser, providers, threads)
+
+    @classmethod
+    def from_part(
+        cls, prepared: PreparedPack, model: Path, spec: RecogniserSpec, providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> DlibRecogniser:
+        """One recogniser of a prepared pack (``spec`` with its built file ``model``; a fused pack has several)
+        using the pack's landmarks model. Raises ``ModelError`` when the pack has no landmarks model."""
         if prepared.landmarks is None:
             raise ModelError(f"pack {prepared.manifest.name!r}: the dlib_resnet recogniser needs a landmarks model")
-        return cls(prepared.recogniser, prepared.manifest.recogniser, prepared.landmarks, providers, threads)
+        return cls(model, spec, prepared.landmarks, providers, threads)
 
     def landmarks(self, image: np.ndarray, dets: Detections) -> np.ndarray:
         """dlib's 5 points for each face: N×5×2 float32 px (dlib order, §3.3 of the notes). ``image`` is BGR."""

@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,6 +29,9 @@ from facegate.fileio import read_limited
 MAX_MANIFEST_BYTES = 1 << 20
 #: Largest model file read (bytes): protobuf, hence ONNX, cannot hold more than 2 GiB in one file.
 MAX_MODEL_BYTES = 2 << 30
+
+if TYPE_CHECKING:
+    from facegate.calibration import Calibration
 
 
 class _Strict(BaseModel):
@@ -91,10 +94,72 @@ class RecogniserSpec(ModelFile):
     embedding_size: int = Field(128, ge=1)
     fixed_batch: bool = Field(False, description="True when the graph's batch dimension is fixed to 1")
     normalise: bool = Field(False, description="L2-normalise embeddings")
+    flip: bool = Field(False, description="kind onnx: embed the chip and its mirror image and add the two "
+                       "(each L2-normalised first when normalise is true) — test-time flip augmentation")
     metric: Literal["euclidean", "cosine"] = "euclidean"
     min_face_px: int = Field(
         ..., ge=0, description="Smallest face (detector box width, px) whose match may vote for a grant: the lower "
         "end of the face sizes the pack's threshold was measured on (smaller faces are tracked, never granted)")
+
+
+class LlrMap(_Strict):
+    """A calibrated map from one model's comparison score to a log-likelihood ratio (natural log):
+    ``llr = intercept + slope · score``, the score in the model's own metric units (a Euclidean distance or a cosine
+    similarity). Fitted by logistic regression of genuine against impostor pairs (Platt scaling; Platt, "Probabilistic
+    outputs for support vector machines", 1999), with the training prior log-odds removed so that it is a
+    likelihood ratio (Brümmer & du Preez, "Application-independent evaluation of speaker detection", Computer Speech
+    and Language 20, 2006). Fitted by ``bench/fusion_fit.py``."""
+
+    kind: Literal["logistic"] = "logistic"
+    intercept: float
+    slope: float = Field(..., description="Negative for a distance, positive for a similarity")
+    source: str = Field("", description="Where the fit comes from (data set, pairs, folds)")
+
+
+class FusedPart(RecogniserSpec):
+    """One recogniser of a fused pack: its full recogniser block plus the map of its score to an LLR."""
+
+    llr: LlrMap
+    min_face_px: int = Field(0, ge=0, description="Not used in a part: the fused block's min_face_px applies")
+
+
+class FusedRecogniserSpec(_Strict):
+    """Several recognisers run on the same face; the template is the concatenation of their embeddings (in the
+    order of ``parts``) and the comparison score is the sum of the parts' log-likelihood ratios (``metric: fused``,
+    higher = more alike; ``facegate/scoring.py``)."""
+
+    kind: Literal["fused"]
+    parts: list[FusedPart] = Field(..., min_length=2)
+    fusion: Literal["llr_sum"] = "llr_sum"
+    embedding_size: int = Field(..., ge=2, description="Sum of the parts' embedding sizes")
+    metric: Literal["fused"] = "fused"
+    min_face_px: int = Field(
+        ..., ge=0, description="Smallest face (detector box width, px) whose match may vote for a grant: the lower "
+        "end of the face sizes the pack's calibration covers (smaller faces are tracked, never granted)")
+
+    @model_validator(mode="after")
+    def _sizes_add_up(self) -> FusedRecogniserSpec:
+        total = sum(p.embedding_size for p in self.parts)
+        if total != self.embedding_size:
+            raise ValueError(f"embedding_size {self.embedding_size} is not the sum of the parts' sizes ({total})")
+        if any(p.metric not in ("euclidean", "cosine") for p in self.parts):
+            raise ValueError("each part's metric must be euclidean or cosine")
+        return self
+
+    @property
+    def licence(self) -> str:
+        """The parts' licences, joined."""
+        return "; ".join(dict.fromkeys(p.licence for p in self.parts))
+
+
+AnyRecogniserSpec = Annotated[RecogniserSpec | FusedRecogniserSpec, Field(discriminator="kind")]
+
+
+class CalibrationRef(_Strict):
+    """The pack's calibration file (impostor score distribution, ``facegate/calibration.py``) and its sha256."""
+
+    file: str = Field(..., description="JSON file; a relative path is resolved against the manifest's folder")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
 
 
 class LivenessModel(ModelFile):
@@ -126,9 +191,11 @@ class PackManifest(_Strict):
     description: str = ""
     detector: DetectorSpec
     landmarks: LandmarkSpec | None = None
-    recogniser: RecogniserSpec
+    recogniser: AnyRecogniserSpec
     liveness: LivenessSpec | None = None
     operating_point: OperatingPoint
+    calibration: CalibrationRef | None = Field(
+        None, description="Impostor score distribution measured for this pack (decision.false_accept_rate needs it)")
     manifest_path: str | None = Field(None, description="Set by the loader")
 
 
@@ -235,3 +302,47 @@ def source_path(source: Source, manifest_path: str | None) -> Path | None:
             return None
         return Path(next(iter(spec.submodule_search_locations))) / source.path
     return None
+
+
+def _without_sources(value: object) -> object:
+    """A manifest dump without ``source``/``licence`` keys (at any depth): what the bytes are is their sha256."""
+    if isinstance(value, dict):
+        return {k: _without_sources(v) for k, v in value.items() if k not in ("source", "licence")}
+    if isinstance(value, list):
+        return [_without_sources(v) for v in value]
+    return value
+
+
+def score_digest(manifest: PackManifest) -> str:
+    """sha256 (hex) of what decides a pack's comparison scores: the detector, landmark and recogniser blocks (LLR maps
+    of a fused pack included) without their sources and licences, so that an integrator's copy of a manifest pointing
+    at the same files elsewhere keeps the digest. A calibration file records it (``facegate/calibration.py``); a
+    calibration whose digest differs was measured for other scores and is refused."""
+    import hashlib
+    import json
+
+    dump = manifest.model_dump(mode="json", include={"detector", "landmarks", "recogniser"})
+    return hashlib.sha256(json.dumps(_without_sources(dump), sort_keys=True).encode()).hexdigest()
+
+
+def calibration_path(manifest: PackManifest) -> Path | None:
+    """The pack's calibration file (relative paths resolve against the manifest's folder), None when it has none."""
+    if manifest.calibration is None:
+        return None
+    path = Path(manifest.calibration.file).expanduser()
+    if not path.is_absolute() and manifest.manifest_path:
+        path = Path(manifest.manifest_path).parent / path
+    return path
+
+
+def pack_calibration(manifest: PackManifest) -> Calibration | None:
+    """The pack's calibration (``facegate/calibration.py``), checked against the manifest: its sha256 and that it was
+    measured for the scores this manifest makes (``score_digest``; a copy of a manifest under another name that
+    makes the same scores may use it). None when the pack has none. Raises ``ConfigError`` naming the file and what
+    to do."""
+    from facegate.calibration import Calibration
+
+    path = calibration_path(manifest)
+    if path is None or manifest.calibration is None:
+        return None
+    return Calibration.load(path, manifest.calibration.sha256, score_digest(manifest))

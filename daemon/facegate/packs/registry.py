@@ -15,7 +15,9 @@ from facegate.errors import ModelError
 from facegate.packs.arcface_recogniser import ArcFaceRecogniser
 from facegate.packs.cache import PreparedPack
 from facegate.packs.dlib_recogniser import DlibRecogniser
+from facegate.packs.fused_recogniser import FusedRecogniser
 from facegate.packs.liveness import LivenessFusion
+from facegate.packs.manifest import FusedRecogniserSpec
 from facegate.packs.onnx_detector import OnnxDetector
 from facegate.packs.protocols import Detector, Liveness, Recogniser
 from facegate.packs.retinaface import RetinaFaceDetector
@@ -82,8 +84,17 @@ def build_detector(
 def build_recogniser(
     prepared: PreparedPack, providers: Sequence[str] | None = None, threads: int | None = None,
 ) -> Recogniser:
-    """The pack's recogniser, loaded and checked against its manifest. Raises ``ModelError``."""
-    return recogniser_class(prepared.manifest.recogniser.kind).from_pack(prepared, providers, threads)
+    """The pack's recogniser, loaded and checked against its manifest: one model, or for ``kind: fused`` a
+    ``FusedRecogniser`` of each part's model (``packs/fused_recogniser.py``). Raises ``ModelError``."""
+    spec = prepared.manifest.recogniser
+    if isinstance(spec, FusedRecogniserSpec):
+        if len(prepared.recognisers) != len(spec.parts):
+            raise ModelError(f"pack {prepared.manifest.name!r}: {len(prepared.recognisers)} recogniser files "
+                             f"prepared for {len(spec.parts)} parts; run `facegate models prepare --force`")
+        parts = [recogniser_class(part.kind).from_part(prepared, path, part, providers, threads)
+                 for part, path in zip(spec.parts, prepared.recognisers, strict=True)]
+        return FusedRecogniser(parts, spec)
+    return recogniser_class(spec.kind).from_pack(prepared, providers, threads)
 
 
 def build_liveness(

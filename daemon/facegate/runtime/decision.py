@@ -52,8 +52,13 @@ recognition (``frigate/data_processing/real_time/face.py``: minimum number of sa
 the margin test of open-set identification (ISO/IEC 19795-1 "rank-1 with a margin" / FPIR control).
 
 The voting settings are the validated ``decision:`` section (``facegate.config.DecisionConfig``) under their YAML
-names; the threshold is the pack's measured operating point unless ``decision.threshold`` overrides it
-(``DecisionEngine.from_config``). ``on_result`` is the inference stage's downstream: it decides each frame and hands
+names; the threshold is ``Scorer.resolve``'s answer (``facegate/scoring.py``): ``decision.threshold``, else the one
+derived from ``decision.false_accept_rate`` with the pack's calibration, the live gallery's template count and the
+vote, else the pack's operating point. It is logged (``event=threshold`` with the rate it gives) at start and after
+every gallery change (``gallery_changed``). When a goal cannot be met any more — the gallery grew past what the
+calibration vouches for — no face votes for anyone (``event=false_accept_goal_unmet``, fail closed) until the gallery
+shrinks or the config changes; at start the same condition refuses to run (``FalseAcceptGoalError``).
+``on_result`` is the inference stage's downstream: it decides each frame and hands
 every decision to the emitter (``runtime/events.py``).
 
 Times: ``captured_at``/``now`` monotonic seconds; ``captured_wall``/``decided_at`` aware UTC datetimes.
@@ -77,7 +82,7 @@ import numpy as np
 
 from facegate.config import DecisionConfig
 from facegate.detections import Detections
-from facegate.errors import UsageError
+from facegate.errors import FalseAcceptGoalError, UsageError
 from facegate.imaging import face_crop
 from facegate.runtime.health import SETTLE_S, Health
 from facegate.runtime.presence import Presence
@@ -88,6 +93,7 @@ from facegate.runtime.tracking import FaceTracker
 from facegate.scoring import Candidate, Scorer, liveness_threshold
 
 if TYPE_CHECKING:
+    from facegate.calibration import Calibration
     from facegate.config import CameraConfig, Config, LivenessConfig
     from facegate.packs.manifest import PackManifest
     from facegate.pipeline import FacePipeline
@@ -208,36 +214,78 @@ class DecisionEngine(ReverifyMixin):
         self.stats: Counter[str] = Counter()
         #: Attach each decision's face crop (``Decision.face_crop``) in ``on_result``: snapshot retention only.
         self.keep_crops = False
+        #: Why no face may vote (a false-accept goal the gallery outgrew), None normally: fail closed.
+        self.blocked: str | None = None
+        self._manifest: PackManifest | None = None
+        self._calibration: Calibration | None = None
+        self._templates: int | None = None
 
     @classmethod
     def from_config(cls, config: Config, *, pipeline: FacePipeline, search: SearchFn, rules: AccessRules,
                     cameras: Sequence[CameraConfig], sink: Callable[[Decision], Any] | None,
-                    health: Health | None = None, lookalikes: LookalikesFn | None = None) -> DecisionEngine:
-        """The engine of ``config``: ``decision:`` voting, the threshold (``decision.threshold``, else the pack's
-        operating point), ``liveness:`` gating, each camera's door, the pack's minimum face size for a vote
-        (``recogniser.min_face_px``) and the gallery's lookalike pairs (computed once here, so the first frame
-        does not wait for them); failures reported to ``health``."""
-        engine = cls(search=search, scorer=Scorer.resolve(pipeline.manifest, config.decision.threshold),
-                     camera_doors=camera_doors(config, cameras), rules=rules, config=config.decision,
-                     liveness=LivenessGate.from_config(config.liveness, pipeline.manifest), sink=sink,
-                     health=health, lookalikes=lookalikes,
+                    health: Health | None = None, lookalikes: LookalikesFn | None = None,
+                    templates: int | None = None) -> DecisionEngine:
+        """The engine of ``config``: ``decision:`` voting, the threshold (``Scorer.resolve`` with the pack's
+        calibration and ``templates``, the live gallery's size), ``liveness:`` gating, each camera's door, the
+        pack's minimum face size for a vote (``recogniser.min_face_px``) and the gallery's lookalike pairs
+        (computed once here, so the first frame does not wait for them); failures reported to ``health``.
+
+        Raises ``FalseAcceptGoalError`` when ``decision.false_accept_rate`` cannot be met with ``templates``, and
+        ``ConfigError`` for a goal on a pack without calibration or a damaged calibration file."""
+        from facegate.packs.manifest import pack_calibration
+
+        calibration = pack_calibration(pipeline.manifest)
+        scorer = _resolve(pipeline.manifest, config.decision, calibration, templates)
+        engine = cls(search=search, scorer=scorer, camera_doors=camera_doors(config, cameras), rules=rules,
+                     config=config.decision, liveness=LivenessGate.from_config(config.liveness, pipeline.manifest),
+                     sink=sink, health=health, lookalikes=lookalikes,
                      min_vote_face_px=pipeline.manifest.recogniser.min_face_px)
+        engine._manifest, engine._calibration, engine._templates = pipeline.manifest, calibration, templates
+        _log_threshold(scorer, "start")
         if lookalikes is not None:
             lookalikes(engine.scorer)
         engine._warn_doorless()
         return engine
 
     def reconfigure(self, config: Config, cameras: Sequence[CameraConfig], manifest: PackManifest) -> None:
-        """SIGHUP: new voting settings, threshold (``decision.threshold`` or ``manifest``'s operating point) and
-        camera→door map take effect at the next frame; tracks and their votes are kept (liveness settings need a
-        restart: the models are loaded at start)."""
+        """SIGHUP: new voting settings, threshold (``Scorer.resolve`` of the new ``decision:`` section with the
+        gallery size last seen) and camera→door map take effect at the next frame; tracks and their votes are kept
+        (liveness settings need a restart: the models are loaded at start). A goal that cannot be met blocks every
+        grant (logged) rather than keeping the old threshold."""
         with self._lock:
             self.config = config.decision
-            self.scorer = Scorer.resolve(manifest, config.decision.threshold)
+            self._manifest = manifest
+            self._rescore("reload")
             self.camera_doors = camera_doors(config, cameras)
             self.min_vote_face_px = manifest.recogniser.min_face_px
             self._presence.gap_s = config.decision.presence_gap_s
         self._warn_doorless()
+
+    def gallery_changed(self, templates: int) -> None:
+        """The live gallery now holds ``templates`` templates (``LiveGallery.on_change``): derive the threshold
+        again (it depends on the gallery's size when ``decision.false_accept_rate`` is set) and log it."""
+        with self._lock:
+            self._templates = templates
+            self._rescore("gallery_changed")
+
+    def _rescore(self, why: str) -> None:
+        """Re-resolve the scorer (under the lock); a goal the gallery cannot meet blocks every vote (fail closed)."""
+        if self._manifest is None:
+            return  # built without from_config: the injected scorer stays
+        try:
+            self.scorer = _resolve(self._manifest, self.config, self._calibration, self._templates)
+        except Exception as exc:  # FalseAcceptGoalError, or anything else: the old threshold no longer holds
+            if self.blocked is None:
+                event = "false_accept_goal_unmet" if isinstance(exc, FalseAcceptGoalError) else "threshold_error"
+                log.error("event=%s why=%s templates=%s note=no_grants error=%r", event, why, self._templates,
+                          str(exc))
+            self.blocked = str(exc)
+            return
+        if self.blocked is not None:
+            log.warning("event=false_accept_goal_met_again why=%s templates=%s note=grants_resume", why,
+                        self._templates)
+        self.blocked = None
+        _log_threshold(self.scorer, why)
 
     def _warn_doorless(self) -> None:
         for cid, door in self.camera_doors.items():
@@ -284,6 +332,8 @@ class DecisionEngine(ReverifyMixin):
         if not cands:
             return None, None
         best = cands[0]
+        if self.blocked is not None:  # the false-accept goal is not met: nobody is matched
+            return None, float(best.score)
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
         margin = None if other is None else self.scorer.gap(score, other.score)
@@ -506,3 +556,16 @@ class DecisionEngine(ReverifyMixin):
         if reason is not None:
             return self._make(DENY, camera, door, tid, cap, wall, reason=reason, **common)
         return self._make(GRANT, camera, door, tid, cap, wall, **common)
+
+
+def _resolve(manifest: PackManifest, decision: DecisionConfig, calibration: Calibration | None,
+             templates: int | None) -> Scorer:
+    """``Scorer.resolve`` for the ``decision:`` section (threshold, false_accept_rate, the k-of-n vote)."""
+    return Scorer.resolve(manifest, decision.threshold, false_accept_rate=decision.false_accept_rate,
+                          calibration=calibration, templates=templates, vote=(decision.k, decision.n))
+
+
+def _log_threshold(scorer: Scorer, why: str) -> None:
+    basis = scorer.basis
+    fields = basis.log_fields() if basis is not None else "source=injected"
+    log.info("event=threshold why=%s threshold=%.6g rule=%r %s", why, scorer.threshold, scorer.describe(), fields)

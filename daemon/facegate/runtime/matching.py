@@ -78,6 +78,9 @@ class LiveGallery:
         self._lookalikes: Lookalikes | None = None
         self._lookalikes_version = -1  # the gallery version the pairs reflect
         self._lookalikes_lock = threading.Lock()
+        #: Called with the new template count after every change ``refresh`` applies (the decision engine's
+        #: ``gallery_changed``: the threshold of a false-accept goal depends on the gallery's size).
+        self.on_change: Callable[[int], Any] | None = None
         self._identities = self._names()
         self._opened_log()
 
@@ -97,8 +100,9 @@ class LiveGallery:
 
         folder = Path(config.gallery.path) if config.gallery.path else default_gallery_path()
         pack = pack_binding(pipeline)
-        return cls(Gallery(folder, pack=pack, saves_index=False),
-                   opener=lambda: Gallery(folder, pack=pack, saves_index=False), health=health)
+        return cls(Gallery(folder, pack=pack, saves_index=False, scorer=pipeline.scorer),
+                   opener=lambda: Gallery(folder, pack=pack, saves_index=False, scorer=pipeline.scorer),
+                   health=health)
 
     def _opened_log(self) -> None:
         stats = self.gallery.stats()
@@ -133,6 +137,8 @@ class LiveGallery:
             return False
         self._log_changes(names)
         self._recovered()
+        if changed:
+            self._changed()
         return changed
 
     def _reload(self) -> bool:
@@ -170,6 +176,7 @@ class LiveGallery:
         self._opened_log()
         self._log_changes(names)
         self._recovered()
+        self._changed()
         return True
 
     @property
@@ -186,9 +193,15 @@ class LiveGallery:
         for iid in sorted(set(before) - set(names)):
             log.info("event=gallery_identity_removed id=%s name=%r", iid, before[iid])
         self._identities = names
-        log.info("event=gallery_reloaded identities=%d", len(names))
-        if self._lookalikes is not None:  # now, not at the next frame
+        log.info("event=gallery_reloaded identities=%d templates=%d", len(names), self.templates)
+
+    def _changed(self) -> None:
+        """After any change of the templates searched: lookalikes now (not at the next frame), then ``on_change``
+        (the threshold of a false-accept goal follows the gallery's size)."""
+        if self._lookalikes is not None:
             self.lookalikes(self._lookalikes.scorer)
+        if self.on_change is not None:
+            self.on_change(self.templates)
 
     def _fail(self, reason: str) -> None:
         self.stale = True
@@ -222,6 +235,11 @@ class LiveGallery:
                              len(la.pairs), scorer.threshold, len(tids), time.perf_counter() - t0, pairs or "none")
                 self._lookalikes_version = version
             return la.partners()
+
+    @property
+    def templates(self) -> int:
+        """Templates in the gallery now (every one a stranger is compared with)."""
+        return int(self.gallery.stats()["templates"])
 
     # ------------------------------------------------------------------------------------------------ search
     def search(self, embeddings: np.ndarray) -> list[list[Candidate]]:

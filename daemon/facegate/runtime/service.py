@@ -150,7 +150,8 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
     cameras = all_cameras(config, extra_cameras)
     engine = DecisionEngine.from_config(config, pipeline=pipeline, search=gallery.search, rules=rules,
                                         cameras=cameras, sink=emitter.emit, health=health,
-                                        lookalikes=gallery.lookalikes)
+                                        lookalikes=gallery.lookalikes, templates=gallery.templates)
+    gallery.on_change = engine.gallery_changed  # the threshold follows the gallery's size
     engine.keep_crops = snapshots is not None
     capture = CaptureStage(cameras, health=health)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health,
