@@ -181,9 +181,10 @@ def test_the_daemon_follows_lookalikes_enrolled_by_another_process(tmp_path):
     live.close()
 
 
-def test_gallery_list_lookalikes_usage(tmp_path):
-    result = run_cli("gallery", "list", "--gallery", str(tmp_path / "none"), "--config", str(tmp_path / "c.yaml"))
-    assert result.code == 2 and "--config is for --lookalikes" in result.stderr and "Traceback" not in result.stderr
+def test_gallery_list_with_a_missing_config_names_it(tmp_path):
+    result = run_cli("gallery", "list", "--lookalikes", "--gallery", str(tmp_path / "none"), "--config",
+                     str(tmp_path / "c.yaml"))
+    assert result.code == 2 and "c.yaml" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_photos_are_labelled_as_the_collage_shows():

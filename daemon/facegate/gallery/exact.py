@@ -108,6 +108,12 @@ class ExactIndex:
             self.version += 1
 
     # -- reads ------------------------------------------------------------------------------------------------
+    def templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A consistent copy of every live template: (template ids int64 L, identity ids int64 L, vectors L×D
+        float32), as ``GalleryIndex.templates``."""
+        with self._lock:
+            return self._tids.copy(), self._iids.copy(), self._vecs.copy()
+
     @property
     def count(self) -> int:
         return len(self._tids)

@@ -74,9 +74,10 @@ DEFAULT_EF = 160
 #: Up to this many live templates every search is exact: brute force over all of them
 #: (``gallery/template_matrix.py``, one BLAS matrix product), no approximation, so no silent miss. Above it
 #: hnswlib fetches candidates, which are then re-scored exactly. Measured by ``bench/gallery_bench.py
-#: --crossover`` (README "1:N search benchmark", 2026-12-06, 2-core VM, 128-d, k = 5): the latency curves cross between 10k and 50k templates, but the graph
-#: path, even re-ranked, returned another best template than brute force for 2/500 fresh queries at 50k and 4/500
-#: at 100k, while brute force at 100k costs 3.6 ms CPU p50 / 5.5 ms p99 per search (≈ 6 % of a frame's cycle).
+#: --crossover`` (README "1:N search benchmark", 2026-12-06, 2-core VM, 128-d, k = 5): the latency curves cross
+#: between 10k and 50k templates, but the graph path, even re-ranked, returned another best template than brute
+#: force for 2/500 fresh queries at 50k and 4/500 at 100k, while brute force at 100k costs 3.6 ms CPU p50 / 5.5 ms
+#: p99 per search (≈ 6 % of a frame's cycle).
 EXACT_SEARCH_MAX_TEMPLATES = 100_000
 #: Above ``EXACT_SEARCH_MAX_TEMPLATES``: the graph is asked for this many times the templates a search needs (k ×
 #: the largest template count of one identity), all re-scored exactly; the best template per identity wins.

@@ -50,7 +50,8 @@ def find_pairs(scorer: Scorer, template_ids: np.ndarray, identity_ids: np.ndarra
     The screening runs in float32 in place on ``BLOCK`` × N blocks (cosine: dot products of L2-normalised rows;
     euclidean: squared distances ‖a‖² + ‖b‖² − 2a·b against t², as ``scoring.compare`` computes them), with a
     margin of ``SLACK`` so rounding cannot drop a pair at the threshold; the screened pairs are then scored exactly
-    (``scoring.compare_pairs``, float64) and kept when ``Scorer.passes``.
+    (``scoring.compare_pairs``, float64) and kept when ``Scorer.passes``. A fused pack's blocks are scored with its
+    rule directly (``Scorer.compare``).
     """
     tids = np.asarray(template_ids, np.int64)
     iids = np.asarray(identity_ids, np.int64)
@@ -65,15 +66,11 @@ def find_pairs(scorer: Scorer, template_ids: np.ndarray, identity_ids: np.ndarra
     for start in range(0, len(rows), BLOCK):
         block = rows[start : start + BLOCK]
         cols = np.arange(int(block[0]), len(tids)) if full else np.arange(len(tids))  # full: upper triangle
-        key = unit[block] @ unit[cols].T
-        if cosine:
-            r, c = np.nonzero(key >= t - SLACK)
+        if scorer.metric == "fused":  # no cheap screening key for a sum of LLRs: score the block with the rule itself
+            r, c = np.nonzero(scorer.passes_all(scorer.compare(vecs[block], vecs[cols])))
+            r, c = block[r], cols[c]
         else:
-            key *= -2.0
-            key += sq[cols][None, :]
-            key += sq[block][:, None]
-            r, c = np.nonzero(key <= (t + SLACK) ** 2)
-        r, c = block[r], cols[c]
+            r, c = _screened(unit, sq, block, cols, t, cosine)
         other = iids[r] != iids[c]
         r, c = r[other], c[other]
         if not len(r):
@@ -162,3 +159,18 @@ class Lookalikes:
         rows = self.scorer.best_first(self.pairs.values())
         return [{"a": names.get(p.a, f"#{p.a}"), "b": names.get(p.b, f"#{p.b}"), "a_id": p.a, "b_id": p.b,
                  "score": round(p.score, 5), "a_template": p.a_template, "b_template": p.b_template} for p in rows]
+
+
+def _screened(unit: np.ndarray, sq: np.ndarray, block: np.ndarray, cols: np.ndarray, t: float,
+              cosine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (indices into the templates) of the block's pairs that may pass ``t`` (float32 key with
+    ``SLACK``; see ``find_pairs``)."""
+    key = unit[block] @ unit[cols].T
+    if cosine:
+        r, c = np.nonzero(key >= t - SLACK)
+    else:
+        key *= -2.0
+        key += sq[cols][None, :]
+        key += sq[block][:, None]
+        r, c = np.nonzero(key <= (t + SLACK) ** 2)
+    return block[r], cols[c]

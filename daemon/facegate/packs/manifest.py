@@ -315,13 +315,16 @@ def _without_sources(value: object) -> object:
 
 def score_digest(manifest: PackManifest) -> str:
     """sha256 (hex) of what decides a pack's comparison scores: the detector, landmark and recogniser blocks (LLR maps
-    of a fused pack included) without their sources and licences, so that an integrator's copy of a manifest pointing
-    at the same files elsewhere keeps the digest. A calibration file records it (``facegate/calibration.py``); a
-    calibration whose digest differs was measured for other scores and is refused."""
+    of a fused pack included) without their sources, licences and ``min_face_px``, so that an integrator's copy of a
+    manifest pointing at the same files elsewhere keeps the digest. A calibration file records it
+    (``facegate/calibration.py``); a calibration whose digest differs was measured for other scores and is refused."""
     import hashlib
     import json
 
     dump = manifest.model_dump(mode="json", include={"detector", "landmarks", "recogniser"})
+    # the minimum face size for a vote decides which faces vote, not the scores they get
+    for block in [dump["recogniser"], *dump["recogniser"].get("parts", [])]:
+        block.pop("min_face_px", None)
     return hashlib.sha256(json.dumps(_without_sources(dump), sort_keys=True).encode()).hexdigest()
 
 
