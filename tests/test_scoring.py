@@ -264,3 +264,13 @@ def test_facegate_liveness_takes_the_packs_threshold_unless_given_one(tmp_path: 
     assert result.code == 0, result.stderr
     (image,) = json.loads(result.stdout)
     assert image["threshold"] == 0.5 and [f["decision"] for f in image["faces"]] == ["spoof"]
+
+
+def test_margins_are_the_packs_unless_the_config_sets_them():
+    from facegate.scoring import DEFAULT_LOOKALIKE_MARGIN, DEFAULT_MARGIN, margins
+
+    fused, dlib = load_manifest("default"), load_manifest("dlib")
+    assert margins(fused) == (1.3, 2.7)  # LLR units: 0.05 of a distance would be no margin at all
+    assert margins(dlib) == (DEFAULT_MARGIN, DEFAULT_LOOKALIKE_MARGIN)
+    assert margins(fused, 0.5) == (0.5, 2.7) and margins(fused, 3.0) == (3.0, 3.0)  # never below the margin
+    assert margins(dlib, None, 0.2) == (DEFAULT_MARGIN, 0.2)

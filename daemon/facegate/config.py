@@ -174,9 +174,10 @@ class DecisionConfig(_Section):
                    "decision (1…n)")
     n: int = Field(5, ge=1, le=1000, description="Voting window in frames per track (1…1000: 33 s at 30 fps, "
                    "longer than a face stays in view)")
-    margin: float = Field(
-        0.05, ge=0, le=1000, description="Required gap between the best and the second-best identity's score (same "
-        "units as the threshold)")
+    margin: float | None = Field(
+        None, ge=0, le=1000, description="Required gap between the best and the second-best identity's score (same "
+        "units as the threshold); None = the pack's operating_point.margin (0.05 for distance and cosine packs, an "
+        "LLR gap for the fused default pack)")
     unknown_after_s: float = Field(
         2.0, gt=0, le=MAX_WAIT_S, description="A track this old (seconds) without a grant or deny is unknown (so "
         "is one with n fresh frames and no identity reaching k)")
@@ -208,10 +209,10 @@ class DecisionConfig(_Section):
         "frame's best score missed the threshold by at least margin); a check that matches or nearly matches "
         "anybody, or a box that grows as the person comes closer, puts it back on every frame. false = unknown "
         "tracks are embedded on every frame")
-    lookalike_margin: float = Field(
-        0.10, ge=0, le=1000, description="Between two enrolled identities closer to each other than the "
-        "threshold (`facegate gallery list --lookalikes`), a frame votes for one only when it beats the other by "
-        "this much (same units as the threshold; must be ≥ margin)")
+    lookalike_margin: float | None = Field(
+        None, ge=0, le=1000, description="Between two enrolled identities closer to each other than the threshold "
+        "(`facegate gallery list --lookalikes`), a frame votes for one only when it beats the other by this much "
+        "(same units as the threshold; must be ≥ margin); None = the pack's operating_point.lookalike_margin")
     presence_gap_s: float = Field(
         3.0, gt=0, le=MAX_WAIT_S, description="A person seen again at the same camera within this many seconds is "
         "still the same passage: granted at most once (a broken track is not a new passage; keep it above "
@@ -602,9 +603,9 @@ def k_le_n_problem(k: int, n: int) -> str | None:
     return f"k ({k}) must be ≤ n ({n})" if k > n else None
 
 
-def lookalike_margin_problem(margin: float, lookalike_margin: float) -> str | None:
-    """Lookalikes need at least the margin every identity needs: lookalike_margin ≥ margin."""
-    if lookalike_margin < margin:
+def lookalike_margin_problem(margin: float | None, lookalike_margin: float | None) -> str | None:
+    """Lookalikes need at least the margin every identity needs: lookalike_margin ≥ margin (when both are set)."""
+    if margin is not None and lookalike_margin is not None and lookalike_margin < margin:
         return (f"lookalike_margin ({lookalike_margin}) must be ≥ margin ({margin}): identities closer to each other "
                 "than the threshold need at least the margin every identity needs")
     return None

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
@@ -558,3 +558,30 @@ def liveness_threshold(manifest: ManifestLike, override: float | None = None) ->
     if not 0.0 <= value <= 1.0:
         raise UsageError(f"liveness threshold {value}: must be between 0 and 1")
     return value
+
+
+#: The margins of a pack whose manifest names none (a distance or cosine pack: same units as its threshold).
+DEFAULT_MARGIN = 0.05
+DEFAULT_LOOKALIKE_MARGIN = 0.10
+
+
+class Margins(NamedTuple):
+    """Score gaps a frame's vote needs, in the pack's score units (a distance, a cosine similarity or, for a fused
+    pack, a log-likelihood ratio): ``margin`` over the best other identity, ``lookalike`` over each of its
+    lookalikes (``runtime/decision.py``)."""
+
+    margin: float
+    lookalike: float
+
+
+def margins(manifest: ManifestLike | None, margin: float | None = None, lookalike: float | None = None) -> Margins:
+    """The margins in force: the config's ``decision.margin`` / ``decision.lookalike_margin`` when set, else the
+    pack's ``operating_point.margin`` / ``lookalike_margin`` (units differ per pack: 0.05 of a dlib distance is not
+    0.05 of a fused LLR), else ``DEFAULT_MARGIN`` / ``DEFAULT_LOOKALIKE_MARGIN``."""
+    op = getattr(manifest, "operating_point", None)
+    pack_margin = getattr(op, "margin", None)
+    pack_lookalike = getattr(op, "lookalike_margin", None)
+    m = margin if margin is not None else pack_margin if pack_margin is not None else DEFAULT_MARGIN
+    la = lookalike if lookalike is not None else pack_lookalike if pack_lookalike is not None else \
+        DEFAULT_LOOKALIKE_MARGIN
+    return Margins(float(m), float(max(la, m)))

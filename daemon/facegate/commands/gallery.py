@@ -241,9 +241,22 @@ def _gallery_list(args: argparse.Namespace) -> int:
         security, scorer = _security(gallery, decision, pack)
         out = {**gallery.stats(), "security": security, "identities_list": [i.to_json() for i in gallery.identities()]}
         if args.lookalikes:
-            out["lookalikes"] = _lookalikes(gallery, scorer, decision.lookalike_margin)
+            out["lookalikes"] = _lookalikes(gallery, scorer, _lookalike_margin(gallery, decision, pack))
         print_json(out)
     return 0
+
+
+def _lookalike_margin(gallery, decision, pack: str | None) -> float:
+    """The lookalike margin the daemon would require (``scoring.margins``: the config's, else the pack's)."""
+    from facegate.errors import FacegateError
+    from facegate.packs.manifest import load_manifest
+    from facegate.scoring import margins
+
+    try:
+        manifest = load_manifest(pack or gallery.pack.name) if (pack or gallery.pack) else None
+    except FacegateError:
+        manifest = None
+    return margins(manifest, decision.margin, decision.lookalike_margin).lookalike
 
 
 def _lookalikes(gallery, scorer, margin: float) -> dict:

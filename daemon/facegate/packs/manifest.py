@@ -184,6 +184,10 @@ class OperatingPoint(_Strict):
     threshold: float = Field(..., description="Comparison-score threshold: distance ≤ t (euclidean) or similarity ≥ t")
     fmr: float | None = Field(None, description="False match rate measured at this threshold (LFW, 1:1)")
     source: str = Field("", description="Where the measurement comes from")
+    margin: float | None = Field(None, ge=0, description="Gap a vote needs over the best other identity, in this "
+                                 "pack's score units; None = scoring.DEFAULT_MARGIN (0.05)")
+    lookalike_margin: float | None = Field(None, ge=0, description="Gap a vote needs over each lookalike of its "
+                                           "identity; None = scoring.DEFAULT_LOOKALIKE_MARGIN (0.10)")
 
 
 class PackManifest(_Strict):

@@ -90,7 +90,8 @@ from facegate.runtime.reverify import ReverifyMixin
 from facegate.runtime.rules import AccessRules, camera_doors
 from facegate.runtime.track_state import Observation, TrackState, Vote
 from facegate.runtime.tracking import FaceTracker
-from facegate.scoring import Candidate, Scorer, liveness_threshold
+from facegate.scoring import Candidate, Margins, Scorer, liveness_threshold
+from facegate.scoring import margins as resolve_margins
 
 if TYPE_CHECKING:
     from facegate.calibration import Calibration
@@ -172,6 +173,8 @@ class DecisionEngine(ReverifyMixin):
     * ``lookalikes``: ``LookalikesFn`` (``LiveGallery.lookalikes``) or None (no lookalike pairs known);
     * ``min_vote_face_px``: faces narrower than this (px, box width) cast no vote (the pack's
       ``recogniser.min_face_px``; 0 = every embedded face votes);
+    * ``margins``: ``scoring.Margins`` in force (None: the config's, else the defaults; ``from_config`` uses the
+      pack's when the config sets none);
     * ``wall_clock``: returns the aware UTC now (tests inject one); ``clock``: monotonic seconds;
     * ``health``: where a frame that cannot be observed (tracking or gallery search failing) is reported, once per
       episode (part ``decision:<camera>``; a private registry when None), instead of a traceback per frame.
@@ -189,6 +192,7 @@ class DecisionEngine(ReverifyMixin):
         sink: Callable[[Decision], Any] | None = None,
         lookalikes: LookalikesFn | None = None,
         min_vote_face_px: int = 0,
+        margins: Margins | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
         clock: Callable[[], float] = time.monotonic,
         health: Health | None = None,
@@ -204,6 +208,8 @@ class DecisionEngine(ReverifyMixin):
         self.sink = sink
         self.lookalikes = lookalikes
         self.min_vote_face_px = int(min_vote_face_px)
+        #: The margins in force (``scoring.margins``: the config's, else the pack's)
+        self.margins = margins or resolve_margins(None, self.config.margin, self.config.lookalike_margin)
         self.wall_clock = wall_clock
         self.clock = clock
         self.health = health if health is not None else Health()
@@ -239,7 +245,9 @@ class DecisionEngine(ReverifyMixin):
         engine = cls(search=search, scorer=scorer, camera_doors=camera_doors(config, cameras), rules=rules,
                      config=config.decision, liveness=LivenessGate.from_config(config.liveness, pipeline.manifest),
                      sink=sink, health=health, lookalikes=lookalikes,
-                     min_vote_face_px=pipeline.manifest.recogniser.min_face_px)
+                     min_vote_face_px=pipeline.manifest.recogniser.min_face_px,
+                     margins=resolve_margins(pipeline.manifest, config.decision.margin,
+                                             config.decision.lookalike_margin))
         engine._manifest, engine._calibration, engine._templates = pipeline.manifest, calibration, templates
         _log_threshold(scorer, "start")
         if lookalikes is not None:
@@ -255,6 +263,7 @@ class DecisionEngine(ReverifyMixin):
         with self._lock:
             self.config = config.decision
             self._manifest = manifest
+            self.margins = resolve_margins(manifest, config.decision.margin, config.decision.lookalike_margin)
             self._rescore("reload")
             self.camera_doors = camera_doors(config, cameras)
             self.min_vote_face_px = manifest.recogniser.min_face_px
@@ -337,11 +346,11 @@ class DecisionEngine(ReverifyMixin):
         other = next((c for c in cands[1:] if c.identity_id != best.identity_id), None)
         score = float(best.score)
         margin = None if other is None else self.scorer.gap(score, other.score)
-        ok = self.scorer.passes(score) and (margin is None or margin >= self.config.margin)
+        ok = self.scorer.passes(score) and (margin is None or margin >= self.margins.margin)
         if ok and partners and partners.get(best.identity_id):
             found = {c.identity_id: c.score for c in cands[1:]}
             gaps = [self.scorer.gap(score, found.get(p, cands[-1].score)) for p in partners[best.identity_id]]
-            if min(gaps) < self.config.lookalike_margin:
+            if min(gaps) < self.margins.lookalike:
                 ok = False
                 self.stats["lookalike_margin_not_met"] += 1
         return (Vote(best.identity_id, best.name, tuple(best.groups), score, margin) if ok else None), score

@@ -63,7 +63,7 @@ class ReverifyMixin:
         """A face's best comparison score misses the threshold by at least ``margin`` (or there was none): clearly
         nobody enrolled, not a near miss that the next frame may turn into a match."""
         return best is None or not math.isfinite(best) or \
-            self.scorer.gap(self.scorer.threshold, best) >= self.config.margin
+            self.scorer.gap(self.scorer.threshold, best) >= self.margins.margin
 
     def _confirmed(self, camera: str, door: str, tid: int, st: TrackState, match: Vote | None, best: float | None,
                    box: np.ndarray, cap: float, now: float) -> bool:
