@@ -21,8 +21,9 @@ from rtsp_server import free_port
 from facegate.config import Config
 from facegate.imaging import face_crop
 from facegate.runtime.audit import is_decision, read_audit
-from facegate.runtime.service import Service, build_stages
+from facegate.runtime.service import Service
 from facegate.runtime.snapshots import SnapshotSink, snapshot_path
+from facegate.runtime.stages import build_stages
 
 STAGE = "data/videos/stage_clip_640x360.mp4"
 MIRANDA = "Lin-Manuel Miranda"

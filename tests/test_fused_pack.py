@@ -172,7 +172,8 @@ def test_the_daemon_derives_its_threshold_from_the_live_gallery(fused, tmp_path,
 
     from facegate.config import Config
     from facegate.gallery.enrol import Enroller, pack_binding
-    from facegate.runtime.service import Service, build_stages
+    from facegate.runtime.service import Service
+    from facegate.runtime.stages import build_stages
 
     photos = need_shared(EX, "knn_examples")
     folder = tmp_path / "g"

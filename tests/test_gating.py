@@ -174,7 +174,8 @@ def test_a_person_standing_still_at_an_idle_door_is_still_granted(tmp_path):
     from facegate.gallery import Gallery
     from facegate.gallery.enrol import Enroller, pack_binding
     from facegate.pipeline import FacePipeline
-    from facegate.runtime.service import Service, build_stages
+    from facegate.runtime.service import Service
+    from facegate.runtime.stages import build_stages
 
     still = frames_of(STAGE, 151)[150]
     video = tmp_path / "standing.mp4"

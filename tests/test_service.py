@@ -12,7 +12,8 @@ from conftest import need_shared
 from facegate.config import CameraConfig, Config
 from facegate.runtime.audit import read_audit
 from facegate.runtime.events import SignedEvent
-from facegate.runtime.service import Service, build_stages
+from facegate.runtime.service import Service
+from facegate.runtime.stages import build_stages
 from facegate.signing import key_id, load_public_key, verify_signature
 
 STAGE = "data/videos/stage_clip_640x360.mp4"

@@ -27,7 +27,8 @@ from onnxruntime import InferenceSession
 from facegate.config import Config
 from facegate.packs.onnx_session import make_session
 from facegate.runtime.events import SignedEvent
-from facegate.runtime.service import Service, build_stages
+from facegate.runtime.service import Service
+from facegate.runtime.stages import build_stages
 
 pytestmark = pytest.mark.slow
 
