@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import need_shared
+from conftest import ENROLLED, need_shared
 from prometheus_client.parser import text_string_to_metric_families
 from rtsp_server import free_port
 
@@ -93,7 +93,7 @@ def test_metrics_state_file_and_snapshots_of_a_running_service(tmp_path, enrolle
                    if s.name == "facegate_inference_batch_frames_count")
     assert batches > 0
     assert any(s.value == 1.0 for sc in running for s in sc["facegate_camera_up"] if s.labels["camera"] == "stage")
-    assert last["facegate_gallery_identities"][0].value == 1
+    assert last["facegate_gallery_identities"][0].value == len(ENROLLED)
     assert [s.labels["provider"] for s in last["facegate_execution_provider"]] == ["CPUExecutionProvider"]
     assert last["facegate_decision_threshold"][0].value == stages.engine.scorer.threshold
 

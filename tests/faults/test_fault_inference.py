@@ -117,6 +117,7 @@ def test_runtime_model_failure_denies_reports_once_and_starves_the_watchdog(tmp_
     worker = threading.Thread(target=service.run, daemon=True)
     worker.start()
     recogniser = stages.inference.pipeline.recogniser
+    recogniser = recogniser.parts[0] if hasattr(recogniser, "parts") else recogniser  # the fused pack's dlib part
     good = recogniser.session
     try:
         assert _wait(lambda: collector.grants(), 150), "no grant before the fault"
