@@ -423,14 +423,15 @@ def test_keys_generate_under_umask_000(tmp_path):
     assert (mode(out / "k.key"), mode(out / "k.pub")) == (PRIVATE_FILE_MODE, 0o644)
 
 
-def test_enroll_gallery_under_umask_000(tmp_path):
+@pytest.mark.parametrize("pack", ["default", "dlib"])  # the fused pack keeps no index file; the dlib pack's hnswlib
+def test_enroll_gallery_under_umask_000(tmp_path, pack):
     photo = need_shared("data", "enroll_examples", "single", "lin-manuel-miranda.png")
     gallery = tmp_path / "new" / "g"
-    result = cli("enroll", "--gallery", str(gallery), "--name", "Lin", str(photo), umask=0)
+    result = cli("enroll", "--pack", pack, "--gallery", str(gallery), "--name", "Lin", str(photo), umask=0)
     assert result.code == 0, result.stderr
     assert (mode(tmp_path / "new"), mode(gallery)) == (PRIVATE_DIR_MODE, PRIVATE_DIR_MODE)
     files = [p for p in gallery.iterdir() if p.is_file()]
-    assert any(p.name.endswith(".hnsw") for p in files) and (gallery / "gallery.db") in files
+    assert (gallery / "gallery.db") in files and any(p.name.endswith(".hnsw") for p in files) == (pack == "dlib")
     assert {p.name: mode(p) for p in files} == {p.name: PRIVATE_FILE_MODE for p in files}
 
 

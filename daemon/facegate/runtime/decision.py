@@ -277,6 +277,16 @@ class DecisionEngine(ReverifyMixin):
             self._templates = templates
             self._rescore("gallery_changed")
 
+    def gallery_replaced(self) -> None:
+        """Another gallery was loaded whole (``LiveGallery.on_replace``): its identity ids name other people, so
+        every track's votes and every passage are forgotten (the tracks start afresh). The doors' grant history
+        (cooldown, anti-passback) is kept: forgetting it could only loosen them."""
+        with self._lock:
+            self._trackers.clear()
+            self._tracks.clear()
+            self._presence = Presence(self.config.presence_gap_s)
+        log.info("event=decision_state_reset why=gallery_replaced")
+
     def _rescore(self, why: str) -> None:
         """Re-resolve the scorer (under the lock); a goal the gallery cannot meet blocks every vote (fail closed)."""
         if self._manifest is None:

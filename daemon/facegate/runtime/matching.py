@@ -81,6 +81,9 @@ class LiveGallery:
         #: Called with the new template count after every change ``refresh`` applies (the decision engine's
         #: ``gallery_changed``: the threshold of a false-accept goal depends on the gallery's size).
         self.on_change: Callable[[int], Any] | None = None
+        #: Called when another gallery was loaded whole (its identity ids name other people): the decision engine's
+        #: ``gallery_replaced`` forgets its votes and passages.
+        self.on_replace: Callable[[], Any] | None = None
         self._identities = self._names()
         self._opened_log()
 
@@ -173,6 +176,8 @@ class LiveGallery:
             log.warning("event=gallery_replaced folder=%s gallery_id=%s identities=%d note=loaded_whole", self.folder,
                         now.gallery_id, len(names))
             self._identities = {}
+            if self.on_replace is not None:
+                self.on_replace()
         self._opened_log()
         self._log_changes(names)
         self._recovered()

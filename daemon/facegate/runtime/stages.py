@@ -142,6 +142,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
                                         cameras=cameras, sink=emitter.emit, health=health,
                                         lookalikes=gallery.lookalikes, templates=gallery.templates)
     gallery.on_change = engine.gallery_changed  # the threshold follows the gallery's size
+    gallery.on_replace = engine.gallery_replaced  # another gallery: its ids are other people
     engine.keep_crops = snapshots is not None
     capture = CaptureStage(cameras, health=health)
     inference = InferenceStage.from_config(config, pipeline, capture.slots, engine.on_result, health=health,
