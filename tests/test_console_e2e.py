@@ -90,7 +90,7 @@ def test_enrol_through_the_api_grants_and_erasure_stops_it(mosquitto_broker, tmp
             cams = op.get("/api/cameras").json()["cameras"]
             assert cams[0]["id"] == "stage" and cams[0]["state"] == "reading" and cams[0]["door"] == "front"
             pack = op.get("/api/pack").json()["in_force"]["pack"]
-            assert pack["metric"] == "euclidean" and pack["threshold_source"] == "pack operating point"
+            assert pack["metric"] == "fused" and pack["threshold_source"] == "operating_point"
             # the face is seen but nobody is enrolled: unknown, never granted
             assert daemon.wait_events(lambda ev: any(e["type"] == "unknown" for e in ev), 90), daemon.tail()
             assert not [e for e in daemon.events() if e["type"] == "grant"]

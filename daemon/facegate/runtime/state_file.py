@@ -134,8 +134,8 @@ def daemon_state(stages: Any, config: Config, *, running: bool = True) -> dict[s
         "doors": doors,
         "pack": {
             "name": manifest.name, "metric": engine.scorer.metric, "threshold": engine.scorer.threshold,
-            "threshold_source": "config decision.threshold" if config.decision.threshold is not None
-            else "pack operating point",
+            "threshold_source": engine.scorer.basis.source if engine.scorer.basis is not None else "injected",
+            "threshold_basis": engine.scorer.basis.to_json() if engine.scorer.basis is not None else None,
             "operating_point": op.model_dump() if hasattr(op, "model_dump") else None,
             "providers": list(pipeline.providers),
         },
