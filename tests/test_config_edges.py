@@ -138,11 +138,11 @@ def enrolled(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipelines():
-    """``runtime.service.load_pipeline`` remembered per (pack, providers, threads, liveness): each distinct model
+    """``runtime.stages.load_pipeline`` remembered per (pack, providers, threads, liveness): each distinct model
     set is loaded once for the whole property instead of once per example (the real loader, the real models)."""
-    from facegate.runtime import service
+    from facegate.runtime import stages
 
-    real = service.load_pipeline
+    real = stages.load_pipeline
     cache: dict[tuple, Any] = {}
 
     def load(config: Config):
@@ -153,7 +153,7 @@ def pipelines():
         return cache[key]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service, "load_pipeline", load)
+        patch.setattr(stages, "load_pipeline", load)
         yield cache
 
 

@@ -37,6 +37,7 @@ function signOut(message = "") {
   sessionStorage.removeItem("facegate-token");
   state.token = null;
   if (state.stream) state.stream.abort();
+  state.stream = null;
   $("#app").hidden = true; $("#tabs").hidden = true; $("#logout").hidden = true; $("#login").hidden = false;
   $("#login-error").textContent = message;
 }
@@ -65,7 +66,9 @@ function showTab(name) {
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const s of document.querySelectorAll(".tab")) s.hidden = s.id !== `tab-${name}`;
   if (name === "people") loadPeople();
-  if (name === "decisions") { loadDecisions(true); follow(); }
+  // The stream stays open when the operator looks at another tab, so decisions made meanwhile (say, the grant
+  // of a person just enrolled) are still there, marked new, on coming back; reload only on first opening.
+  if (name === "decisions" && !state.stream) { loadDecisions(true); follow(); }
   if (name === "system") loadSystem();
 }
 
