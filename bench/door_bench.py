@@ -19,8 +19,10 @@ runs with a real gallery, Lin-Manuel Miranda enrolled):
   including the 1080p crowd clip, for sizing the 100-camera 1080p target.
 
 Part 2, ``facegate run`` as a subprocess against a real Mosquitto (Miranda enrolled, door cooldown 0 and
-``repeat_after_s`` 0.5 as in pipeline_bench so that grants are frequent enough for latency percentiles; the stage
-clip's 2.6-7.0 s, Miranda's close-up, looped):
+``repeat_after_s`` 0.5 so that grants are frequent enough for latency percentiles; the stage clip's 1.8-4.6 s
+looped: 0.94 s of a head seen from behind, then Miranda's close-up, so that every loop is a new passage with one
+grant — ``presence_gap_s`` 0.8 is shorter than his absence and ``reverify_s`` 0.5 ("after"; 0 "before") shorter than
+the gap; the default gap of 3 s would make the whole looped run one passage with one grant):
 
 * ``busy1``: 1 camera, the stage clip at its own 29.97 frames/s, before/after;
 * ``door1``: the stage camera alone at ``fps_limit: 10``, after (the baseline for the door scenario's grants);
@@ -226,7 +228,7 @@ def part1(args: argparse.Namespace, gallery: Path, work: Path) -> dict:
 
 
 def _stage_camera(cid: str, **kw) -> dict:
-    return {"id": cid, "file": str(STAGE), "loop": True, "start_s": 2.6, "stop_s": 7.0, "door": "front", **kw}
+    return {"id": cid, "file": str(STAGE), "loop": True, "start_s": 1.8, "stop_s": 4.6, "door": "front", **kw}
 
 
 def _idle_camera(i: int) -> dict:
@@ -255,7 +257,7 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
     cfg = {
         "cameras": cameras,
         "doors": [{"id": "front", "cooldown_s": 0}],
-        "decision": {"repeat_after_s": 0.5, "reverify_s": 1.0 if after else 0.0},
+        "decision": {"repeat_after_s": 0.5, "reverify_s": 0.5 if after else 0.0, "presence_gap_s": 0.8},
         "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "bench", "client_id": tag},
         "gallery": {"path": str(gallery), "refresh_s": 0},
         "audit": {"path": str(audit)},

@@ -128,6 +128,8 @@ def test_every_error_has_its_key_path_and_line():
     ("decision: {threshold: .nan}\n", "finite number"),
     ("cameras:\n  - {id: a, usb: 0, stall_timeout_s: .inf}\n", "finite number"),
     ("inference: {threads: 1000000}\n", "less than or equal to 256"),
+    ("mqtt: {host: localhost}\ndoors:\n  - {id: d, anti_passback: true, anti_passback_confirmed: true}\n",
+     "doors[0].passage_public_key: anti_passback_confirmed counts only passages signed by the door agent"),
 ])
 def test_bad_values_are_named(text, expected):
     issues = _issues(text)
@@ -157,14 +159,17 @@ def test_environment_checks_name_key_and_line(tmp_path):
           username: u
           password_env: FACEGATE_TEST_SURELY_UNSET
         pack: no-such-pack
-        """))
+        """).replace("    schedule:", "    anti_passback_confirmed: true\n    passage_public_key: nokey\n"
+                     "    schedule:", 1))
     config, issues = check_file(cfg)
     got = {i.path: (i.line, i.message) for i in issues}
     assert got["cameras[0].file"][0] == 4 and "does not exist" in got["cameras[0].file"][1]
-    assert got["doors[0].schedule.timezone"][0] == 8 and "Mars/Olympus_Mons" in got["doors[0].schedule.timezone"][1]
-    assert got["signing.key_file"][0] == 11 and str(tmp_path / "nokey") in got["signing.key_file"][1]
+    assert got["doors[0].schedule.timezone"][0] == 10 and "Mars/Olympus_Mons" in got["doors[0].schedule.timezone"][1]
+    assert got["signing.key_file"][0] == 13 and str(tmp_path / "nokey") in got["signing.key_file"][1]
     assert "FACEGATE_TEST_SURELY_UNSET" in got["mqtt.password_env"][1]
-    assert "unknown model pack 'no-such-pack'" in got["pack"][1] and got["pack"][0] == 16
+    assert "unknown model pack 'no-such-pack'" in got["pack"][1] and got["pack"][0] == 18
+    assert got["doors[0].passage_public_key"][0] == 8 and str(tmp_path / "nokey") in \
+        got["doors[0].passage_public_key"][1]
 
 
 def test_config_check_cli_exits_2_with_every_error(tmp_path):

@@ -25,7 +25,16 @@ import paho.mqtt.publish as mqtt_publish
 import pytest
 import yaml
 
-from facegate.signing import encode_payload, generate_key_pair, load_private_key, rfc3339, sign_payload, sign_payload_v2
+from facegate.signing import (
+    encode_payload,
+    generate_key_pair,
+    load_private_key,
+    load_public_key,
+    rfc3339,
+    sign_payload,
+    sign_payload_v2,
+    verify_signature,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cli_util import assert_user_error, run_cli  # noqa: E402
@@ -286,7 +295,9 @@ def test_home_assistant_lock_and_signed_remote_unlock(tmp_path, mosquitto_broker
 def test_contact_gives_door_state_and_passage(tmp_path, mosquitto_broker, keys, relay):
     config = write_config(tmp_path, mosquitto_broker, keys, {"http": {"url": relay.url}, "pulse_s": 1,
                                                              "max_hold_s": 2},
-                          inputs={"contact": {"mqtt": {"topic": "sensors/front/contact"}}, "held_open_s": 1.5})
+                          inputs={"contact": {"mqtt": {"topic": "sensors/front/contact"}}, "held_open_s": 1.5,
+                                  "passage_signing_key": str(keys["pair"].private.parent / "door.key")})
+    door_pair = generate_key_pair(keys["pair"].private.parent, "door")
     agent = Agent(config).start()
     sub = Subscriber(mosquitto_broker, "facegate/front/#").start()
     try:
@@ -301,6 +312,9 @@ def test_contact_gives_door_state_and_passage(tmp_path, mosquitto_broker, keys, 
         assert wait_until(lambda: sub.payloads("facegate/front/passage"))
         [passage] = [json.loads(p) for p in sub.payloads("facegate/front/passage")]
         assert passage["event_id"] == event["event_id"] and passage["door"] == "front"
+        # signed with the agent's own passage key (the daemon's confirmed anti-passback trusts only that)
+        assert passage["kid"] == door_pair.kid and verify_signature(
+            passage, public_keys={door_pair.kid: load_public_key(door_pair.public)}) is None
         assert wait_until(lambda: sub.payloads("facegate/front/state")[-1:] == [b"held_open"], 5)
         publish(mosquitto_broker, b"closed", "sensors/front/contact")
         assert wait_until(lambda: sub.payloads("facegate/front/state")[-1:] == [b"locked"])
@@ -337,6 +351,34 @@ def test_config_check_and_errors(tmp_path, keys):
     assert_user_error(run_cli("door", "--config", str(tmp_path / "absent.yaml"), timeout=60), "absent.yaml", code=2)
     example = run_cli("door", "--config", str(REPO / "config" / "door.example.yaml"), "--check", timeout=60)
     assert_user_error(example, "signing.pub", code=2)  # the example names a key file an installation creates
+
+
+def test_the_unlock_secret_must_not_be_the_event_key_by_any_path_or_copy(tmp_path, keys):
+    """Whoever holds the remote-unlock secret must not hold the version-1 event key: refused when it is the same
+    file written another way (absolute vs relative, a symlink) or a copy of its bytes. The passage signing key is
+    checked at --check (its kid is shown)."""
+    (tmp_path / "ev.key").write_text("ab" * 32)
+    (tmp_path / "ev.key").chmod(0o600)
+    shutil.copy(tmp_path / "ev.key", tmp_path / "copy.key")
+    (tmp_path / "link.key").symlink_to(tmp_path / "ev.key")
+    pair = generate_key_pair(tmp_path / "door-keys", "door-front")
+    base = {"door": "front", "mqtt": {"host": "127.0.0.1"},
+            "keys": {"public_keys": ["keys/signing.pub"], "hmac_key_file": "ev.key", "allow_hmac": True},
+            "replay_cache": {"path": "state/replay.db"}, "output": {"http": {"url": "http://127.0.0.1:9"}},
+            "inputs": {"passage_signing_key": "door-keys/door-front.key"}}
+    for unlock in (str(tmp_path / "ev.key"), "./ev.key", "link.key", "copy.key"):
+        cfg = tmp_path / "door.yaml"
+        cfg.write_text(yaml.safe_dump({**base, "homeassistant": {"remote_unlock": {
+            "enabled": True, "hmac_key_file": unlock}}}))
+        assert_user_error(run_cli("door", "--config", str(cfg), "--check", timeout=60),
+                          "remote_unlock.hmac_key_file", "not the event key", code=2)
+    (tmp_path / "own.key").write_text("cd" * 32)
+    (tmp_path / "own.key").chmod(0o600)
+    cfg.write_text(yaml.safe_dump({**base, "homeassistant": {"remote_unlock": {"enabled": True,
+                                                                                "hmac_key_file": "own.key"}}}))
+    ok = run_cli("door", "--config", str(cfg), "--check", timeout=60)
+    assert ok.code == 0, ok.stderr
+    assert ok.json()["passage_kid"] == pair.kid
 
 
 def test_example_config_validates():

@@ -116,8 +116,11 @@ def test_a_confirmed_passage_feeds_anti_passback_and_home_assistant_sees_the_dae
     contact = "test/front-contact"
     stage = {"id": "stage", "file": str(need_shared(STAGE)), "door": "front", "start_s": 2.6, "stop_s": 7.0,
              "loop": True}
+    # the agent signs its passages with its own key pair; the daemon's door trusts only that key for them
+    pair = facegate("keys", "generate", "--out", str(tmp_path / "door-keys"), "--name", "door-front")
+    assert pair.returncode == 0, pair.stderr
     door = {"id": "front", "cooldown_s": 0, "anti_passback": True, "anti_passback_s": 600,
-            "anti_passback_confirmed": True}
+            "anti_passback_confirmed": True, "passage_public_key": str(tmp_path / "door-keys" / "door-front.pub")}
     # presence_gap_s 0.2: each re-recognition in the looped close-up counts as a new arrival (one grant per passage
     # would otherwise hold the whole loop as one passage: tests/test_passage_e2e.py)
     daemon = _daemon(tmp_path, gallery, mosquitto_broker, [stage], door,
@@ -126,7 +129,8 @@ def test_a_confirmed_passage_feeds_anti_passback_and_home_assistant_sees_the_dae
     ha = Subscriber(mosquitto_broker, "homeassistant/#").start()
     agent = _agent(tmp_path, mosquitto_broker, relay,
                    inputs={"contact": {"mqtt": {"topic": contact, "active_payload": "open",
-                                                "inactive_payload": "closed"}}, "passage_window_s": 10}).start()
+                                                "inactive_payload": "closed"}}, "passage_window_s": 10,
+                           "passage_signing_key": str(tmp_path / "door-keys" / "door-front.key")}).start()
 
     def door_contact(state: str) -> None:
         mqtt_publish.single(contact, state, qos=1, hostname=mosquitto_broker.host, port=mosquitto_broker.port)
@@ -136,6 +140,11 @@ def test_a_confirmed_passage_feeds_anti_passback_and_home_assistant_sees_the_dae
         # grants while nobody walks through: anti-passback waits for a confirmed passage, so they keep coming
         assert daemon.wait_events(lambda ev: len(grants(ev)) >= 2, 90), daemon.tail()
         assert not [e for e in daemon.events() if e["reason"] == "anti_passback"]
+        # a passage forged by anyone on the broker (unsigned, for a real grant's id) is refused, counts nothing
+        forged = json.dumps({"door": "front", "event_id": grants(daemon.events())[-1]["event_id"]})
+        mqtt_publish.single(f"{PREFIX}/front/passage", forged, qos=1, hostname=mosquitto_broker.host,
+                            port=mosquitto_broker.port)
+        assert daemon.wait_record("passage_ignored", 20, reason="unsigned"), daemon.tail()
         # the door opens right after a grant: the agent reports the passage, the daemon counts the entry …
         seen = len(relay.ons())
         assert daemon.wait_until(lambda: len(relay.ons()) > seen, 30), relay.calls

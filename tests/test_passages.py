@@ -1,11 +1,13 @@
-"""PassageTracker: a passage counts only for a grant this daemon issued, for that door, in time; any other input
-(forged, replayed, malformed, huge) is refused and counted, never an exception."""
+"""PassageTracker: a passage counts only when signed by that door's agent key, for a grant this daemon issued, for
+that door, in time; any other input (unsigned, signed by another door, forged, replayed, malformed, huge) is refused
+and counted, never an exception."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from facegate.runtime.decision import Decision
 from facegate.runtime.events import SignedEvent
 from facegate.runtime.passages import KEEP_S, PassageTracker
 from facegate.runtime.rules import AccessRules
+from facegate.signing import sign_payload_v2
 
 NOON = datetime(2026, 6, 3, 12, tzinfo=UTC)
 
@@ -26,11 +29,17 @@ class Clock:
         return self.t
 
 
+AGENT_KEYS = {"front": Ed25519PrivateKey.generate(), "back": Ed25519PrivateKey.generate(),
+              "exit": Ed25519PrivateKey.generate()}
+
+
 def _tracker() -> tuple[PassageTracker, AccessRules, Clock]:
     rules = AccessRules([DoorConfig(id="front", anti_passback=True, anti_passback_confirmed=True, cooldown_s=0),
-                         DoorConfig(id="back", anti_passback=True, anti_passback_confirmed=True, cooldown_s=0)])
+                         DoorConfig(id="back", anti_passback=True, anti_passback_confirmed=True, cooldown_s=0),
+                         DoorConfig(id="exit", exit=True, anti_passback_confirmed=True, cooldown_s=0)])
     clock = Clock()
-    return PassageTracker(rules, clock), rules, clock
+    keys = {door: key.public_key() for door, key in AGENT_KEYS.items()}
+    return PassageTracker(rules, keys, clock), rules, clock
 
 
 def _grant(tracker: PassageTracker, event_id: str, door: str = "front", person: int = 7) -> None:
@@ -39,8 +48,12 @@ def _grant(tracker: PassageTracker, event_id: str, door: str = "front", person: 
     tracker.emit(SignedEvent({"event_id": event_id, "type": "grant"}, d, f"site/{door}/event"))
 
 
-def _passage(door: str, event_id: str) -> bytes:
-    return json.dumps({"door": door, "event_id": event_id, "granted_at": "x", "opened_at": "y"}).encode()
+def _passage(door: str, event_id: str, signer: str | None = "") -> bytes:
+    """A passage as the agent of ``signer`` (default: ``door``'s own; None: unsigned) publishes it."""
+    payload = {"door": door, "event_id": event_id, "granted_at": "x", "opened_at": "y"}
+    if signer is not None:
+        payload = sign_payload_v2(payload, AGENT_KEYS[signer or door])
+    return json.dumps(payload).encode()
 
 
 def _blocked(rules: AccessRules, door: str = "front", now: float = 1001.0) -> bool:
@@ -81,3 +94,32 @@ def test_any_input_is_refused_without_raising(topic, payload):
     _grant(tracker, "e1")
     tracker.on_passage(topic, payload)
     assert sum(tracker.counts.values()) == 1 and not _blocked(rules)
+
+
+def test_an_unsigned_or_foreign_signed_passage_never_counts():
+    tracker, rules, _ = _tracker()
+    _grant(tracker, "e1")
+    tracker.on_passage("site/front/passage", _passage("front", "e1", signer=None))
+    tracker.on_passage("site/front/passage", _passage("front", "e1", signer="back"))  # another door's agent
+    forged = json.loads(_passage("front", "e1"))
+    forged["opened_at"] = "z"  # altered after signing
+    tracker.on_passage("site/front/passage", json.dumps(forged).encode())
+    assert tracker.counts == {"unsigned": 1, "unknown_key": 1, "bad_signature": 1} and not _blocked(rules)
+    tracker.on_passage("site/front/passage", _passage("front", "e1"))  # the grant was not used up by the forgeries
+    assert tracker.counts["confirmed"] == 1 and _blocked(rules)
+
+
+def test_a_forged_exit_passage_cannot_let_a_person_in_again():
+    """The attack on the unsigned first version: person 7 entered (confirmed), was granted at the exit but never
+    walked through; anyone on the broker saw the exit grant's event id and published a passage for it. The entry
+    must stay blocked: only the exit agent's signed passage clears it."""
+    tracker, rules, clock = _tracker()
+    _grant(tracker, "in1", door="front")
+    tracker.on_passage("site/front/passage", _passage("front", "in1"))
+    assert _blocked(rules)
+    _grant(tracker, "out1", door="exit")
+    tracker.on_passage("site/exit/passage", _passage("exit", "out1", signer=None))
+    tracker.on_passage("site/exit/passage", _passage("exit", "out1", signer="front"))
+    assert _blocked(rules), "a forged exit passage cleared the entry"
+    tracker.on_passage("site/exit/passage", _passage("exit", "out1"))  # the exit agent's own: he really left
+    assert not _blocked(rules)

@@ -308,7 +308,12 @@ class DoorConfig(_Section):
     anti_passback_confirmed: bool = Field(
         False, description="Count an entry (or an exit) for anti-passback only when the door agent reports that the "
         "door really opened after the grant (its passage event, `facegate door` with a door contact), as "
-        "door-sensor-confirmed anti-passback does; needs mqtt.host")
+        "door-sensor-confirmed anti-passback does; needs mqtt.host and passage_public_key")
+    passage_public_key: str | None = Field(
+        None, min_length=1, max_length=_PATH_MAX, description="The door agent's Ed25519 public key (PEM; "
+        "`facegate keys generate --name door-<id>` makes the pair: the agent signs its passages with the private "
+        "half, inputs.passage_signing_key). With anti_passback_confirmed, only passages signed with it count: an "
+        "unsigned passage could otherwise clear an exit and let a person in again")
 
 
 class TlsConfig(_Section):
@@ -569,6 +574,12 @@ class Config(_Section):
             if needs:
                 raise ValueError(f"{needs[0]}: needs a broker (the passage events and announcements travel over "
                                  "MQTT): set mqtt.host")
+        for i, d in enumerate(self.doors):
+            if d.anti_passback_confirmed and d.passage_public_key is None:
+                raise ValueError(f"doors[{i}].passage_public_key: anti_passback_confirmed counts only passages "
+                                 "signed by the door agent: generate its key pair (facegate keys generate --out DIR "
+                                 f"--name door-{d.id}), give the agent the .key (inputs.passage_signing_key) and "
+                                 "this door the .pub")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
         for i, d in enumerate(self.doors):

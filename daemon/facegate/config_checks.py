@@ -90,6 +90,7 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if problem := creatable(path, folder):
             issues.append(ConfigIssue(key, None, problem))
     issues += _signing_issues(config, state)
+    issues += _passage_key_issues(config)
     files = [("mqtt.password_file", config.mqtt.password_file)]
     if config.mqtt.tls is not None:
         files += [(f"mqtt.tls.{k}", getattr(config.mqtt.tls, k)) for k in ("ca", "cert", "key")]
@@ -146,6 +147,20 @@ def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:
         hint = " (an HMAC secret? set signing.algorithm: hmac-sha256)" if s.algorithm == "ed25519" else ""
         return [ConfigIssue("signing.key_file", None, f"{exc}{hint}")]
     return []
+
+
+def _passage_key_issues(config: Config) -> list[ConfigIssue]:
+    """Each door's passage_public_key must load as an Ed25519 public key (the daemon loads them at start)."""
+    from facegate.signing import load_public_key
+
+    issues = []
+    for i, d in enumerate(config.doors):
+        if d.passage_public_key is not None:
+            try:
+                load_public_key(d.passage_public_key)
+            except ConfigError as exc:
+                issues.append(ConfigIssue(f"doors[{i}].passage_public_key", None, str(exc)))
+    return issues
 
 
 def check_file(path: str | Path | None,

@@ -263,8 +263,8 @@ def read_text(path: Path) -> tuple[str, ConfigIssue | None]:
 
 
 def resolve_paths(config: Config, base: Path) -> Config:
-    """Return a copy whose relative file paths (camera files, TLS, password, audit, key, gallery, snapshots, the
-    console's TLS and tokens files) are absolute."""
+    """Return a copy whose relative file paths (camera files, the doors' passage keys, TLS, password, audit, key,
+    gallery, snapshots, the console's TLS and tokens files) are absolute."""
 
     def fix(value: str | None) -> str | None:
         if value is None:
@@ -273,6 +273,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
         return str(p if p.is_absolute() else (base / p).resolve())
 
     cams = [c.model_copy(update={"file": fix(c.file)}) for c in config.cameras]
+    doors = [d.model_copy(update={"passage_public_key": fix(d.passage_public_key)}) for d in config.doors]
     tls = config.mqtt.tls
     if tls is not None:
         tls = tls.model_copy(update={"ca": fix(tls.ca), "cert": fix(tls.cert), "key": fix(tls.key)})
@@ -285,6 +286,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
         pack = fix(pack) or pack
     return config.model_copy(update={
         "cameras": cams,
+        "doors": doors,
         "pack": pack,
         "mqtt": config.mqtt.model_copy(update={"tls": tls, "password_file": fix(config.mqtt.password_file)}),
         # model_copy, not a new model: a resolved path may be longer than the written one and must not fail here

@@ -37,7 +37,7 @@ from facegate.door.verify import AcceptedKeys, check_event
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 from facegate.homeassistant import door_agent_entities, door_topics
-from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, load_signing_key
+from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, load_private_key, load_signing_key, sign_payload_v2
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class DoorAgent:
         ru = config.homeassistant.remote_unlock
         self.remote_keys = (AcceptedKeys(hmac_key=load_signing_key(ru.hmac_key_file), allow_hmac=True)
                             if ru.enabled and ru.hmac_key_file else None)
+        # passages are signed so that the daemon's confirmed anti-passback can trust them (runtime/passages.py)
+        self.passage_key = (load_private_key(config.inputs.passage_signing_key)
+                            if config.inputs.passage_signing_key else None)
         self.replay = ReplayCache(config.replay_cache.path, max_entries=config.replay_cache.max_entries)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -202,6 +205,8 @@ class DoorAgent:
         self.client.publish(self.topics["state"], state.encode(), qos=1, retain=True)
 
     def _publish_passage(self, payload: dict[str, Any]) -> None:
+        if self.passage_key is not None:
+            payload = sign_payload_v2(payload, self.passage_key)
         self.client.publish(self.topics["passage"], encode_payload(payload), qos=1, retain=False)
 
     # ---------------------------------------------------------------------------------------------- lifecycle
@@ -215,6 +220,9 @@ class DoorAgent:
         self.client.loop_start()
         log.info("event=door_agent_started door=%s output=%r keys=%d hmac=%s broker=%s:%d", self.door,
                  self.output.actuator.describe(), len(self.keys.public_keys), self.keys.allow_hmac, m.host, m.port)
+        if self.config.inputs.contact is not None and self.passage_key is None:
+            log.warning("event=passages_unsigned door=%s hint=%s", self.door, "a daemon door with "
+                        "anti_passback_confirmed refuses unsigned passages: set inputs.passage_signing_key")
 
     def tick(self) -> None:
         """Periodic work (held_open, stale grants); the command loop calls it a few times a second."""

@@ -8,6 +8,7 @@ with their key path and YAML line. ``config/door.example.yaml`` documents every 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +19,7 @@ from facegate.config_file import node_line
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 from facegate.limits import StrictSection, host_problem
+from facegate.signing import load_signing_key
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_PREFIX = r"^[^#+\x00]+$"  # MQTT 3.1.1 §4.7: no wildcards in a topic we publish to
@@ -210,6 +212,10 @@ class InputsSection(_Section):
                                "(seconds, at most a day)")
     passage_window_s: float = Field(10.0, gt=0, le=300, description="The door opening this long after a grant "
                                     "(or REX) is authorised; after a grant it is that grant's passage (seconds)")
+    passage_signing_key: str | None = Field(
+        None, min_length=1, max_length=_PATH_MAX, description="Ed25519 private key (PEM, `facegate keys generate "
+        "--name door-<id>`) this agent signs its passages with; the daemon's door holds the .pub as "
+        "passage_public_key and, with anti_passback_confirmed, counts only passages signed with it")
     poll_ms: int = Field(20, ge=5, le=1000, strict=True, description="GPIO input sampling period (ms)")
     debounce_ms: int = Field(50, ge=0, le=5000, strict=True, description="A GPIO input must hold a new value this "
                              "long to count (ms)")
@@ -252,13 +258,6 @@ class DoorAgentConfig(_Section):
     output: OutputSection = Field(..., description="What opens the lock")
     inputs: InputsSection = Field(default_factory=InputsSection, description="Door contact and REX")
     homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection, description="HA discovery")
-
-    @model_validator(mode="after")
-    def _separate_secrets(self) -> DoorAgentConfig:
-        ru = self.homeassistant.remote_unlock
-        if ru.enabled and ru.hmac_key_file and ru.hmac_key_file == self.keys.hmac_key_file:
-            raise ValueError("homeassistant.remote_unlock.hmac_key_file must differ from keys.hmac_key_file")
-        return self
 
     @property
     def client_id(self) -> str:
@@ -311,7 +310,28 @@ def load_door_config(path: str | Path) -> DoorAgentConfig:
     config, problems = parse_door_config(text)
     if config is None:
         raise ConfigError(f"{p}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}:{m}" for m in problems))
-    return _resolve(config, p.parent)
+    config = _resolve(config, p.parent)
+    _separate_secrets(config)
+    return config
+
+
+def _separate_secrets(config: DoorAgentConfig) -> None:
+    """The remote-unlock secret must not be the event key, by path (after resolving, links followed) or by content
+    (a copy): whoever holds the unlock secret would otherwise hold the version-1 event key and could forge grants
+    for every door sharing it. Raises ``ConfigError``; an unreadable file is left to the key loader's message."""
+    ru, event_key = config.homeassistant.remote_unlock, config.keys.hmac_key_file
+    if not (ru.enabled and ru.hmac_key_file and event_key):
+        return
+    same = os.path.realpath(ru.hmac_key_file) == os.path.realpath(event_key)
+    if not same:
+        try:
+            same = load_signing_key(ru.hmac_key_file) == load_signing_key(event_key)
+        except ConfigError:
+            return
+    if same:
+        raise ConfigError("homeassistant.remote_unlock.hmac_key_file: must be a secret of its own, not the event key "
+                          "(keys.hmac_key_file): whoever holds it could forge grants; generate another with "
+                          "'umask 077; openssl rand -hex 32 > unlock.key'")
 
 
 def _resolve(config: DoorAgentConfig, base: Path) -> DoorAgentConfig:
@@ -328,10 +348,11 @@ def _resolve(config: DoorAgentConfig, base: Path) -> DoorAgentConfig:
     mqtt = mqtt.model_copy(update={"password_file": fix(mqtt.password_file)})
     keys = config.keys.model_copy(update={"public_keys": [fix(k) for k in config.keys.public_keys],
                                           "hmac_key_file": fix(config.keys.hmac_key_file)})
+    inputs = config.inputs.model_copy(update={"passage_signing_key": fix(config.inputs.passage_signing_key)})
     ha = config.homeassistant
     ha = ha.model_copy(update={"remote_unlock": ha.remote_unlock.model_copy(
         update={"hmac_key_file": fix(ha.remote_unlock.hmac_key_file)})})
     return config.model_copy(update={
-        "mqtt": mqtt, "keys": keys, "homeassistant": ha,
+        "mqtt": mqtt, "keys": keys, "homeassistant": ha, "inputs": inputs,
         "replay_cache": config.replay_cache.model_copy(update={"path": fix(config.replay_cache.path)}),
     })

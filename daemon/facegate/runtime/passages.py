@@ -1,10 +1,12 @@
 """Confirmed passages: the door agents' reports that a door really opened after a grant, fed back to anti-passback.
 
 A door agent (``facegate door`` with a door contact) publishes ``<prefix>/<door>/passage``:
-``{"door", "event_id", "granted_at", "opened_at"}``. Passages are not signed, so one counts only when its
-``event_id`` is a grant this daemon itself issued, for that door, within ``KEEP_S`` seconds: a forged or replayed
-passage can at most cause an extra anti-passback denial, never an opening. (A broker ACL that lets only each door's
-agent publish on its passage topic closes even that.)
+``{"door", "event_id", "granted_at", "opened_at"}``, signed (version 2, Ed25519) with the agent's own key. One counts
+only when the signature verifies with that door's ``passage_public_key`` and its ``event_id`` is a grant this daemon
+itself issued, for that door, within ``KEEP_S`` seconds, once. The signature is needed: an exit door's passage
+clears the person's entry, so a forged passage for a real exit grant nobody walked through would let that person in
+again (found by attacking the first, unsigned version). Each door has its own key, so one door's agent cannot
+confirm passages at another door.
 
 ``PassageTracker`` is a sink of the emitter (it remembers the grants it sees) and the handler of the passage
 subscription; it calls ``AccessRules.record_passage`` for doors with ``anti_passback_confirmed``.
@@ -17,10 +19,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from facegate.signing import key_id, load_public_key, verify_signature
+
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from facegate.config import Config
     from facegate.runtime.events import SignedEvent
     from facegate.runtime.mqtt import EventPublisher
@@ -37,13 +43,16 @@ MAX_PAYLOAD = 4096
 
 
 class PassageTracker:
-    """Sink + passage handler. ``clock``: monotonic seconds (tests inject)."""
+    """Sink + passage handler. ``door_keys``: door id → the Ed25519 public key its agent signs passages with (a door
+    without one has every passage refused); ``clock``: monotonic seconds (tests inject)."""
 
     name = "passages"
     critical = False
 
-    def __init__(self, rules: AccessRules, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rules: AccessRules, door_keys: Mapping[str, Ed25519PublicKey],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rules = rules
+        self._keys = {door: {key_id(key): key} for door, key in door_keys.items()}
         self.clock = clock
         self._grants: OrderedDict[str, tuple[Any, str, float]] = OrderedDict()  # event_id → (person, door, mono)
         self._lock = threading.Lock()
@@ -52,10 +61,12 @@ class PassageTracker:
     @classmethod
     def from_config(cls, config: Config, rules: AccessRules, publisher: EventPublisher | None) -> PassageTracker | None:
         """A tracker subscribed to ``<prefix>/+/passage`` when a door has ``anti_passback_confirmed`` (the config
-        requires a broker for it), else None."""
+        requires a broker and the door's ``passage_public_key`` for it), else None. Raises ``ConfigError`` when a
+        passage key does not load."""
         if publisher is None or not any(d.anti_passback_confirmed for d in config.doors):
             return None
-        tracker = cls(rules)
+        tracker = cls(rules, {d.id: load_public_key(d.passage_public_key) for d in config.doors
+                              if d.anti_passback_confirmed and d.passage_public_key})
         publisher.subscribe(f"{config.mqtt.topic_prefix.rstrip('/')}/+/passage", tracker.on_passage)
         return tracker
 
@@ -89,6 +100,10 @@ class PassageTracker:
         parts = topic.split("/")
         if len(parts) < 2 or parts[-2] != message["door"]:
             return "wrong_door"  # the topic names the door whose agent published it
+        if "signature" not in message:
+            return "unsigned"
+        if problem := verify_signature(message, public_keys=self._keys.get(message["door"], {})):
+            return problem  # version 2 only: no HMAC key is given, so a version-1 form is hmac_not_allowed
         now = self.clock()
         with self._lock:
             grant = self._grants.pop(message["event_id"], None)  # one passage per grant
