@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,13 @@ def test_a_calibration_of_other_scores_is_refused(tmp_path):
     (lambda d: d["datasets"][0]["points"].reverse(), "impostor counts must rise"),
     (lambda d: d.update(datasets=[]), "no data sets"),
     (lambda d: d.update(metric="manhattan"), "metric 'manhattan'"),
+    # tampered curves that would otherwise give a near-accept-all threshold claiming a tiny rate (attack finding)
+    (lambda d: [p.update(threshold=t) for p, t in zip(d["datasets"][0]["points"],
+                                                       [p["threshold"] for p in d["datasets"][0]["points"]][::-1],
+                                                       strict=True)],
+     "thresholds must run from the strictest to the loosest"),
+    (lambda d: d["datasets"][0].update(impostor_pairs=10**30), "more than its faces allow"),
+    (lambda d: d["datasets"][1].update(genuine_pairs=10**6), "more than its faces allow"),
 ])
 def test_a_malformed_calibration_says_what_is_wrong(tmp_path, edit, message):
     data = json.loads(calibration_path(load_manifest("dlib")).read_text())
@@ -94,6 +102,14 @@ def test_a_malformed_calibration_says_what_is_wrong(tmp_path, edit, message):
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=message):
         Calibration.load(path)
+
+
+def test_a_calibration_file_that_is_a_device_or_a_fifo_is_refused_without_reading(tmp_path):
+    fifo = tmp_path / "cal.fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", fifo):  # /dev/zero would be read until memory runs out; a FIFO would hang
+        with pytest.raises(ConfigError, match="cannot read the pack's calibration file"):
+            Calibration.load(path)
 
 
 # ------------------------------------------------------------------------------------- the model, in numbers

@@ -3,6 +3,7 @@ example/demo files, and the mapping of config sections to the runtime's plain co
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from pydantic import BaseModel
 
 from facegate.config import CameraConfig, Config
@@ -22,6 +24,7 @@ from facegate.runtime.rules import DEFAULT_DOOR, AccessRules, camera_doors
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "example.yaml"
+STAGE_CLIP = DATA / "videos" / "stage_clip_640x360.mp4"
 DEMO = REPO / "config" / "demo.yaml"
 
 
@@ -184,6 +187,34 @@ def test_config_check_cli_exits_2_with_every_error(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(EXAMPLE)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and '"valid": true' in ok.stdout
+
+
+def test_config_check_warns_of_no_doors_and_no_liveness_without_failing(tmp_path):
+    if not STAGE_CLIP.exists():
+        pytest.skip("needs ../shared/data/videos/stage_clip_640x360.mp4")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"cameras:\n  - {{id: a, file: {STAGE_CLIP}}}\n")
+    run = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "facegate: warning:" in run.stderr and "every enrolled identity is admitted at any time" in run.stderr
+    assert "a photo or screen of an enrolled face held up to the camera can be granted" in run.stderr
+    assert len(json.loads(run.stdout)["warnings"]) == 2
+
+
+def test_config_check_refuses_what_run_refuses_on_opening_the_gallery(tmp_path, enrolled_gallery):
+    """The gallery's templates are of the default pack: another pack, or a false-accept goal its size cannot meet,
+    is refused by `config check` as by `run` (found by the new-user trial: check said valid, run refused)."""
+    cfg = tmp_path / "c.yaml"
+    base = f"gallery: {{path: {enrolled_gallery}}}\ncameras:\n  - {{id: a, usb: 0}}\n"
+    cfg.write_text(base + "pack: yunet-mobilefacenet\n")
+    _, issues = check_file(cfg)
+    assert [i.path for i in issues] == ["pack"] and "holds templates of pack default" in issues[0].message
+    cfg.write_text(base + "decision: {false_accept_rate: 1.0e-9}\n")
+    _, issues = check_file(cfg)
+    assert [i.path for i in issues] == ["decision.false_accept_rate"] and "cannot be met" in issues[0].message
+    cfg.write_text(base + "decision: {false_accept_rate: 1.0e-3}\n")
+    assert check_file(cfg)[1] == []
 
 
 def test_load_config_raises_with_all_problems(tmp_path):

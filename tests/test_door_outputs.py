@@ -144,6 +144,35 @@ def test_a_failing_release_is_retried():
     ctl.stop()
 
 
+def test_with_the_relay_down_a_grant_is_still_tried_and_the_release_keeps_being_retried():
+    """Attack finding: with the output unreachable (its state unknown), a grant's pulse was taken as already open:
+    the opening was never attempted and the release retries stopped until the pulse's deadline."""
+    class Down(RecordingLine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = False
+            self.attempts: list[bool] = []
+
+        def set(self, active: bool) -> None:
+            self.attempts.append(active)
+            if not self.up:
+                raise OutputError("relay unreachable")
+            super().set(active)
+
+    line = Down()
+    ctl = PulseController(GpioActuator(line), pulse_s=1.0, max_hold_s=2.0, retry_release_s=0.05)
+    ctl.start()
+    assert wait_until(lambda: line.attempts.count(False) >= 2)
+    ctl.pulse()  # a valid grant while the relay is down: tried (and fails), never reported as switched
+    assert wait_until(lambda: True in line.attempts)
+    tried = line.attempts.count(False)
+    assert wait_until(lambda: line.attempts.count(False) >= tried + 2)  # release retries go on meanwhile
+    assert line.levels == [] and ctl.active  # nothing switched; counted as possibly open until a release works
+    line.up = True
+    assert wait_until(lambda: line.level is False and not ctl.active)
+    ctl.stop()
+
+
 def test_real_gpiod_line_fails_clearly_without_a_chip(tmp_path):
     if importlib.util.find_spec("gpiod") is None:
         pytest.skip("needs the gpiod package (pip install -e .[dev])")

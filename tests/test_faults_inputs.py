@@ -377,7 +377,7 @@ def test_gallery_import_and_compact_on_a_full_disk_change_nothing(tmpfs, tmp_pat
     gallery = tmpfs.path / "g"
     before = make_gallery(gallery, n=2)
     export = tmp_path / "export.jsonl"
-    rows = [{"name": f"new{i}", "groups": [], "templates": [{"embedding": [float(i)] * 128}]} for i in range(200)]
+    rows = [{"name": f"new{i}", "groups": [], "templates": [{"embedding": [float(i + 1)] * 128}]} for i in range(200)]
     export.write_text(json.dumps({"format": "facegate-gallery", "version": 1, "pack": "default", "dim": 128,
                                   "metric": "euclidean"}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows))
     tmpfs.fill()

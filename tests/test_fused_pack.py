@@ -208,9 +208,12 @@ def test_the_daemon_derives_its_threshold_from_the_live_gallery(fused, tmp_path,
         with caplog.at_level(logging.INFO, logger="facegate"):
             engine.gallery_changed(10**9)  # far past what the calibration vouches for: fail closed
         assert engine.blocked and "event=false_accept_goal_unmet" in caplog.text
+        # a door that now denies everyone says so: the daemon's health (status topic, /health) is degraded
+        assert engine.health.snapshot()["parts"]["threshold"]["state"] == "degraded"
         vote, best = engine.frame_match(candidates)
         assert vote is None and best is not None
         engine.gallery_changed(3)
         assert engine.blocked is None and engine.frame_match(candidates)[0] is not None
+        assert engine.health.state == "ok"
     finally:
         service.shutdown()

@@ -240,3 +240,13 @@ def test_two_concurrent_from_dir_runs_never_duplicate(tmp_path: Path) -> None:
     reports = [json.loads(out) for out, _ in outs]
     assert sum(r["enrolled"] for r in reports) == 9 and sum(r["skipped"] for r in reports) == 9
     assert _templates(folder) == 9
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), [
+    ("--false-accept-rate", "0", "not a rate between 0 and 1"),
+    ("--false-accept-rate", "2", "not a rate between 0 and 1"),
+    ("--false-accept-rate", "nan", "not a finite number"),
+    ("--threshold", "inf", "not a finite number"),
+])
+def test_gallery_list_refuses_a_rate_or_threshold_that_is_not_one(tmp_path, flag, value, needle):
+    assert_user_error(run_cli("gallery", "list", "--gallery", str(tmp_path / "g"), flag, value), needle, code=2)

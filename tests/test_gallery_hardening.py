@@ -145,7 +145,7 @@ def _export_lines(tmp_path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("damage", ["name null", "name empty", "name control", "garbage line", "nan embedding",
-                                    "short embedding", "bad group", "bad sha"])
+                                    "zero embedding", "short embedding", "bad group", "bad sha"])
 def test_import_is_all_or_nothing(tmp_path: Path, damage: str) -> None:
     lines = _export_lines(tmp_path)
     row = json.loads(lines[3])
@@ -157,6 +157,8 @@ def test_import_is_all_or_nothing(tmp_path: Path, damage: str) -> None:
         row["name"] = "evil\x1b[2Jname"
     elif damage == "nan embedding":
         row["templates"][0]["embedding"][5] = float("nan")
+    elif damage == "zero embedding":  # not a face: refused like NaN (attack finding)
+        row["templates"][0]["embedding"] = [0.0] * len(row["templates"][0]["embedding"])
     elif damage == "short embedding":
         row["templates"][0]["embedding"] = row["templates"][0]["embedding"][:100]
     elif damage == "bad group":
@@ -224,7 +226,7 @@ WRITER = textwrap.dedent(
 def test_concurrent_writers_cannot_duplicate_a_photo(tmp_path: Path) -> None:
     folder = tmp_path / "g"
     with Gallery(folder) as g:
-        g.enrol("someone else", np.zeros((1, 128), np.float32), PACK)
+        g.enrol("someone else", np.ones((1, 128), np.float32), PACK)
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(seed)], stdout=subprocess.PIPE,
                               text=True) for seed in (1, 2)]
     added = [int(p.communicate(timeout=120)[0]) for p in procs]
@@ -287,10 +289,10 @@ def test_library_refuses_bad_names(tmp_path: Path) -> None:
     with Gallery(tmp_path / "g") as g:
         for name in ("", "a\nb", "x" * 201, "bell\x07"):
             with pytest.raises(GalleryError, match="identity name"):
-                g.enrol(name, np.zeros((1, 128), np.float32), PACK)
+                g.enrol(name, np.ones((1, 128), np.float32), PACK)
         with pytest.raises(GalleryError, match="group"):
-            g.enrol("fine", np.zeros((1, 128), np.float32), PACK, groups=["a\x00b"])
-        _, tids = g.enrol("  Zoë O’Brien  ", np.zeros((1, 128), np.float32), PACK, groups=["staff"])
+            g.enrol("fine", np.ones((1, 128), np.float32), PACK, groups=["a\x00b"])
+        _, tids = g.enrol("  Zoë O’Brien  ", np.ones((1, 128), np.float32), PACK, groups=["staff"])
         assert g.identity("Zoë O’Brien").templates == 1 and len(tids) == 1
 
 

@@ -80,13 +80,15 @@ def test_search_matches_brute_force(tmp_path: Path, pack: PackBinding) -> None:
 
 def test_pack_binding_is_enforced(tmp_path: Path) -> None:
     g = Gallery(tmp_path / "g")
-    g.enrol("a", np.zeros((1, 128), np.float32), DLIB)
+    g.enrol("a", np.ones((1, 128), np.float32), DLIB)
     with pytest.raises(GalleryError, match="pack default"):
-        g.enrol("b", np.zeros((1, 64), np.float32), ARC)
+        g.enrol("b", np.ones((1, 64), np.float32), ARC)
     with pytest.raises(GalleryError, match="128"):
-        g.enrol("b", np.zeros((1, 64), np.float32), DLIB)
+        g.enrol("b", np.ones((1, 64), np.float32), DLIB)
     with pytest.raises(GalleryError, match="NaN"):
         g.enrol("b", np.full((1, 128), np.nan, np.float32), DLIB)
+    with pytest.raises(GalleryError, match="all-zero embedding is not a template of a face"):
+        g.enrol("b", np.zeros((1, 128), np.float32), DLIB)
     g.close()
     with pytest.raises(GalleryError, match="different packs"):
         Gallery(tmp_path / "g", PackBinding("other", 128, "euclidean"))
@@ -187,7 +189,7 @@ def test_export_import_roundtrip_and_wrong_pack(tmp_path: Path) -> None:
         assert [[m.name for m in row] for row in b.search(centres, k=2)] == expected
         assert b.identity("person001").groups == ["staff"]
     with Gallery(tmp_path / "c") as c:
-        c.enrol("x", np.zeros((1, 64), np.float32), ARC)
+        c.enrol("x", np.ones((1, 64), np.float32), ARC)
         with pytest.raises(GalleryError, match="cannot be imported"):
             c.import_file(tmp_path / "a.jsonl")
         (tmp_path / "junk.jsonl").write_text("hello\n")

@@ -122,6 +122,8 @@ def test_key_loading_errors_name_the_file(tmp_path):
     os.chmod(pair.private, 0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_private_key(pair.private)
+    with pytest.raises(ConfigError, match=r"this is a public key \(NAME.pub\); give the private half"):
+        load_private_key(pair.public)  # mode 0644, as a .pub is: named as a public key, not "chmod 600"
     garbage = tmp_path / "garbage.pub"
     garbage.write_text("not a key\n")
     with pytest.raises(ConfigError, match="not a PEM public key"):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from facegate.errors import ConfigError
+from facegate.fileio import read_limited
 
 FORMAT = "facegate-calibration"
 VERSION = 1
@@ -47,6 +48,8 @@ MIN_IMPOSTORS = 3
 POINTS_PER_DECADE = 20
 #: Genuine scores kept per data set (evenly spaced ranks, both ends included).
 GENUINE_QUANTILES = 401
+#: The shipped calibrations are under 200 KiB; a file larger than this is not one.
+MAX_CALIBRATION_BYTES = 16 * 2**20
 _SIGNS = {"euclidean": -1.0, "cosine": 1.0, "fused": 1.0}
 
 
@@ -194,8 +197,7 @@ class Calibration:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}, this facegate reads {VERSION}")
             metric = str(data["metric"])
-            _sign(metric)
-            datasets = tuple(_dataset(d) for d in data["datasets"])
+            datasets = tuple(_dataset(d, _sign(metric)) for d in data["datasets"])
             if not datasets:
                 raise ValueError("no data sets")
             return cls(str(data["pack"]), metric, str(data["score_digest"]), datasets, str(data.get("created", "")),
@@ -211,9 +213,9 @@ class Calibration:
         ``score_digest`` (``packs.manifest.score_digest``) and its pack ``pack``, when given. Raises
         ``ConfigError`` naming the file and what to do."""
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
+        try:  # a regular file of bounded size only: never a device or a FIFO (fileio.read_limited)
+            raw = read_limited(path, MAX_CALIBRATION_BYTES, "a calibration file")
+        except OSError as exc:  # InputRefused included
             raise ConfigError(f"{path}: cannot read the pack's calibration file ({exc.strerror or exc}); reinstall "
                               "facegate or fix the manifest's calibration.file") from None
         got = hashlib.sha256(raw).hexdigest()
@@ -235,7 +237,10 @@ class Calibration:
         return cal
 
 
-def _dataset(d: dict[str, Any]) -> DatasetCurve:
+def _dataset(d: dict[str, Any], sign: float) -> DatasetCurve:
+    """One data set of a calibration document, checked: a curve out of order or pair counts the data set cannot
+    have would give a threshold that accepts far more than the rate it claims (found by a tampered file), so both
+    are refused. Raises ``ValueError``/``KeyError``/``TypeError`` naming the data set."""
     points = d["points"]
     thresholds = np.array([float(p["threshold"]) for p in points], np.float64)
     impostors = np.array([int(p["impostors"]) for p in points], np.int64)
@@ -245,9 +250,28 @@ def _dataset(d: dict[str, Any]) -> DatasetCurve:
         raise ValueError(f"data set {d.get('name')!r}: empty or non-finite points")
     if np.any(np.diff(impostors) < 0) or impostors[0] < 1 or impostors[-1] > pairs:
         raise ValueError(f"data set {d.get('name')!r}: impostor counts must rise from ≥ 1 to ≤ impostor_pairs")
+    if np.any(np.diff(sign * thresholds) >= 0):
+        raise ValueError(f"data set {d.get('name')!r}: thresholds must run from the strictest to the loosest, each "
+                         "point looser than the one before")
+    if gen_pairs < 0 or pairs + gen_pairs > _max_pairs(d):
+        raise ValueError(f"data set {d.get('name')!r}: {pairs} impostor + {gen_pairs} genuine pairs are more than "
+                         f"its faces allow ({_max_pairs(d)})")
     info = {k: v for k, v in d.items() if k not in ("name", "points", "genuine_quantiles", "impostor_pairs",
                                                      "genuine_pairs")}
     return DatasetCurve(str(d["name"]), pairs, gen_pairs, thresholds, impostors, genuine, info)
+
+
+#: Pair counts above this are not a measurement (a million faces give 5e11 pairs).
+MAX_PAIRS = 10**12
+
+
+def _max_pairs(d: dict[str, Any]) -> int:
+    """The most comparisons a data set can hold: every unordered pair of its ``images`` (or ``faces``) when it says
+    how many, else ``MAX_PAIRS``."""
+    n = d.get("images", d.get("faces"))
+    if type(n) is int and 0 <= n <= 2 * 10**6:
+        return min(MAX_PAIRS, n * (n - 1) // 2)
+    return MAX_PAIRS
 
 
 def dataset_curve(

@@ -129,7 +129,55 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
                 issues.append(ConfigIssue("decision.false_accept_rate", None, f"pack {manifest.name!r} has no "
                                           "calibration; set decision.threshold instead, or use a calibrated pack "
                                           "(default, dlib, retinaface-mobilefacenet)"))
+            issues += _gallery_issues(config, manifest, calibration)
     return issues
+
+
+def _gallery_issues(config: Config, manifest, calibration) -> list[ConfigIssue]:
+    """What ``facegate run`` refuses once it opens an existing gallery: templates of another pack, or a
+    ``decision.false_accept_rate`` that its number of templates cannot meet (``Scorer.resolve``). The database is
+    only read (no index is loaded, nothing is created where no gallery exists yet)."""
+    from facegate.errors import FalseAcceptGoalError, GalleryError
+    from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.gallery.store import DB_NAME, Store
+    from facegate.scoring import Scorer
+
+    folder = Path(config.gallery.path or default_gallery_path())
+    if not (folder / DB_NAME).is_file():
+        return []
+    try:
+        store = Store(folder)
+        try:
+            bound, templates = store.binding(), store.counts()[1]
+        finally:
+            store.close()
+    except GalleryError as exc:
+        return [ConfigIssue("gallery.path", None, str(exc))]
+    want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
+    if bound is not None and bound != want and not (bound == LEGACY_DEFAULT and want.name == "dlib"):
+        return [ConfigIssue("pack", None, mismatch_message(folder, bound, want))]
+    d = config.decision
+    if d.false_accept_rate is not None and calibration is not None:
+        try:
+            Scorer.resolve(manifest, d.threshold, false_accept_rate=d.false_accept_rate, calibration=calibration,
+                           templates=templates, vote=(d.k, d.n))
+        except FalseAcceptGoalError as exc:
+            return [ConfigIssue("decision.false_accept_rate", None, str(exc))]
+    return []
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What runs but a security officer must know (``facegate config check`` prints them; exit status unchanged):
+    no doors (every enrolled identity admitted at any time) and no presentation-attack detection."""
+    warnings = []
+    if not config.doors:
+        warnings.append("doors: none configured: every enrolled identity is admitted at any time through the implicit "
+                        "door 'default'; add doors: with allowed_groups (and a schedule) to restrict who passes")
+    if not config.liveness.enabled:
+        warnings.append(f"liveness.enabled: false (pack {config.pack!r}): a photo or screen of an enrolled face held "
+                        "up to the camera can be granted; use a pack with a liveness model and liveness.enabled: true "
+                        "(README: Liveness (PAD))")
+    return warnings
 
 
 def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:

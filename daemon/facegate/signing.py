@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from facegate.errors import ConfigError
-from facegate.fileio import PRIVATE_FILE_MODE, create_new_file, private_dir, read_limited
+from facegate.fileio import PRIVATE_FILE_MODE, create_new_file, open_regular, private_dir, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,15 @@ def generate_key_pair(folder: str | os.PathLike[str], name: str = "signing") -> 
     return KeyPairFiles(priv_path, pub_path, key_id(key.public_key()))
 
 
+def _looks_public(p: Path) -> bool:
+    """The file starts like a PEM public key (a public key given where the private one belongs)."""
+    try:
+        with open_regular(p) as handle:
+            return handle.read(64).lstrip().startswith(b"-----BEGIN PUBLIC KEY-----")
+    except OSError:
+        return False
+
+
 def _read_key_file(p: Path, what: str, *, private: bool) -> bytes:
     try:
         st = p.stat()
@@ -293,6 +302,8 @@ def _read_key_file(p: Path, what: str, *, private: bool) -> bytes:
         raise ConfigError(f"{what} {p}: cannot stat ({exc.strerror})") from exc
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{what} {p}: not a regular file")
+    if private and st.st_size <= MAX_KEY_FILE_BYTES and _looks_public(p):  # say so before any mode advice
+        raise ConfigError(f"{what} {p}: this is a public key (NAME.pub); give the private half (NAME.key) here")
     if private and st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
         raise ConfigError(f"{what} {p}: readable or writable by other users (mode {stat.filemode(st.st_mode)}); "
                           f"run 'chmod 600 {p}'")

@@ -62,11 +62,17 @@ def _checked(path: Path | None, specs: list[str], loop: bool = False):
 
 
 def _check(args: argparse.Namespace) -> int:
+    from facegate.config_checks import config_warnings
+
     config, extra, issues = _checked(args.file, args.camera)
+    warnings = config_warnings(config) if config is not None else []
     for issue in issues:
         print(f"facegate: error: {args.file}:{issue}", file=sys.stderr)
+    for warning in warnings:
+        print(f"facegate: warning: {args.file}: {warning}", file=sys.stderr)
     print_json({"file": str(args.file), "valid": not issues,
                 "errors": [{"path": i.path, "line": i.line, "message": i.message} for i in issues],
+                "warnings": warnings,
                 "cameras": [c.id for c in [*config.cameras, *extra]] if config else None,
                 "doors": [d.id for d in config.doors] if config else None})
     return 2 if issues else 0

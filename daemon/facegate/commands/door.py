@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "was never used before (replay cache on disk). Publishes the door state (retained) and passages. The "
         "output is released at start, at stop (SIGTERM) and on any error. --check validates the config and "
         "loads the keys without connecting or switching anything.",
-        epilog="Examples: facegate door --config /etc/facegate/door.yaml\n"
-        "          facegate door --config config/door.example.yaml --check",
+        epilog="Examples: facegate door --config /etc/facegate-door/door.yaml --check\n"
+        "          facegate door --config /etc/facegate-door/door.yaml\n"
+        "(start from config/door.example.yaml; it names keys/signing.pub, the daemon's public key, to copy there)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     door.add_argument("--config", type=Path, required=True, help="door agent YAML (see config/door.example.yaml)")
     door.add_argument("--check", action="store_true", help="validate the config and key files, then exit")

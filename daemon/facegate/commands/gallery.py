@@ -7,6 +7,7 @@ else ``~/.local/share/facegate/gallery``). JSON goes to stdout; refusals and err
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -95,10 +96,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help="the daemon's config: its decision section (threshold or false_accept_rate, k, n) "
                            "and pack give the security level shown (default: built-in defaults)")
             rate = p.add_mutually_exclusive_group()
-            rate.add_argument("--threshold", type=float, default=None, help="show the rate of this fixed threshold")
-            rate.add_argument("--false-accept-rate", type=float, default=None, metavar="F",
+            rate.add_argument("--threshold", type=_finite, default=None, help="show the rate of this fixed threshold")
+            rate.add_argument("--false-accept-rate", type=_rate, default=None, metavar="F",
                               help="show the threshold this goal gives with the gallery (e.g. 1e-4)")
         p.set_defaults(handler=globals()[f"_gallery_{name}"])
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (argparse turns the ValueError into a usage error, exit 2)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _rate(text: str) -> float:
+    """An argparse type: a false-accept rate, 0 < F < 1 (as decision.false_accept_rate)."""
+    value = _finite(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1 (exclusive), e.g. 1e-4")
+    return value
 
 
 def _load_pipeline(args: argparse.Namespace, gallery_pack: str | None):

@@ -165,14 +165,18 @@ class DoorAgent:
             with self._lock:
                 self.stats[verdict.reason or "internal_error"] += 1
                 count = self.stats[verdict.reason or "internal_error"]
-            log.warning("event=event_rejected door=%s source=%s reason=%s event_id=%s authenticated=%s count=%d",
-                        self.door, source, verdict.reason, _short(verdict.event_id), verdict.authenticated, count)
+            # an authenticated deny/unknown is the daemon's ordinary traffic on this topic: info, not a warning
+            routine = verdict.reason == "not_grant" and verdict.authenticated
+            log.log(logging.INFO if routine else logging.WARNING,
+                    "event=event_rejected door=%s source=%s reason=%s event_id=%s authenticated=%s count=%d",
+                    self.door, source, verdict.reason, _short(verdict.event_id), verdict.authenticated, count)
             return False
         with self._lock:
             self.stats["accepted"] += 1
         opened = self.output.pulse()
+        # "requested": the output thread switches it and logs output_activated, or output_error when it could not
         log.info("event=grant_accepted door=%s source=%s event_id=%s version=%s kid=%s output=%s", self.door, source,
-                 verdict.event_id, verdict.version, verdict.kid, "pulsed" if opened else "max_hold_reached")
+                 verdict.event_id, verdict.version, verdict.kid, "requested" if opened else "max_hold_reached")
         if opened and verdict.event_id and not remote:
             self.machine.granted(verdict.event_id, time.monotonic())
         return opened
@@ -185,7 +189,7 @@ class DoorAgent:
         elif name == "rex" and active:
             self.machine.rex(now)
             if self.config.inputs.rex_unlocks:
-                log.info("event=rex_pressed door=%s output=pulsed", self.door)
+                log.info("event=rex_pressed door=%s output=requested", self.door)
                 self.output.pulse()
 
     def _mqtt_input(self, topic: str, payload: bytes) -> None:

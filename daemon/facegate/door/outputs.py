@@ -123,7 +123,8 @@ class ShellyActuator:
         self._request_id += 1
         params: dict[str, object] = {"id": self.switch_id, "on": on}
         if toggle_after is not None:
-            params["toggle_after"] = round(toggle_after, 3)
+            # never 0 (no flip-back timer at all, should the agent die now): at least 1 ms
+            params["toggle_after"] = max(0.001, round(toggle_after, 3))
         frame = {"id": self._request_id, "src": "facegate-door", "method": "Switch.Set", "params": params}
         req = urllib.request.Request(self.url, data=json.dumps(frame).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -205,6 +206,7 @@ class PulseController:
         self._since: float | None = None     # when the current activation started
         self._resend = False                 # an extension to pass on to the actuator
         self._active = False                 # what the actuator was last told (True also while unsure)
+        self._unsure = False                 # the last switch failed: the relay's real state is unknown
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -277,8 +279,11 @@ class PulseController:
                 if self._deadline is not None and not want_open:
                     self._deadline = self._since = None
                 action = None
-                if want_open and (not self._active or self._resend):
-                    action = ("extend" if self._active else "open", self._deadline - now)
+                # unsure (the relay failed to answer): a wanted opening is sent in full, not taken as done, and
+                # a wanted release is retried every retry_release_s (found by attack: with the relay down, a
+                # grant's pulse suspended the release retries and its opening was never attempted)
+                if want_open and (not self._active or self._resend or self._unsure):
+                    action = ("extend" if self._active and not self._unsure else "open", self._deadline - now)
                     self._resend = False
                 elif not want_open and self._active:
                     action = ("release", 0.0)
@@ -301,11 +306,11 @@ class PulseController:
             log.error("event=output_error action=activate output=%r error=%r", self.actuator.describe(), str(exc))
             with self._cond:
                 self._deadline = self._since = None
-                self._active = True  # unsure: the loop releases it
+                self._active = self._unsure = True  # unsure: the loop releases it
             return
         with self._cond:
-            was = self._active
-            self._active = True
+            was = self._active and not self._unsure
+            self._active, self._unsure = True, False
         self.stats["extensions" if kind == "extend" else "activations"] += 1
         log.info("event=output_%s output=%r hold_s=%.3f", "extended" if kind == "extend" else "activated",
                  self.actuator.describe(), hold_s)
@@ -318,10 +323,12 @@ class PulseController:
         except Exception as exc:
             self.stats["errors"] += 1
             log.error("event=output_error action=release output=%r error=%r", self.actuator.describe(), str(exc))
+            with self._cond:
+                self._unsure = True
             return False
         with self._cond:
             was = self._active
-            self._active = False
+            self._active = self._unsure = False
         self.stats["releases"] += 1
         if was:
             log.info("event=output_released output=%r", self.actuator.describe())

@@ -33,6 +33,10 @@ from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
 
+#: A template whose norm is below this is all zeros in practice (dlib and MobileFaceNet embeddings have norms near 1
+#: and 10 to 30): not a face, refused on enrolment and import.
+MIN_TEMPLATE_NORM = 1e-6
+
 
 class Gallery:
     """Identities and templates of one gallery folder, bound to one pack; thread-safe.
@@ -235,7 +239,7 @@ class Gallery:
         Quality gates and the duplicate check are the caller's (``facegate.gallery.enrol``). Returns
         (identity id, template ids; -1 for a template skipped because the identity already holds it, see
         ``Store.add``). Raises ``GalleryError`` for an invalid name or group (``facegate.gallery.validate``), a
-        wrong shape, non-finite values or another pack.
+        wrong shape, non-finite values, an all-zero row or another pack.
         """
         problem = name_problem(name) or groups_problem(list(groups))
         if problem:
@@ -246,6 +250,9 @@ class Gallery:
             raise GalleryError(f"{name}: expected N×{pack.dim} embeddings of pack {pack.name}, got {emb.shape}")
         if not np.all(np.isfinite(emb)):
             raise GalleryError(f"{name}: embeddings contain NaN or infinity; the image or model is broken")
+        if np.any(np.linalg.norm(emb, axis=1) < MIN_TEMPLATE_NORM):  # a recogniser never outputs one: not a face
+            raise GalleryError(f"{name}: an all-zero embedding is not a template of a face; the image, the model or "
+                               "the imported file is broken")
         with self._write_lock:
             bound = self.store.bind(pack)
             if self._index is None:

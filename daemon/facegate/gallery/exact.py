@@ -156,9 +156,14 @@ class ExactIndex:
             keys = np.where(np.isnan(keys), np.inf, keys)  # NaN sorts last (fail closed)
             fetch = min(len(self._tids), k * max(1, self._max_per_identity))
             out: list[list[Candidate]] = []
-            for row, key in zip(scores, keys, strict=True):
+            for probe, key in zip(probes, keys, strict=True):
                 top = np.argpartition(key, fetch - 1)[:fetch] if fetch < len(key) else np.arange(len(key))
-                top = top[np.argsort(key[top], kind="stable")]
+                # the float32 matrix product selects; the selected are scored again in float64, directly (a probe
+                # equal to a stored template scores as itself, whatever the BLAS build rounds), and ranked by that
+                row = np.full(len(key), np.nan)
+                row[top] = scorer.compare_pairs(np.broadcast_to(probe, (len(top), self.dim)), self._vecs[top])
+                exact = row[top] if scorer.lower_is_better else -row[top]
+                top = top[np.argsort(np.where(np.isnan(exact), np.inf, exact), kind="stable")]
                 seen: set[int] = set()
                 found: list[Candidate] = []
                 for j in top.tolist():

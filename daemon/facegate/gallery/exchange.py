@@ -88,8 +88,8 @@ def _quality(value: object) -> dict[str, Any]:
 def parse_identity_line(path: str | Path, lineno: int, line: bytes, pack: PackBinding) -> dict[str, Any]:
     """One identity line of an export → ``{"name", "embeddings" (N×dim float32), "groups", "image_sha256",
     "quality"}``, validated: a JSON object with a valid name and groups (``gallery.validate``) and templates whose
-    embeddings have exactly ``pack.dim`` finite numbers within float32 range, whose sha256 is 64 lower-case hex
-    digits or null, and whose quality is a JSON object. Raises ``GalleryError`` naming ``FILE:LINE``; never
+    embeddings have exactly ``pack.dim`` finite numbers within float32 range, not all zero, whose sha256 is 64
+    lower-case hex digits or null, and whose quality is a JSON object. Raises ``GalleryError`` naming ``FILE:LINE``; never
     anything else."""
     where = f"{path}:{lineno}"
     try:
@@ -118,6 +118,9 @@ def parse_identity_line(path: str | Path, lineno: int, line: bytes, pack: PackBi
     if not np.isfinite(emb).all() or (np.abs(emb) > np.finfo(np.float32).max).any():
         raise GalleryError(f"{where}: identity {name.strip()!r} has an embedding with NaN, infinity or a value out "
                            "of float32 range; nothing was imported")
+    if len(emb) and (np.linalg.norm(emb, axis=1) < 1e-6).any():  # as Gallery.enrol refuses (MIN_TEMPLATE_NORM)
+        raise GalleryError(f"{where}: identity {name.strip()!r} has an all-zero embedding, which is not a template "
+                           "of a face; nothing was imported")
     for sha in shas:
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64
                                     and all(c in "0123456789abcdef" for c in sha)):

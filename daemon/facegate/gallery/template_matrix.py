@@ -9,7 +9,9 @@ template zeroes its row and marks it dead (its label becomes -1); dead rows are 
 out once they are more than half the rows (``compact``), so the matrix never holds more than twice the live rows.
 
 Scores are the comparison scores of ``facegate/scoring.py``: the candidates a search selects are re-scored with
-``scoring.compare`` (float32), so a template gets the same score from the exact and the approximate path. The
+``scoring.compare_pairs`` (float64, the difference taken directly: a probe equal to a stored template scores exactly
+0, where the matrix product's ‖p‖² + ‖t‖² − 2p·t in float32 leaves up to ≈ 1e-3 depending on the BLAS build), so a
+template gets the same score from the exact and the approximate path. The
 selection itself ranks by a key that orders exactly like that score (cosine: the dot product of L2-normalised
 vectors; euclidean: the squared distance ‖p‖² + ‖t‖² − 2p·t, the same expression ``scoring.compare`` takes the root
 of). Memory: ``dim`` × 4 bytes per row (0.5 KiB per 128-d template) plus 12 bytes of bookkeeping.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facegate.scoring import MIN_NORM, compare
+from facegate.scoring import MIN_NORM, compare_pairs
 
 #: First allocation (rows); the matrix doubles when full.
 INITIAL_ROWS = 1024
@@ -155,10 +157,12 @@ class TemplateMatrix:
         return out
 
     def rescore(self, probe: np.ndarray, template_ids: np.ndarray) -> np.ndarray:
-        """Exact comparison scores (``scoring.compare``, float32) of one probe (dim) against these live templates."""
+        """Exact comparison scores (``scoring.compare_pairs``, float64) of one probe (dim) against these live
+        templates."""
         if not len(template_ids):
-            return np.zeros(0, np.float32)
-        return compare(probe, self.vectors(template_ids), self.metric)[0]
+            return np.zeros(0, np.float64)
+        vecs = self.vectors(template_ids)
+        return compare_pairs(np.broadcast_to(np.asarray(probe, np.float32), vecs.shape), vecs, self.metric)
 
 
 def smallest(key: np.ndarray, fetch: int) -> np.ndarray:

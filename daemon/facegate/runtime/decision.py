@@ -299,10 +299,13 @@ class DecisionEngine(ReverifyMixin):
                 log.error("event=%s why=%s templates=%s note=no_grants error=%r", event, why, self._templates,
                           str(exc))
             self.blocked = str(exc)
+            # degraded, not online: a door that denies everyone must say so (status topic, /health, console)
+            self.health.problem("threshold", self.blocked)
             return
         if self.blocked is not None:
             log.warning("event=false_accept_goal_met_again why=%s templates=%s note=grants_resume", why,
                         self._templates)
+            self.health.clear("threshold")
         self.blocked = None
         _log_threshold(self.scorer, why)
 

@@ -17,7 +17,6 @@ canonical form, both versions, and how a door verifies them).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import sys
@@ -32,6 +31,7 @@ from facegate.fileio import PRIVATE_FILE_MODE, create_new_file
 from facegate.signing import (
     Ed25519Signer,
     HmacSigner,
+    encode_payload,
     generate_key_pair,
     load_private_key,
     load_signing_key,
@@ -130,7 +130,8 @@ class StdoutSink:
             return
         with self._lock:
             try:
-                self.stream.write(json.dumps(event.payload, ensure_ascii=False, sort_keys=True) + "\n")
+                # the wire form, byte for byte what MQTT carries: a line verifies as it stands
+                self.stream.write(encode_payload(event.payload).decode() + "\n")
                 self.stream.flush()
             except (OSError, ValueError) as exc:  # e.g. `facegate run | head`: the reader went away
                 self.closed = True

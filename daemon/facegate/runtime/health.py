@@ -50,6 +50,7 @@ EFFECTS: dict[str, str] = {
     "mqtt": "events_queued_grants_expire",
     "cameras": "no_decisions_from_those_cameras",
     "decision": "no_decisions_from_that_camera",
+    "threshold": "no_grants_until_the_goal_is_met",
 }
 #: How long (s) a flapping part must stay free of problems before its episode ends (reporters that clear after
 #: every good frame or record pass it to ``clear``).

@@ -174,6 +174,10 @@ class InferenceStage:
     def start(self) -> None:
         log.info("event=inference_start providers=%s max_batch=%d liveness=%s",
                  ",".join(self.pipeline.providers) or "?", self.max_batch, self.liveness)
+        if not self.liveness:  # said once at start, where the integrator looks: the README's first limit
+            log.warning("event=liveness_off pack=%s note=a_photo_or_screen_of_an_enrolled_face_can_be_granted "
+                        "fix='a pack with a liveness model and liveness.enabled: true (README: Liveness)'",
+                        getattr(getattr(self.pipeline, "manifest", None), "name", "?"))
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
 
