@@ -89,8 +89,8 @@ def parse_identity_line(path: str | Path, lineno: int, line: bytes, pack: PackBi
     """One identity line of an export → ``{"name", "embeddings" (N×dim float32), "groups", "image_sha256",
     "quality"}``, validated: a JSON object with a valid name and groups (``gallery.validate``) and templates whose
     embeddings have exactly ``pack.dim`` finite numbers within float32 range, not all zero, whose sha256 is 64
-    lower-case hex digits or null, and whose quality is a JSON object. Raises ``GalleryError`` naming ``FILE:LINE``; never
-    anything else."""
+    lower-case hex digits or null, and whose quality is a JSON object. Raises ``GalleryError`` naming
+    ``FILE:LINE``; never anything else."""
     where = f"{path}:{lineno}"
     try:
         row = json.loads(line.decode("utf-8"))
