@@ -16,8 +16,16 @@ import pytest
 from facegate.errors import ConfigError
 from facegate.runtime.audit import AuditLog, read_audit
 from facegate.runtime.decision import Decision
-from facegate.runtime.events import EventEmitter, build_payload, event_topic, status_topic
-from facegate.signing import HmacSigner, canonical_bytes, load_signing_key, parse_rfc3339, sign_payload, verify_payload
+from facegate.runtime.events import EventEmitter, SignedEvent, StdoutSink, build_payload, event_topic, status_topic
+from facegate.signing import (
+    HmacSigner,
+    canonical_bytes,
+    encode_payload,
+    load_signing_key,
+    parse_rfc3339,
+    sign_payload,
+    verify_payload,
+)
 
 KEY = b"0123456789abcdef0123456789abcdef-test-key"
 DECIDED = datetime(2026, 6, 3, 12, 0, 0, 250000, tzinfo=UTC)
@@ -54,6 +62,18 @@ def test_non_grants_do_not_expire_and_unknowns_carry_no_person():
 def test_canonical_form_is_sorted_compact_utf8_without_signature():
     payload = {"b": 1, "a": "é", "signature": "x", "c": [1.5, None]}
     assert canonical_bytes(payload) == '{"a":"é","b":1,"c":[1.5,null]}'.encode()
+
+
+def test_stdout_lines_are_the_wire_form_and_verify_as_they_stand():
+    """New-user finding: stdout lines were pretty JSON, so a byte-level verifier (examples/verify_event.js) could not
+    check them; now each line is byte for byte what MQTT carries."""
+    import io
+
+    signed = sign_payload(build_payload(decision()), KEY)
+    out = io.StringIO()
+    StdoutSink(out).emit(SignedEvent(signed, decision(), "facegate/front/event"))
+    line = out.getvalue().removesuffix("\n").encode()
+    assert line == encode_payload(signed) and verify_payload(json.loads(line), KEY)
 
 
 def test_signature_is_hmac_sha256_of_the_canonical_form():
