@@ -121,11 +121,12 @@ class InProcess:
     """The daemon's inference and decision stages without threads: frames are fed with capture times at the clip's
     rate and the decision clock set 30 ms after each capture."""
 
-    def __init__(self, gallery: Path, threads: int | None, providers: list[str] | None) -> None:
+    def __init__(self, gallery: Path, threads: int | None, providers: list[str] | None,
+                 pack: str = "default") -> None:
         from facegate.pipeline import FacePipeline
 
-        self.gallery = gallery
-        self.pipe = FacePipeline.load("default", providers=providers, threads=threads, with_liveness=False)
+        self.gallery, self.pack = gallery, pack
+        self.pipe = FacePipeline.load(pack, providers=providers, threads=threads, with_liveness=False)
         self.pipe.embed_many([np.zeros((360, 640, 3), np.uint8)], self.pipe.detect([np.zeros((360, 640, 3),
                                                                                               np.uint8)]))
 
@@ -141,7 +142,7 @@ class InProcess:
         cfg = Config.model_validate({
             "cameras": [{"id": "cam", "file": str(source), "door": "front", "motion": {"enabled": after}}],
             "doors": [{"id": "front", "cooldown_s": 0}], "gallery": {"path": str(self.gallery)},
-            "decision": {"reverify_s": 1.0 if after else 0.0}})
+            "pack": self.pack, "decision": {"reverify_s": 1.0 if after else 0.0}})
         cam = cfg.cameras[0]
         live = LiveGallery.from_config(cfg, self.pipe)
         clock = {"now": 0.0}
@@ -180,7 +181,7 @@ class InProcess:
 
 
 def part1(args: argparse.Namespace, gallery: Path, work: Path) -> dict:
-    rig = InProcess(gallery, args.threads, args.providers)
+    rig = InProcess(gallery, args.threads, args.providers, args.pack)
     out: dict = {"idle": [], "stage": [], "decode_ms_per_frame": {}}
     limit = 60 if args.quick else None
     still = still_clip(work / "stage_still_noise.mp4", 3 if args.quick else 10)
@@ -246,7 +247,7 @@ def _audited_grants(audit: Path) -> list[str]:
 
 
 def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, work: Path, gallery: Path,
-               port: int, threads: int | None, providers: list[str] | None) -> dict:
+               port: int, threads: int | None, providers: list[str] | None, pack: str = "default") -> dict:
     key = work / "signing.key"
     key.write_text("b" * 64)
     key.chmod(0o600)
@@ -262,7 +263,7 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
         "gallery": {"path": str(gallery), "refresh_s": 0},
         "audit": {"path": str(audit)},
         "signing": {"algorithm": "hmac-sha256", "key_file": str(key)},
-        "inference": {"threads": threads, "providers": providers},
+        "pack": pack, "inference": {"threads": threads, "providers": providers},
         "service": {"state_dir": str(work / "state"), "stdout_events": False, "ready_timeout_s": 60},
     }
     path = work / f"{tag}.yaml"
@@ -336,7 +337,7 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
 def part2(args: argparse.Namespace, gallery: Path, work: Path) -> dict:
     broker, port = _mosquitto(work)
     kw = dict(seconds=args.daemon_seconds, work=work, gallery=gallery, port=port, threads=args.threads,
-              providers=args.providers)
+              providers=args.providers, pack=args.pack)
     rows = []
     if args.scale:
         try:  # the 100-camera target's shape: N cameras of 1080p at 10 frames/s, decode included
@@ -383,6 +384,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=0, metavar="N",
                         help="part 2 is instead one run of N cameras playing the 1080p crowd clip at 10 frames/s "
                         "(the 100-camera GPU target's shape)")
+    parser.add_argument("--pack", default="default", help="model pack of the daemon and the in-process stages "
+                        "(default: the built-in fused pack; dlib = the single dlib ResNet)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -394,11 +397,11 @@ def main() -> None:
     out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                              "when": datetime.now(UTC).isoformat(timespec="seconds"),
                              "loadavg_at_start": os.getloadavg(), "threads": args.threads,
-                             "providers": args.providers}}
+                             "providers": args.providers, "pack": args.pack}}
     try:
         gallery = work / "gallery"
         enrol = subprocess.run([sys.executable, "-m", "facegate.cli", "enroll", "--gallery", str(gallery), "--name",
-                                MIRANDA, str(MIRANDA_PHOTO)], capture_output=True, text=True)
+                                MIRANDA, "--pack", args.pack, str(MIRANDA_PHOTO)], capture_output=True, text=True)
         if enrol.returncode != 0:
             sys.exit(f"enrolment failed: {enrol.stderr}")
         if not args.skip_inprocess:

@@ -132,7 +132,8 @@ def test_every_error_has_its_key_path_and_line():
     ("cameras:\n  - {id: a, usb: 0, stall_timeout_s: .inf}\n", "finite number"),
     ("inference: {threads: 1000000}\n", "less than or equal to 256"),
     ("mqtt: {host: localhost}\ndoors:\n  - {id: d, anti_passback: true, anti_passback_confirmed: true}\n",
-     "doors[0].passage_public_key: anti_passback_confirmed counts only passages signed by the door agent"),
+     "doors[0].anti_passback_confirmed: counts only passages signed by the door agent, so it needs "
+     "passage_public_key"),
 ])
 def test_bad_values_are_named(text, expected):
     issues = _issues(text)
@@ -187,6 +188,25 @@ def test_config_check_cli_exits_2_with_every_error(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "facegate.cli", "config", "check", str(EXAMPLE)],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and '"valid": true' in ok.stdout
+
+
+def test_one_bad_section_does_not_hide_the_problems_of_the_others(tmp_path):
+    """New-user trial: a decision section with both threshold and false_accept_rate hid a missing video and a
+    public key given as the signing key; now one pass lists all three."""
+    from facegate.signing import generate_key_pair
+
+    pair = generate_key_pair(tmp_path / "keys", "event-signing")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        cameras:
+          - {{id: a, file: missing.mp4}}
+        decision: {{threshold: 5.0, false_accept_rate: 1.0e-4}}
+        signing: {{key_file: {pair.public}}}
+        """))
+    config, issues = check_file(cfg)
+    got = {i.path: (i.line, i.message) for i in issues}
+    assert config is None and set(got) == {"decision", "cameras[0].file", "signing.key_file"}, got
+    assert got["cameras[0].file"][0] == 3 and "this is a public key" in got["signing.key_file"][1]
 
 
 def test_config_check_warns_of_no_doors_and_no_liveness_without_failing(tmp_path):

@@ -576,10 +576,10 @@ class Config(_Section):
                                  "MQTT): set mqtt.host")
         for i, d in enumerate(self.doors):
             if d.anti_passback_confirmed and d.passage_public_key is None:
-                raise ValueError(f"doors[{i}].passage_public_key: anti_passback_confirmed counts only passages "
-                                 "signed by the door agent: generate its key pair (facegate keys generate --out DIR "
-                                 f"--name door-{d.id}), give the agent the .key (inputs.passage_signing_key) and "
-                                 "this door the .pub")
+                raise ValueError(f"doors[{i}].anti_passback_confirmed: counts only passages signed by the door "
+                                 "agent, so it needs passage_public_key: generate the agent's key pair (facegate keys "
+                                 f"generate --out DIR --name door-{d.id}), give the agent the .key "
+                                 "(inputs.passage_signing_key) and this door the .pub")
         doors = {d.id: d for d in self.doors}
         cams = {c.id for c in self.cameras}
         for i, d in enumerate(self.doors):

@@ -143,7 +143,10 @@ def _gallery_issues(config: Config, manifest, calibration) -> list[ConfigIssue]:
     from facegate.scoring import Scorer
 
     folder = Path(config.gallery.path or default_gallery_path())
-    if not (folder / DB_NAME).is_file():
+    try:
+        if not (folder / DB_NAME).is_file():
+            return []
+    except OSError:  # a name too long, a loop: "gallery.path" is reported by the creatable check
         return []
     try:
         store = Store(folder)
@@ -226,8 +229,40 @@ def check_file(path: str | Path | None,
         return None, [issue]
     config, issues, root = parse_config_tree(text, str(path))
     if config is None:
+        # the sections without a problem are still checked against the machine (files, keys, zones, pack), so one
+        # pass lists every problem, not only the first kind (new-user trial: a bad decision section hid a missing
+        # video and a public key given as signing.key_file)
+        partial = _without_sections(text, issues)
+        if partial is not None:
+            removed = {_section(i.path) for i in issues}
+            issues = issues + [ConfigIssue(i.path, node_line(root, key_loc(i.path)), i.message)
+                               for i in check_environment(resolve_paths(partial, path.parent), extra_cameras)
+                               if _section(i.path) not in removed]
         return None, issues
     config = resolve_paths(config, path.parent)
     env = [ConfigIssue(i.path, node_line(root, key_loc(i.path)), i.message)
            for i in check_environment(config, extra_cameras)]
     return config, env
+
+
+def _section(key_path: str) -> str:
+    """The top-level section of an issue's key path ("cameras[0].file" → "cameras")."""
+    return key_path.split(".")[0].split("[")[0]
+
+
+def _without_sections(text: str, issues: list[ConfigIssue]) -> Config | None:
+    """The config with every top-level section that has an issue left at its defaults, or None when that does not
+    validate either (or the text is not a mapping)."""
+    import yaml
+    from pydantic import ValidationError
+
+    sections = {_section(i.path) for i in issues}
+    if "" in sections:
+        return None
+    try:
+        raw = yaml.safe_load(text)
+        if not isinstance(raw, dict):
+            return None
+        return Config.model_validate({k: v for k, v in raw.items() if k not in sections})
+    except (yaml.YAMLError, ValidationError, RecursionError, TypeError, ValueError):
+        return None
