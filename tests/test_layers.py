@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "facegate"
 #: ``facegate.packs.*``); the longest matching prefix wins.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "fileio", "limits", "signing", "calibration", "scoring", "detections", "imaging", "config",
-     "config_file"),
+     "config_rules", "config_file"),
     ("packs", "gallery.location", "homeassistant"),
     ("pipeline", "gallery", "config_checks", "evaluation", "door"),
     ("runtime",),

@@ -20,6 +20,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from facegate.config_rules import (
+    duplicate_ids_problem,
+    k_le_n_problem,
+    lookalike_margin_problem,
+    threshold_or_rate_problem,
+)
 from facegate.limits import MAX_THREADS, MAX_WAIT_S, StrictSection, host_problem
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -598,42 +604,3 @@ class Config(_Section):
                 raise ValueError(f"cameras[{i}].door: camera {c.id!r} says door {c.door!r} but door {listed[0]!r} "
                                  "lists it")
         return self
-
-
-def threshold_or_rate_problem(threshold: float | None, false_accept_rate: float | None) -> str | None:
-    """``decision.threshold`` and ``decision.false_accept_rate`` both set (they are two ways to choose one threshold:
-    ``facegate/scoring.py`` ``Scorer.resolve``)."""
-    if threshold is not None and false_accept_rate is not None:
-        return ("set either threshold (a fixed comparison score) or false_accept_rate (a goal the threshold is "
-                "derived from), not both")
-    return None
-
-
-def k_le_n_problem(k: int, n: int) -> str | None:
-    """The voting rule's one check: k of the last n frames needs k ≤ n."""
-    return f"k ({k}) must be ≤ n ({n})" if k > n else None
-
-
-def lookalike_margin_problem(margin: float | None, lookalike_margin: float | None) -> str | None:
-    """Lookalikes need at least the margin every identity needs: lookalike_margin ≥ margin (when both are set)."""
-    if margin is not None and lookalike_margin is not None and lookalike_margin < margin:
-        return (f"lookalike_margin ({lookalike_margin}) must be ≥ margin ({margin}): identities closer to each other "
-                "than the threshold need at least the margin every identity needs")
-    return None
-
-
-def duplicate_ids_problem(what: str, ids: list[str]) -> str | None:
-    """Camera and door ids name topics, events and log lines: each must be unique."""
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    return f"duplicate id(s) {', '.join(dupes)}" if dupes else None
-
-
-def tz_problem(name: str) -> str | None:
-    """Why ``name`` is not a time zone of this machine's tz database (reads it: an environment check), else None."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return f"unknown time zone {name!r} (not in the tz database)"
-    return None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from facegate.config import CameraConfig, Config, duplicate_ids_problem, tz_problem
+from facegate.config import CameraConfig, Config
 from facegate.config_file import ConfigIssue, key_loc, node_line, parse_config_tree, read_text, resolve_paths
+from facegate.config_rules import duplicate_ids_problem, tz_problem
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
 from facegate.limits import thread_count_problem

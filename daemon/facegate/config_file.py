@@ -19,13 +19,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from facegate.config import (
-    Config,
-    DecisionConfig,
-    duplicate_ids_problem,
-    k_le_n_problem,
-    tz_problem,
-)
+from facegate.config import Config, DecisionConfig
+from facegate.config_rules import duplicate_ids_problem, k_le_n_problem, tz_problem
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 
