@@ -4,6 +4,7 @@ example/demo files, and the mapping of config sections to the runtime's plain co
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -131,6 +132,7 @@ def test_every_error_has_its_key_path_and_line():
     ("decision: {threshold: .nan}\n", "finite number"),
     ("cameras:\n  - {id: a, usb: 0, stall_timeout_s: .inf}\n", "finite number"),
     ("inference: {threads: 1000000}\n", "less than or equal to 256"),
+    ("foo: " + "[" * 30000 + "]" * 30000 + "\n", "nested too deeply"),  # crashed libyaml (SIGSEGV) before
     ("mqtt: {host: localhost}\ndoors:\n  - {id: d, anti_passback: true, anti_passback_confirmed: true}\n",
      "doors[0].anti_passback_confirmed: counts only passages signed by the door agent, so it needs "
      "passage_public_key"),
@@ -209,6 +211,28 @@ def test_one_bad_section_does_not_hide_the_problems_of_the_others(tmp_path):
     assert got["cameras[0].file"][0] == 3 and "this is a public key" in got["signing.key_file"][1]
 
 
+def test_a_passage_key_must_be_the_door_agents_own(tmp_path):
+    """Second attack: the daemon's event key as a door's passage key let a republished grant event count as a
+    passage; one key for two doors let one agent confirm the other's. config check refuses both, as the daemon."""
+    from facegate.signing import generate_key_pair
+
+    state = tmp_path / "state"
+    event = generate_key_pair(state, "event-signing")
+    own = generate_key_pair(tmp_path / "agents", "door-a")
+    cfg = tmp_path / "c.yaml"
+    for keys, needle in (((event.public, own.public), "the daemon's own event signing key"),
+                         ((own.public, own.public), "share one passage_public_key"), ((own.public,), None)):
+        doors = "".join(f"  - {{id: d{i}, anti_passback: true, anti_passback_confirmed: true, "
+                        f"passage_public_key: {k}}}\n" for i, k in enumerate(keys))
+        cfg.write_text(f"service: {{state_dir: {state}}}\nmqtt: {{host: localhost}}\ncameras:\n"
+                       f"  - {{id: a, usb: 0, door: d0}}\ndoors:\n{doors}")
+        _, issues = check_file(cfg)
+        if needle is None:
+            assert issues == [], issues
+        else:
+            assert [i.path for i in issues] == ["doors"] and needle in issues[0].message, issues
+
+
 def test_config_check_warns_of_no_doors_and_no_liveness_without_failing(tmp_path):
     if not STAGE_CLIP.exists():
         pytest.skip("needs ../shared/data/videos/stage_clip_640x360.mp4")
@@ -235,6 +259,42 @@ def test_config_check_refuses_what_run_refuses_on_opening_the_gallery(tmp_path, 
     assert [i.path for i in issues] == ["decision.false_accept_rate"] and "cannot be met" in issues[0].message
     cfg.write_text(base + "decision: {false_accept_rate: 1.0e-3}\n")
     assert check_file(cfg)[1] == []
+
+
+def _state(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mode, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())} | {
+        ".": folder.stat().st_mode}
+
+
+def test_config_check_only_reads_the_gallery(tmp_path, enrolled_gallery):
+    """Second attack: config check opened the gallery as a writer (schema created in a foreign SQLite file, a
+    duplicate row migrated away, modes changed, a lock file created). Now nothing in the folder changes, and what is
+    not a gallery is named."""
+    import shutil
+    import sqlite3
+
+    real = tmp_path / "real"
+    shutil.copytree(enrolled_gallery, real)
+    real.chmod(0o755)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with sqlite3.connect(foreign / "gallery.db") as db:
+        db.execute("CREATE TABLE foo (x)")
+    (foreign / "gallery.db").chmod(0o644)
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "gallery.db")
+    cfg = tmp_path / "c.yaml"
+    for folder, needle in ((real, None), (foreign, "not a facegate gallery"), (fifo, "not a regular file")):
+        before = _state(folder) if folder is not fifo else None
+        cfg.write_text(f"gallery: {{path: {folder}}}\ncameras:\n  - {{id: a, usb: 0}}\n")
+        _, issues = check_file(cfg)
+        if needle is None:
+            assert issues == []
+        else:
+            assert [i.path for i in issues] == ["gallery.path"] and needle in issues[0].message, issues
+        if before is not None:
+            assert _state(folder) == before, folder
 
 
 def test_load_config_raises_with_all_problems(tmp_path):

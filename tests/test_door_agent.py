@@ -379,6 +379,10 @@ def test_the_unlock_secret_must_not_be_the_event_key_by_any_path_or_copy(tmp_pat
     ok = run_cli("door", "--config", str(cfg), "--check", timeout=60)
     assert ok.code == 0, ok.stderr
     assert ok.json()["passage_kid"] == pair.kid
+    # the daemon's event key as the passage key: that door could forge grants for every door (second attack)
+    cfg.write_text(yaml.safe_dump({**base, "inputs": {"passage_signing_key": str(keys["pair"].private)}}))
+    assert_user_error(run_cli("door", "--config", str(cfg), "--check", timeout=60),
+                      "inputs.passage_signing_key", "the daemon's event signing key", code=2)
 
 
 def test_example_config_validates():

@@ -141,7 +141,8 @@ def test_a_confirmed_passage_feeds_anti_passback_and_home_assistant_sees_the_dae
         assert daemon.wait_events(lambda ev: len(grants(ev)) >= 2, 90), daemon.tail()
         assert not [e for e in daemon.events() if e["reason"] == "anti_passback"]
         # a passage forged by anyone on the broker (unsigned, for a real grant's id) is refused, counts nothing
-        forged = json.dumps({"door": "front", "event_id": grants(daemon.events())[-1]["event_id"]})
+        forged = json.dumps({"type": "passage", "door": "front",
+                             "event_id": grants(daemon.events())[-1]["event_id"]})
         mqtt_publish.single(f"{PREFIX}/front/passage", forged, qos=1, hostname=mosquitto_broker.host,
                             port=mosquitto_broker.port)
         assert daemon.wait_record("passage_ignored", 20, reason="unsigned"), daemon.tail()

@@ -173,6 +173,55 @@ def test_with_the_relay_down_a_grant_is_still_tried_and_the_release_keeps_being_
     ctl.stop()
 
 
+def test_stop_waits_for_an_activation_in_flight_before_the_last_release():
+    """Second attack: stop() waited a fixed 10 s, so a release could be sent while a slower activation (a command
+    output may take 60 s) was still under way, which then landed and left the lock open. stop() now waits the
+    actuator's own timeout_s + 5 s; here: the last word is the release, after the activation returned."""
+    class Slow(RecordingLine):
+        timeout_s = 1.0
+
+        def set(self, active: bool) -> None:
+            if active:
+                time.sleep(0.6)
+            super().set(active)
+
+    line = Slow()
+    ctl = PulseController(GpioActuator(line), pulse_s=2.0, max_hold_s=3.0)
+    ctl.actuator.timeout_s = 1.0  # what stop() waits for (+ 5 s)
+    ctl.start()
+    ctl.pulse()
+    time.sleep(0.2)  # the activation is under way
+    ctl.stop()
+    assert line.levels[-1] is False and True in line.levels
+
+
+def test_a_grant_during_a_failing_release_is_served_without_waiting_out_the_retry():
+    class Busy(RecordingLine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refusals = 1
+
+        def set(self, active: bool) -> None:
+            if not active and self.refusals > 0:
+                self.refusals -= 1
+                time.sleep(0.3)  # a slow, failing release: the grant arrives meanwhile
+                raise OutputError("relay busy")
+            super().set(active)
+
+    line = Busy()
+    line.refusals = 0
+    ctl = PulseController(GpioActuator(line), pulse_s=0.2, max_hold_s=1.0, retry_release_s=30.0)
+    ctl.start()
+    line.refusals = 1  # the release that ends the first pulse is slow and fails
+    ctl.pulse()
+    assert wait_until(lambda: line.levels.count(True) == 1)
+    time.sleep(0.3)  # the pulse ended: its release is under way
+    ctl.pulse()  # a second grant while that release fails
+    assert wait_until(lambda: line.levels.count(True) == 2, 3), "the grant waited for the 30 s release retry"
+    ctl.stop()
+    assert line.level is False
+
+
 def test_real_gpiod_line_fails_clearly_without_a_chip(tmp_path):
     if importlib.util.find_spec("gpiod") is None:
         pytest.skip("needs the gpiod package (pip install -e .[dev])")

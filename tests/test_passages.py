@@ -50,7 +50,7 @@ def _grant(tracker: PassageTracker, event_id: str, door: str = "front", person: 
 
 def _passage(door: str, event_id: str, signer: str | None = "") -> bytes:
     """A passage as the agent of ``signer`` (default: ``door``'s own; None: unsigned) publishes it."""
-    payload = {"door": door, "event_id": event_id, "granted_at": "x", "opened_at": "y"}
+    payload = {"type": "passage", "door": door, "event_id": event_id, "granted_at": "x", "opened_at": "y"}
     if signer is not None:
         payload = sign_payload_v2(payload, AGENT_KEYS[signer or door])
     return json.dumps(payload).encode()
@@ -123,3 +123,29 @@ def test_a_forged_exit_passage_cannot_let_a_person_in_again():
     assert _blocked(rules), "a forged exit passage cleared the entry"
     tracker.on_passage("site/exit/passage", _passage("exit", "out1"))  # the exit agent's own: he really left
     assert not _blocked(rules)
+
+
+def test_a_signed_grant_event_republished_as_a_passage_never_counts():
+    """Second attack: with the daemon's event key given as a door's passage key, a grant event (signed, carrying
+    door and event_id) republished on the passage topic counted. Passages are typed, and the daemon refuses its own
+    event key (or one key for two doors) as a passage key at start."""
+    from facegate.config_rules import passage_keys_problem
+    from facegate.signing import key_id
+
+    tracker, rules, _ = _tracker()
+    _grant(tracker, "x1", door="exit")
+    event = sign_payload_v2({"type": "grant", "door": "exit", "event_id": "x1"}, AGENT_KEYS["exit"])
+    tracker.on_passage("site/exit/passage", json.dumps(event).encode())
+    assert tracker.counts == {"not_passage": 1}
+    kids = {door: key_id(k.public_key()) for door, k in AGENT_KEYS.items()}
+    assert passage_keys_problem(kids, None) is None
+    assert "the daemon's own event signing key" in passage_keys_problem(kids, kids["exit"])
+    assert "share one passage_public_key" in passage_keys_problem({**kids, "back": kids["front"]}, None)
+
+
+def test_another_doors_agent_cannot_use_up_a_grants_passage():
+    tracker, rules, _ = _tracker()
+    _grant(tracker, "e1", door="front")
+    tracker.on_passage("site/back/passage", _passage("back", "e1"))  # back's own key, front's grant
+    tracker.on_passage("site/front/passage", _passage("front", "e1"))  # front's real passage still counts
+    assert tracker.counts == {"wrong_door": 1, "confirmed": 1} and _blocked(rules)

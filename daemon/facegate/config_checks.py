@@ -7,12 +7,13 @@ disk and the environment, which validators never do.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from facegate.config import CameraConfig, Config
 from facegate.config_file import ConfigIssue, key_loc, node_line, parse_config_tree, read_text, resolve_paths
-from facegate.config_rules import duplicate_ids_problem, tz_problem
+from facegate.config_rules import duplicate_ids_problem, passage_keys_problem, tz_problem
 from facegate.errors import ConfigError
 from facegate.gallery.location import default_gallery_path
 from facegate.limits import thread_count_problem
@@ -91,7 +92,7 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
         if problem := creatable(path, folder):
             issues.append(ConfigIssue(key, None, problem))
     issues += _signing_issues(config, state)
-    issues += _passage_key_issues(config)
+    issues += _passage_key_issues(config, state)
     files = [("mqtt.password_file", config.mqtt.password_file)]
     if config.mqtt.tls is not None:
         files += [(f"mqtt.tls.{k}", getattr(config.mqtt.tls, k)) for k in ("ca", "cert", "key")]
@@ -137,26 +138,20 @@ def check_environment(config: Config, extra_cameras: list[CameraConfig] | None =
 def _gallery_issues(config: Config, manifest, calibration) -> list[ConfigIssue]:
     """What ``facegate run`` refuses once it opens an existing gallery: templates of another pack, or a
     ``decision.false_accept_rate`` that its number of templates cannot meet (``Scorer.resolve``). The database is
-    only read (no index is loaded, nothing is created where no gallery exists yet)."""
+    only read, in SQLite's read-only mode (``gallery/peek.py``)."""
     from facegate.errors import FalseAcceptGoalError, GalleryError
     from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
-    from facegate.gallery.store import DB_NAME, Store
+    from facegate.gallery.peek import peek
     from facegate.scoring import Scorer
 
     folder = Path(config.gallery.path or default_gallery_path())
     try:
-        if not (folder / DB_NAME).is_file():
-            return []
-    except OSError:  # a name too long, a loop: "gallery.path" is reported by the creatable check
-        return []
-    try:
-        store = Store(folder)
-        try:
-            bound, templates = store.binding(), store.counts()[1]
-        finally:
-            store.close()
+        seen = peek(folder)  # read-only: config check creates, migrates, chmods and locks nothing
     except GalleryError as exc:
         return [ConfigIssue("gallery.path", None, str(exc))]
+    if seen is None:
+        return []
+    bound, templates = seen
     want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
     if bound is not None and bound != want and not (bound == LEGACY_DEFAULT and want.name == "dlib"):
         return [ConfigIssue("pack", None, mismatch_message(folder, bound, want))]
@@ -201,17 +196,25 @@ def _signing_issues(config: Config, state: Path) -> list[ConfigIssue]:
     return []
 
 
-def _passage_key_issues(config: Config) -> list[ConfigIssue]:
-    """Each door's passage_public_key must load as an Ed25519 public key (the daemon loads them at start)."""
-    from facegate.signing import load_public_key
+def _passage_key_issues(config: Config, state: Path) -> list[ConfigIssue]:
+    """Each door's passage_public_key must load as an Ed25519 public key, be none of the daemon's event key and
+    not be shared with another door (``config_rules.passage_keys_problem``), as the daemon checks at start."""
+    from facegate.signing import key_id, load_private_key, load_public_key
 
-    issues = []
+    issues, kids = [], {}
     for i, d in enumerate(config.doors):
         if d.passage_public_key is not None:
             try:
-                load_public_key(d.passage_public_key)
+                kids[d.id] = key_id(load_public_key(d.passage_public_key))
             except ConfigError as exc:
                 issues.append(ConfigIssue(f"doors[{i}].passage_public_key", None, str(exc)))
+    event_kid = None
+    key_file = Path(config.signing.key_file) if config.signing.key_file else state / "event-signing.key"
+    if kids and config.signing.algorithm == "ed25519" and os.path.isfile(key_file):
+        with contextlib.suppress(ConfigError):  # an unloadable key is _signing_issues' to report
+            event_kid = key_id(load_private_key(key_file).public_key())
+    if problem := passage_keys_problem(kids, event_kid):
+        issues.append(ConfigIssue("doors", None, problem))
     return issues
 
 

@@ -95,9 +95,39 @@ def _issues(exc: ValidationError, root: yaml.Node | None) -> list[ConfigIssue]:
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+#: Flow collections ([…], {…}) nested deeper than this are refused before libyaml sees them (a real config nests a
+#: handful; 30,000 levels in a 60 KB file crashed the C composer: second attack).
+MAX_FLOW_DEPTH = 1000
+
+
+def flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets in ``text``, counting ``[``/``{`` outside quoted scalars and
+    comments (an over-estimate elsewhere is harmless: it only has to catch absurd depths)."""
+    depth = deepest = 0
+    quote = ""
+    comment = False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def compose_yaml(text: str) -> tuple[yaml.Node | None, Any]:
     """Parse YAML text once: (the node tree, with each node's line, for ``node_line``; the plain Python value built
     from that same tree). Raises ``yaml.YAMLError`` and ``RecursionError`` (nesting too deep)."""
+    if flow_depth(text) > MAX_FLOW_DEPTH:  # libyaml's C composer crashes the process (SIGSEGV) near 30,000 levels
+        raise RecursionError(f"more than {MAX_FLOW_DEPTH} nested [ or {{")
     loader = _LOADER(text)
     try:
         root = loader.get_single_node()

@@ -5,6 +5,8 @@ home whichever of those asks."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 def threshold_or_rate_problem(threshold: float | None, false_accept_rate: float | None) -> str | None:
     """``decision.threshold`` and ``decision.false_accept_rate`` both set (they are two ways to choose one threshold:
@@ -42,4 +44,19 @@ def tz_problem(name: str) -> str | None:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         return f"unknown time zone {name!r} (not in the tz database)"
+    return None
+
+
+def passage_keys_problem(kids: Mapping[str, str], event_kid: str | None) -> str | None:
+    """Why these doors' passage keys (door id → kid) cannot be trusted, else None: one is the daemon's event signing
+    key (a grant event it signed would verify as that door's passage), or two doors share one key."""
+    for door, kid in kids.items():
+        if kid == event_kid:
+            return (f"doors.{door}.passage_public_key: this is the daemon's own event signing key (kid {kid}); the "
+                    f"door agent needs a key pair of its own (facegate keys generate --name door-{door})")
+    shared = sorted({kid for kid in kids.values() if list(kids.values()).count(kid) > 1})
+    if shared:
+        doors = sorted(d for d, k in kids.items() if k in shared)
+        return (f"doors {', '.join(doors)}: share one passage_public_key; each door agent needs a key pair of its own, "
+                "or one agent could confirm passages at the other door")
     return None

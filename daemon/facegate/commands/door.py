@@ -35,11 +35,12 @@ def _door(args: argparse.Namespace) -> int:
 
     config = load_door_config(args.config)
     if args.check:
-        from facegate.signing import key_id, load_private_key
+        from facegate.door.config import load_passage_key
+        from facegate.signing import key_id
 
         keys = AcceptedKeys.from_files(config.keys.public_keys, config.keys.hmac_key_file, config.keys.allow_hmac)
-        passage = config.inputs.passage_signing_key
-        print_json({"passage_kid": key_id(load_private_key(passage).public_key()) if passage else None,
+        passage = load_passage_key(config)
+        print_json({"passage_kid": key_id(passage.public_key()) if passage else None,
                     "file": str(args.config), "valid": True, "door": config.door, "output": config.output.kind,
                     "kids": sorted(keys.public_keys), "hmac_allowed": keys.allow_hmac})
         return 0

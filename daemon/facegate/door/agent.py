@@ -29,7 +29,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from facegate.door.config import DoorAgentConfig
+from facegate.door.config import DoorAgentConfig, load_passage_key
 from facegate.door.inputs import DoorStateMachine, GpiodInput, InputLine, InputPoller
 from facegate.door.outputs import Actuator, PulseController, build_actuator
 from facegate.door.replay import ReplayCache
@@ -37,7 +37,7 @@ from facegate.door.verify import AcceptedKeys, check_event
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 from facegate.homeassistant import door_agent_entities, door_topics
-from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, load_private_key, load_signing_key, sign_payload_v2
+from facegate.signing import MAX_KEY_FILE_BYTES, encode_payload, load_signing_key, sign_payload_v2
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ class DoorAgent:
         self.remote_keys = (AcceptedKeys(hmac_key=load_signing_key(ru.hmac_key_file), allow_hmac=True)
                             if ru.enabled and ru.hmac_key_file else None)
         # passages are signed so that the daemon's confirmed anti-passback can trust them (runtime/passages.py)
-        self.passage_key = (load_private_key(config.inputs.passage_signing_key)
-                            if config.inputs.passage_signing_key else None)
+        self.passage_key = load_passage_key(config)
         self.replay = ReplayCache(config.replay_cache.path, max_entries=config.replay_cache.max_entries)
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -209,6 +208,7 @@ class DoorAgent:
         self.client.publish(self.topics["state"], state.encode(), qos=1, retain=True)
 
     def _publish_passage(self, payload: dict[str, Any]) -> None:
+        payload = {"type": "passage", **payload}  # typed: a signed grant event can never pass for a passage
         if self.passage_key is not None:
             payload = sign_payload_v2(payload, self.passage_key)
         self.client.publish(self.topics["passage"], encode_payload(payload), qos=1, retain=False)

@@ -19,7 +19,7 @@ from facegate.config_file import node_line
 from facegate.errors import ConfigError
 from facegate.fileio import read_limited
 from facegate.limits import StrictSection, host_problem
-from facegate.signing import load_signing_key
+from facegate.signing import key_id, load_private_key, load_public_key, load_signing_key
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TOPIC_PREFIX = r"^[^#+\x00]+$"  # MQTT 3.1.1 §4.7: no wildcards in a topic we publish to
@@ -356,3 +356,24 @@ def _resolve(config: DoorAgentConfig, base: Path) -> DoorAgentConfig:
         "mqtt": mqtt, "keys": keys, "homeassistant": ha, "inputs": inputs,
         "replay_cache": config.replay_cache.model_copy(update={"path": fix(config.replay_cache.path)}),
     })
+
+
+def load_passage_key(config: DoorAgentConfig):
+    """The agent's passage signing key (``inputs.passage_signing_key``; an Ed25519 private key) or None. Raises
+    ``ConfigError`` when it does not load, or when it is the daemon's event key (its kid is among
+    ``keys.public_keys``): a door holding that key could forge grants for every door."""
+    path = config.inputs.passage_signing_key
+    if path is None:
+        return None
+    key = load_private_key(path)
+    kid = key_id(key.public_key())
+    for pub in config.keys.public_keys:
+        try:
+            same = key_id(load_public_key(pub)) == kid
+        except ConfigError:
+            continue  # the verifier's own loading reports it
+        if same:
+            raise ConfigError(f"inputs.passage_signing_key {path}: this is the daemon's event signing key (kid {kid}, "
+                              f"the key of {pub}); a door holding it could forge grants for every door: generate "
+                              f"one for this door (facegate keys generate --name door-{config.door})")
+    return key

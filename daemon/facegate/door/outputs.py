@@ -258,14 +258,19 @@ class PulseController:
             self._deadline = None
             self._cond.notify_all()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Release the output and stop the thread (SIGTERM, end of run)."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Release the output and stop the thread (SIGTERM, end of run). Waits for a switch in flight to end first
+        (``timeout_s``, default the actuator's own ``timeout_s`` + 5 s): a release sent while an activation is
+        still under way could be overtaken by it and leave the lock open (second attack)."""
         with self._cond:
             self._stopping = True
             self._deadline = None
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout_s)
+            self._thread.join(timeout_s if timeout_s is not None
+                              else float(getattr(self.actuator, "timeout_s", 5.0)) + 5.0)
+            if self._thread.is_alive():
+                log.error("event=output_thread_stuck output=%r note=releasing_anyway", self.actuator.describe())
         self._release()  # once more from this thread: the last word to the relay is "locked"
 
     # -- controller thread --------------------------------------------------------------------------------------
@@ -293,8 +298,9 @@ class PulseController:
                     continue
             if action[0] == "release":
                 if not self._release():
-                    with self._cond:
-                        self._cond.wait(self.retry_release_s)
+                    with self._cond:  # a grant that came during the failed call is served now, not after the wait
+                        self._cond.wait_for(lambda: self._deadline is not None or self._stopping,
+                                            self.retry_release_s)
             else:
                 self._open(action[0], action[1])
 

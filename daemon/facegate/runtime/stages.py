@@ -126,7 +126,7 @@ def build_stages(config: Config, extra_cameras: list[CameraConfig], opened: list
         publisher.start(config.mqtt.connect_timeout_s, require=True)
         opened.insert(0, ("mqtt", lambda: publisher.stop(timeout_s=config.service.stop_timeout_s)))
     rules = AccessRules.from_config(config)
-    passages = PassageTracker.from_config(config, rules, publisher)
+    passages = PassageTracker.from_config(config, rules, publisher, event_kid=getattr(signer, "kid", None))
     stats = DecisionStats()
     metrics = DaemonMetrics.from_config(config)
     snapshots = SnapshotSink.from_config(config, state)
