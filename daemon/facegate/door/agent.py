@@ -6,7 +6,8 @@ Topics (``facegate.homeassistant.door_topics``), with ``<prefix>`` the daemon's 
   published while the agent restarts are delivered afterwards, and the verifier refuses those that expired);
 * ``<prefix>/<door>/command`` (in, only when signed remote unlock is enabled);
 * ``<prefix>/<door>/state`` (out, retained): locked / unlocked / open / forced / held_open;
-* ``<prefix>/<door>/passage`` (out, QoS 1): ``{"door", "event_id", "granted_at", "opened_at"}``;
+* ``<prefix>/<door>/passage`` (out, QoS 1): ``{"type": "passage", "door", "event_id", "granted_at", "opened_at"}``,
+  signed with ``inputs.passage_signing_key`` when set;
 * ``<prefix>/<door>/agent`` (out, retained): "online", and "offline" as the last will or at a clean stop;
 * MQTT inputs: the contact / REX topics of the config.
 
