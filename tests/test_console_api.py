@@ -192,6 +192,10 @@ def test_decision_log_filters_and_pages(site):
         assert naive.status_code == 422 and "since" in naive.text  # no offset: an unknown time
         misspelt = c.get("/api/decisions", params={"tpye": "grant"})
         assert misspelt.status_code == 422 and "tpye" in misspelt.text
+        # a repeated parameter was read as its last copy, hiding an invalid first one (Schemathesis found it)
+        for path in ("/api/decisions", "/api/decisions/stream"):
+            twice = c.get(path, params=[("camera", "\U000e63e6"), ("camera", "null")])
+            assert twice.status_code == 422 and "'camera' given more than once" in twice.text, path
 
 
 def test_a_review_is_audited_with_the_token_and_shown(site):
