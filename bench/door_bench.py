@@ -71,6 +71,7 @@ from pipeline_bench import (  # noqa: E402
     _vm_hwm_mib,
     bench_peer,
     read_frames,
+    start_daemon,
 )
 
 STAGE = VIDEOS / "stage_clip_640x360.mp4"
@@ -271,17 +272,7 @@ def daemon_run(name: str, cameras: list[dict], *, after: bool, seconds: float, w
     received: list = []
     client = _subscribe(port, received)
     log = work / f"{tag}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline, t_ready = time.monotonic() + 180, None
-    while time.monotonic() < deadline and proc.poll() is None:
-        if "event=ready" in log.read_text():
-            t_ready = time.monotonic()
-            break
-        time.sleep(0.1)
-    if t_ready is None:
-        proc.kill()
-        sys.exit(f"{tag}: daemon did not become ready:\n{log.read_text()[-3000:]}")
+    proc = start_daemon(path, log, tag, 180)
     time.sleep(2.0)  # let every camera settle (first frames, warm-up) before measuring
     received.clear()
     grants_before = len(_audited_grants(audit))

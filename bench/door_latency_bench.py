@@ -41,6 +41,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from mosquitto import Mosquitto, find_mosquitto  # noqa: E402 (the tests' real-broker and relay helpers)
 from shelly_server import ShellyRelay  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from pipeline_bench import _vm_hwm_mib  # noqa: E402 (the peak-RSS reader the other benches use)
+
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "facegate.cli", *args], **kw)
@@ -53,17 +56,6 @@ def _wait_log(path: Path, text: str, proc: subprocess.Popen, timeout_s: float) -
             return
         time.sleep(0.1)
     sys.exit(f"{path.name}: never logged {text!r}:\n{path.read_text()[-3000:]}")
-
-
-def _peak_rss_mib(pid: int) -> float | None:
-    """The process's peak resident set (VmHWM from /proc, Linux) in MiB; None where /proc does not have it."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
 
 
 def run_case(cameras: int, seconds: float, work: Path, gallery: Path, broker: Mosquitto) -> dict:
@@ -108,7 +100,8 @@ def run_case(cameras: int, seconds: float, work: Path, gallery: Path, broker: Mo
         _wait_log(daemon_log, "event=ready", daemon, 120)
         started = datetime.now(UTC)
         time.sleep(seconds)
-        peak_mib = {name: _peak_rss_mib(proc.pid) for name, proc in (("daemon", daemon), ("agent", agent))}
+        peak_mib = {name: None if (mib := _vm_hwm_mib(proc.pid)) is None else round(mib, 1)
+                    for name, proc in (("daemon", daemon), ("agent", agent))}
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
         time.sleep(1.0)  # the last grants reach the relay

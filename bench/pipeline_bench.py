@@ -202,6 +202,20 @@ def _subscribe(port: int, received: list) -> object:
     return client
 
 
+def start_daemon(config: Path, log: Path, what: str, timeout_s: float) -> subprocess.Popen:
+    """``facegate run --config config`` with its log in ``log``, once it logged READY; exits the bench naming
+    ``what`` (with the log's tail) when it does not within ``timeout_s``."""
+    proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if "event=ready" in log.read_text():
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"{what}: daemon did not become ready:\n{log.read_text()[-3000:]}")
+
+
 def _vm_hwm_mib(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -244,18 +258,8 @@ def daemon_run(cameras: int, seconds: float, work: Path, gallery: Path, port: in
     received: list = []
     client = _subscribe(port, received)
     log = work / f"daemon{cameras}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "facegate.cli", "run", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    t_ready = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if "event=ready" in log.read_text():
-            t_ready = time.monotonic()
-            break
-        time.sleep(0.1)
-    if t_ready is None:
-        proc.kill()
-        sys.exit(f"daemon did not become ready:\n{log.read_text()[-3000:]}")
+    proc = start_daemon(path, log, f"{cameras} camera(s)", 120)
+    t_ready = time.monotonic()
     received.clear()  # count from READY on
     cpu0 = _cpu_s(proc.pid)
     time.sleep(seconds)

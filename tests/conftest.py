@@ -91,3 +91,16 @@ def enrolled_gallery(tmp_path_factory) -> Path:
                               "--group", group, str(single / photo)], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
     return folder
+
+
+class Collector:
+    """A sink that keeps every signed event it is given (an extra sink, as the door agent's or the metrics' are)."""
+
+    name = "collector"
+    critical = False
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def emit(self, event) -> None:
+        self.events.append(event)

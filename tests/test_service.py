@@ -7,11 +7,10 @@ import logging
 import threading
 from pathlib import Path
 
-from conftest import need_shared
+from conftest import Collector, need_shared
 
 from facegate.config import CameraConfig, Config
 from facegate.runtime.audit import read_audit
-from facegate.runtime.events import SignedEvent
 from facegate.runtime.service import Service
 from facegate.runtime.stages import build_stages
 from facegate.signing import key_id, load_public_key, verify_signature
@@ -20,17 +19,6 @@ STAGE = "data/videos/stage_clip_640x360.mp4"
 MIRANDA = "Lin-Manuel Miranda"
 
 
-class Collector:
-    """An extra sink, as the door agent's or the metrics' will be."""
-
-    name = "collector"
-    critical = False
-
-    def __init__(self) -> None:
-        self.events: list[SignedEvent] = []
-
-    def emit(self, event: SignedEvent) -> None:
-        self.events.append(event)
 
 
 def _config(tmp_path: Path, **sections) -> Config:

@@ -11,11 +11,12 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
+from conftest import Collector
 from faultkit import chattr_append_only, fill, small_tmpfs
 
 from facegate.runtime.audit import AuditLog, AuditWriteError, read_audit
 from facegate.runtime.decision import Decision
-from facegate.runtime.events import EventEmitter, SignedEvent
+from facegate.runtime.events import EventEmitter
 from facegate.runtime.health import SETTLE_S, Health
 from facegate.signing import HmacSigner
 
@@ -32,15 +33,6 @@ class Clock:
         return self.t
 
 
-class Collector:
-    name = "collector"
-    critical = False
-
-    def __init__(self) -> None:
-        self.events: list[SignedEvent] = []
-
-    def emit(self, event: SignedEvent) -> None:
-        self.events.append(event)
 
 
 def _decision(track: int) -> Decision:
