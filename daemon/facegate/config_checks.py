@@ -140,7 +140,7 @@ def _gallery_issues(config: Config, manifest, calibration) -> list[ConfigIssue]:
     ``decision.false_accept_rate`` that its number of templates cannot meet (``Scorer.resolve``). The database is
     only read, in SQLite's read-only mode (``gallery/peek.py``)."""
     from facegate.errors import FalseAcceptGoalError, GalleryError
-    from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.gallery.binding import binding_problem, manifest_binding
     from facegate.gallery.peek import peek
     from facegate.scoring import Scorer
 
@@ -152,9 +152,8 @@ def _gallery_issues(config: Config, manifest, calibration) -> list[ConfigIssue]:
     if seen is None:
         return []
     bound, templates = seen
-    want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
-    if bound is not None and bound != want and not (bound == LEGACY_DEFAULT and want.name == "dlib"):
-        return [ConfigIssue("pack", None, mismatch_message(folder, bound, want))]
+    if problem := binding_problem(folder, bound, manifest_binding(manifest)):
+        return [ConfigIssue("pack", None, problem)]
     d = config.decision
     if d.false_accept_rate is not None and calibration is not None:
         try:

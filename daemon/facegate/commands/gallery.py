@@ -295,7 +295,7 @@ def _security(gallery, decision, pack: str | None) -> tuple[dict, object]:
     (``Scorer.resolve``; the model is in facegate/scoring.py), or why it cannot be said; and that scorer (None when
     there is none). ``pack``: the config's (None: the gallery's own)."""
     from facegate.errors import FacegateError, FalseAcceptGoalError
-    from facegate.gallery.binding import LEGACY_DEFAULT, PackBinding, mismatch_message
+    from facegate.gallery.binding import binding_problem, manifest_binding
     from facegate.packs.manifest import load_manifest, pack_calibration
     from facegate.scoring import Scorer
 
@@ -305,9 +305,8 @@ def _security(gallery, decision, pack: str | None) -> tuple[dict, object]:
     templates = int(gallery.stats()["templates"])
     try:
         manifest = load_manifest(name)
-        want = PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
-        if want != gallery.pack and not (gallery.pack == LEGACY_DEFAULT and want.name == "dlib"):
-            return {"pack": name, "error": mismatch_message(gallery.folder, gallery.pack, want)}, None
+        if problem := binding_problem(gallery.folder, gallery.pack, manifest_binding(manifest)):
+            return {"pack": name, "error": problem}, None
         scorer = Scorer.resolve(manifest, decision.threshold, false_accept_rate=decision.false_accept_rate,
                                 calibration=pack_calibration(manifest), templates=templates,
                                 vote=(decision.k, decision.n))

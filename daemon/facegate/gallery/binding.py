@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from facegate.errors import GalleryError
 
@@ -47,3 +48,17 @@ def mismatch_message(folder: Path, bound: PackBinding, wanted: PackBinding) -> s
                 "folder, or use the pack version the gallery was enrolled with")
     return (f"{folder}: this gallery holds templates of pack {bound.describe()}, not {wanted.describe()}; "
             "templates of different packs cannot be compared — use another --gallery folder or the same pack")
+
+
+def manifest_binding(manifest: Any) -> PackBinding:
+    """The binding a pack's manifest (``packs.manifest``) gives its templates, without loading its models."""
+    return PackBinding(manifest.name, manifest.recogniser.embedding_size, manifest.recogniser.metric)
+
+
+def binding_problem(folder: Path, bound: PackBinding | None, wanted: PackBinding) -> str | None:
+    """Why a gallery bound to ``bound`` cannot be searched with pack ``wanted`` (``mismatch_message``), or None when
+    it can: unbound, the same binding, or a gallery of the old built-in pack opened with ``dlib`` (``Store.bind``
+    renames it: the same templates)."""
+    if bound is None or bound == wanted or (bound == LEGACY_DEFAULT and wanted == LEGACY_RENAMED):
+        return None
+    return mismatch_message(folder, bound, wanted)

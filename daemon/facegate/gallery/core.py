@@ -25,17 +25,13 @@ import numpy as np
 from facegate.errors import GalleryError
 from facegate.gallery.binding import LEGACY_DEFAULT, LEGACY_RENAMED, PackBinding
 from facegate.gallery.exact import ExactIndex
-from facegate.gallery.exchange import EXPORT_FORMAT, EXPORT_VERSION, read_export
+from facegate.gallery.exchange import EXPORT_FORMAT, EXPORT_VERSION, MIN_TEMPLATE_NORM, read_export
 from facegate.gallery.index import DEFAULT_EF, GalleryIndex, remove_stale_files
 from facegate.gallery.store import FILE_MODE, Identity, Store
 from facegate.gallery.validate import groups_problem, name_problem
 from facegate.scoring import Candidate, Scorer
 
 log = logging.getLogger(__name__)
-
-#: A template whose norm is below this is all zeros in practice (dlib and MobileFaceNet embeddings have norms near 1
-#: and 10 to 30): not a face, refused on enrolment and import.
-MIN_TEMPLATE_NORM = 1e-6
 
 
 class Gallery:

@@ -42,6 +42,9 @@ MAX_LINE_BYTES = 16 << 20
 MAX_QUALITY_BYTES = 64 << 10
 #: Largest embedding size a header may declare (the known packs use 128 and 512).
 MAX_DIM = 4096
+#: A template whose norm is below this is all zeros in practice (dlib and MobileFaceNet embeddings have norms near 1
+#: and 10 to 30): not a face, refused on enrolment (``Gallery.enrol``) and import.
+MIN_TEMPLATE_NORM = 1e-6
 _HINT = "give a file written by `facegate gallery export`"
 
 
@@ -118,7 +121,7 @@ def parse_identity_line(path: str | Path, lineno: int, line: bytes, pack: PackBi
     if not np.isfinite(emb).all() or (np.abs(emb) > np.finfo(np.float32).max).any():
         raise GalleryError(f"{where}: identity {name.strip()!r} has an embedding with NaN, infinity or a value out "
                            "of float32 range; nothing was imported")
-    if len(emb) and (np.linalg.norm(emb, axis=1) < 1e-6).any():  # as Gallery.enrol refuses (MIN_TEMPLATE_NORM)
+    if len(emb) and (np.linalg.norm(emb, axis=1) < MIN_TEMPLATE_NORM).any():  # as Gallery.enrol refuses
         raise GalleryError(f"{where}: identity {name.strip()!r} has an all-zero embedding, which is not a template "
                            "of a face; nothing was imported")
     for sha in shas:

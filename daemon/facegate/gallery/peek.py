@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from facegate.errors import GalleryError
 from facegate.gallery.binding import PackBinding
-from facegate.gallery.store import DB_NAME
+from facegate.gallery.store import DB_NAME, read_binding
 
 
 def peek(folder: str | Path) -> tuple[PackBinding | None, int] | None:
@@ -44,14 +44,4 @@ def peek(folder: str | Path) -> tuple[PackBinding | None, int] | None:
         raise GalleryError(f"{path}: not a facegate gallery, or damaged ({exc})") from None
     finally:
         db.close()
-    if meta.get("pack") is None:
-        if templates:
-            raise GalleryError(f"{path}: holds templates but its meta table names no pack")
-        return None, templates
-    dim = str(meta.get("dim"))
-    if not dim.isdigit():
-        raise GalleryError(f"{path}: meta dim {dim!r} is not an embedding size")
-    try:
-        return PackBinding(str(meta["pack"]), int(dim), str(meta.get("metric"))), templates
-    except GalleryError as exc:
-        raise GalleryError(f"{path}: {exc}") from None
+    return read_binding(meta.get, lambda: templates, path), templates

@@ -25,7 +25,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,6 +76,22 @@ _UNIQUE_SQL = (f"CREATE UNIQUE INDEX IF NOT EXISTS {_UNIQUE_INDEX} ON templates(
 DIR_MODE = fileio.PRIVATE_DIR_MODE
 FILE_MODE = fileio.PRIVATE_FILE_MODE
 _RESTORE = "restore the gallery from an export (`facegate gallery import FILE --gallery NEW_DIR`)"
+
+
+def read_binding(meta: Callable[[str], str | None], templates: Callable[[], int], where: Path) -> PackBinding | None:
+    """A gallery's pack binding from its meta rows (``meta(key)``; ``templates()`` its template count, asked only
+    when no pack is named), or None for a gallery that has never held a template. Raises ``GalleryError`` naming
+    ``where`` when the rows are corrupt. Shared by ``Store`` and the read-only ``peek``."""
+    name = meta("pack")
+    if name is None:
+        if templates():
+            raise GalleryError(f"{where}: the gallery holds templates but its meta table names no pack "
+                               f"(pack, embedding size, metric lost); {_RESTORE}")
+        return None
+    dim = meta("dim")
+    if dim is None or not dim.isdigit():
+        raise GalleryError(f"{where}: meta dim {dim!r} is not an embedding size; {_RESTORE}")
+    return PackBinding(name, int(dim), str(meta("metric")))
 
 
 def private_dir(folder: Path) -> None:
@@ -347,16 +363,7 @@ class Store:
     def binding(self) -> PackBinding | None:
         """The bound pack, or None for a gallery that has never held a template (``GalleryError`` when the
         meta rows are corrupt)."""
-        name = self.meta("pack")
-        if name is None:
-            if self.counts()[1]:
-                raise GalleryError(f"{self.folder}: the gallery holds templates but its meta table names no pack "
-                                   f"(pack, embedding size, metric lost); {_RESTORE}")
-            return None
-        dim = self.meta("dim")
-        if dim is None or not dim.isdigit():
-            raise GalleryError(f"{self.folder}: meta dim {dim!r} is not an embedding size; {_RESTORE}")
-        return PackBinding(name, int(dim), str(self.meta("metric")))
+        return read_binding(self.meta, lambda: self.counts()[1], self.folder)
 
     def bind(self, pack: PackBinding) -> PackBinding:
         """Bind an unbound gallery to ``pack``; raise ``GalleryError`` (``mismatch_message``) if it is bound to a
