@@ -160,19 +160,19 @@ class ExactIndex:
                 top = np.argpartition(key, fetch - 1)[:fetch] if fetch < len(key) else np.arange(len(key))
                 # the float32 matrix product selects; the selected are scored again in float64, directly (a probe
                 # equal to a stored template scores as itself, whatever the BLAS build rounds), and ranked by that
-                row = np.full(len(key), np.nan)
-                row[top] = scorer.compare_pairs(np.broadcast_to(probe, (len(top), self.dim)), self._vecs[top])
-                exact = row[top] if scorer.lower_is_better else -row[top]
-                top = top[np.argsort(np.where(np.isnan(exact), np.inf, exact), kind="stable")]
+                exact = scorer.compare_pairs(np.broadcast_to(probe, (len(top), self.dim)), self._vecs[top])
+                rank = exact if scorer.lower_is_better else -exact
+                order = np.argsort(np.where(np.isnan(rank), np.inf, rank), kind="stable")
                 seen: set[int] = set()
                 found: list[Candidate] = []
-                for j in top.tolist():
+                for i in order.tolist():
+                    j = int(top[i])
                     iid = int(self._iids[j])
                     if iid in seen:
                         continue
                     seen.add(iid)
                     name, groups = self._meta.get(iid, (f"#{iid}", ()))
-                    found.append(Candidate(iid, name, groups, float(row[j]), int(self._tids[j])))
+                    found.append(Candidate(iid, name, groups, float(exact[i]), int(self._tids[j])))
                     if len(found) == k:
                         break
                 out.append(found)
